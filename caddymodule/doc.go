@@ -1,0 +1,2 @@
+// Package caddymodule adapts ENSGate's domain packages to Caddy.
+package caddymodule

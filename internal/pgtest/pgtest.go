@@ -1,0 +1,202 @@
+// Package pgtest gives integration tests a real PostgreSQL: one throwaway
+// server per test binary (started on first use, stopped by Main) and a fresh
+// database per test. Set ENSGATE_TEST_DATABASE_URL to use an existing server
+// instead (its user must be allowed to create databases).
+package pgtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+var (
+	mainUsed atomic.Bool
+	startMu  sync.Mutex
+	srv      *server
+	srvErr   error
+	dbSeq    atomic.Int64
+)
+
+// Main runs the tests and stops the server they started. Call it from the
+// package's TestMain: func TestMain(m *testing.M) { pgtest.Main(m) }.
+func Main(m *testing.M) {
+	mainUsed.Store(true)
+	code := m.Run()
+	startMu.Lock()
+	if srv != nil {
+		srv.stop()
+	}
+	startMu.Unlock()
+	os.Exit(code)
+}
+
+// NewDatabase creates an empty database for this test, dropped when it ends,
+// and returns its connection URL. It skips the test only when no PostgreSQL
+// is installed and ENSGATE_REQUIRE_POSTGRES is unset (make test sets it).
+func NewDatabase(t testing.TB) string {
+	t.Helper()
+	if !mainUsed.Load() {
+		t.Fatal("pgtest: call pgtest.Main(m) from TestMain so the server is stopped")
+	}
+	adminURL := os.Getenv("ENSGATE_TEST_DATABASE_URL")
+	if adminURL == "" {
+		s, err := shared()
+		if errors.Is(err, errNotInstalled) && os.Getenv("ENSGATE_REQUIRE_POSTGRES") == "" {
+			t.Skip(err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		adminURL = s.url("postgres")
+	}
+	name := fmt.Sprintf("t%d_%d_%d", os.Getpid(), time.Now().UnixNano()%1e6, dbSeq.Add(1))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		t.Fatalf("pgtest: connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("pgtest: create database: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, adminURL)
+		if err != nil {
+			t.Errorf("pgtest: connect to drop %s: %v", name, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("pgtest: drop %s: %v", name, err)
+		}
+	})
+	u, err := url.Parse(adminURL)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+func shared() (*server, error) {
+	startMu.Lock()
+	defer startMu.Unlock()
+	if srv == nil && srvErr == nil {
+		srv, srvErr = start()
+	}
+	return srv, srvErr
+}
+
+var errNotInstalled = errors.New("pgtest: PostgreSQL is not installed (apt-get install postgresql)")
+
+type server struct {
+	dir    string // holds data/ and the Unix socket
+	bin    string
+	asUser string // run server commands as this user (root may not run PostgreSQL)
+}
+
+func (s *server) url(db string) string {
+	return (&url.URL{Scheme: "postgres", User: url.User("postgres"), Path: "/" + db,
+		RawQuery: url.Values{"host": {s.dir}, "sslmode": {"disable"}}.Encode()}).String()
+}
+
+// start runs initdb and pg_ctl with settings that trade durability for speed:
+// the data is thrown away anyway. The server listens on a Unix socket only,
+// so parallel test binaries never fight over a port.
+func start() (*server, error) {
+	bin, err := binDir()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "ensgate-pg-")
+	if err != nil {
+		return nil, err
+	}
+	s := &server{dir: dir, bin: bin}
+	if os.Geteuid() == 0 {
+		s.asUser = "postgres"
+		if err := chownTo(dir, s.asUser); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
+	data := filepath.Join(dir, "data")
+	if out, err := s.run("initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+		"--no-locale", "--no-sync"); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("pgtest: initdb: %v\n%s", err, out)
+	}
+	opts := "-k " + dir + " -c listen_addresses= -c fsync=off -c synchronous_commit=off" +
+		" -c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB"
+	if out, err := s.run("pg_ctl", "start", "-w", "-t", "60", "-D", data, "-l", filepath.Join(dir, "log"), "-o", opts); err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "log"))
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("pgtest: pg_ctl start: %v\n%s\n%s", err, out, log)
+	}
+	return s, nil
+}
+
+func (s *server) stop() {
+	s.run("pg_ctl", "stop", "-m", "immediate", "-D", filepath.Join(s.dir, "data"))
+	os.RemoveAll(s.dir)
+}
+
+func (s *server) run(tool string, args ...string) ([]byte, error) {
+	path := filepath.Join(s.bin, tool)
+	if s.asUser != "" {
+		args = append([]string{"-u", s.asUser, "--", path}, args...)
+		path = "runuser"
+	}
+	cmd := exec.Command(path, args...)
+	cmd.Dir = s.dir
+	return cmd.CombinedOutput()
+}
+
+// binDir finds the newest PostgreSQL server installation.
+func binDir() (string, error) {
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Slice(dirs, func(i, j int) bool { return version(dirs[i]) > version(dirs[j]) })
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "pg_ctl")); err == nil {
+			return d, nil
+		}
+	}
+	if p, err := exec.LookPath("pg_ctl"); err == nil {
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			return filepath.Dir(real), nil
+		}
+	}
+	return "", errNotInstalled
+}
+
+func version(binDir string) int {
+	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	return v
+}
+
+func chownTo(dir, name string) error {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return fmt.Errorf("pgtest: running as root needs the %q user that the postgresql package creates: %w", name, err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return os.Chown(dir, uid, gid)
+}

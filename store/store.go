@@ -1,0 +1,80 @@
+// Package store keeps ENSGate's state in PostgreSQL (pgx v5): tenants and
+// their API tokens, allowed EWS endpoints, key pairs, devices, subscriptions
+// and device compliance. Every node of a deployment shares one database.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Errors that callers map to user-facing messages.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+)
+
+// Store is a handle on the database; it is safe for concurrent use.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// New wraps an existing pool (for example one shared across Caddy reloads).
+func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// Open creates a connection pool for databaseURL. It does not connect yet:
+// a database that is down at start-up is reported by the first query.
+func Open(ctx context.Context, databaseURL string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		// pgx's message may quote the URL, password included.
+		return nil, errors.New("invalid database URL: expected postgres://user:pass@host:port/db or key=value pairs")
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("database pool: %w", err)
+	}
+	return &Store{pool: pool}, nil
+}
+
+// Pool exposes the pool for packages that run their own queries (LISTEN).
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Close releases every connection.
+func (s *Store) Close() { s.pool.Close() }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return s.unreachable(err)
+	}
+	return nil
+}
+
+func (s *Store) unreachable(err error) error {
+	return fmt.Errorf("database unreachable at %s: %w", Redact(s.pool.Config().ConnConfig.ConnString()), err)
+}
+
+// Redact returns a database URL without its password, for messages.
+func Redact(databaseURL string) string {
+	u, err := url.Parse(databaseURL)
+	if err != nil || u.Scheme == "" {
+		return "(database)"
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+const uniqueViolation = "23505"
+
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == uniqueViolation
+}
