@@ -78,3 +78,13 @@ func isUniqueViolation(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == uniqueViolation
 }
+
+// queryError names the operation and, for connection failures, the
+// database (without its password), so an admin sees where it went wrong.
+func (s *Store) queryError(op string, err error) error {
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		err = s.unreachable(err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Tenant is an organisation using ENSGate; its API token selects it.
@@ -121,12 +120,16 @@ func (s *Store) TenantByToken(ctx context.Context, token string) (Tenant, error)
 	return t, nil
 }
 
-// queryError names the operation and, for connection failures, the
-// database (without its password), so an admin sees where it went wrong.
-func (s *Store) queryError(op string, err error) error {
-	var connectErr *pgconn.ConnectError
-	if errors.As(err, &connectErr) {
-		err = s.unreachable(err)
+
+// Tenants lists every tenant by name.
+func (s *Store) Tenants(ctx context.Context) ([]Tenant, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, name, notification_level, created_at FROM tenants ORDER BY name`)
+	if err != nil {
+		return nil, s.queryError("list tenants", err)
 	}
-	return fmt.Errorf("%s: %w", op, err)
+	tenants, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Tenant])
+	if err != nil {
+		return nil, s.queryError("list tenants", err)
+	}
+	return tenants, nil
 }

@@ -1,5 +1,5 @@
 // Package pgtest gives integration tests a real PostgreSQL: one throwaway
-// server per test binary (started on first use, stopped by Main) and a fresh
+// server per test binary (started on first use, stopped by Run) and a fresh
 // database per test. Set ENSGATE_TEST_DATABASE_URL to use an existing server
 // instead (its user must be allowed to create databases).
 package pgtest
@@ -31,9 +31,9 @@ var (
 	dbSeq    atomic.Int64
 )
 
-// Main runs the tests and stops the server they started. Call it from the
-// package's TestMain: func TestMain(m *testing.M) { pgtest.Main(m) }.
-func Main(m *testing.M) {
+// Run runs the tests and stops the server they started. Call it from the
+// package's TestMain: func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }.
+func Run(m *testing.M) int {
 	mainUsed.Store(true)
 	code := m.Run()
 	startMu.Lock()
@@ -41,7 +41,7 @@ func Main(m *testing.M) {
 		srv.stop()
 	}
 	startMu.Unlock()
-	os.Exit(code)
+	return code
 }
 
 // NewDatabase creates an empty database for this test, dropped when it ends,
@@ -50,7 +50,7 @@ func Main(m *testing.M) {
 func NewDatabase(t testing.TB) string {
 	t.Helper()
 	if !mainUsed.Load() {
-		t.Fatal("pgtest: call pgtest.Main(m) from TestMain so the server is stopped")
+		t.Fatal("pgtest: call pgtest.Run(m) from TestMain so the server is stopped")
 	}
 	adminURL := os.Getenv("ENSGATE_TEST_DATABASE_URL")
 	if adminURL == "" {

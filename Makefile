@@ -1,0 +1,55 @@
+# ENSGate. `make run` starts a local demo, `make test` runs every test.
+
+GO        ?= go
+BIN       := bin/ensgate
+TOOLS     := $(CURDIR)/.tools
+CADDY_VERSION := v2.11.9
+# Fuzz targets that `make test` runs briefly: package:target.
+FUZZ_TARGETS ?=
+FUZZ_TIME    ?= 10s
+
+.PHONY: build run test unit fuzz lint bench xcaddy tools clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/ensgate
+
+## run: the local demo (throwaway PostgreSQL under .run/ unless DATABASE_URL is set).
+run: build
+	./scripts/run.sh
+
+## test: lint, every unit and integration test (real PostgreSQL), brief fuzzing.
+test: lint build unit fuzz
+
+unit:
+	ENSGATE_BIN=$(CURDIR)/$(BIN) ENSGATE_REQUIRE_POSTGRES=1 $(GO) test -race -count=1 ./...
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name ($(FUZZ_TIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZ_TIME) $$pkg || exit 1; \
+	done
+
+lint: tools
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+		if [ -n "$$out" ]; then echo "gofmt -w needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(TOOLS)/staticcheck ./...
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+
+## xcaddy: proves `xcaddy build --with github.com/ensgate/ensgate=.` gives an equivalent binary.
+xcaddy: tools
+	time $(TOOLS)/xcaddy build $(CADDY_VERSION) --with github.com/ensgate/ensgate=. --output bin/ensgate-xcaddy
+	./scripts/check-modules.sh bin/ensgate-xcaddy
+
+# Developer tools, pinned in tools/go.mod, built into .tools/.
+tools: $(TOOLS)/staticcheck $(TOOLS)/xcaddy
+
+$(TOOLS)/%: tools/go.mod tools/go.sum
+	cd tools && $(GO) build -o $@ $$(grep -m1 '/$*"' tools.go | tr -d '\t_" ')
+
+clean:
+	-./scripts/run.sh stop
+	rm -rf bin .tools .run

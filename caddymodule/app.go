@@ -1,0 +1,242 @@
+// Package caddymodule adapts ENSGate's domain packages to Caddy: the ens app
+// (database pool, settings, background workers), the ens and ews_proxy HTTP
+// handlers, their Caddyfile syntax and the `ensgate ens` subcommands. It is
+// the only package that imports Caddy.
+package caddymodule
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/ensgate/ensgate/store"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// App is the `ens` app: it owns ENSGate's settings, the PostgreSQL pool and
+// the background workers. Every value may be a placeholder such as
+// {env.DATABASE_URL}; placeholders are resolved at provisioning, so secrets
+// stay out of the adapted JSON config.
+type App struct {
+	// PostgreSQL connection string (postgres://user:pass@host:port/db).
+	DatabaseURL string `json:"database_url,omitempty"`
+	// Base64 of 32 random bytes; encrypts device private keys at rest.
+	MasterKey string `json:"master_key,omitempty"`
+	// The base URL Exchange calls back (…/api/ens/notify).
+	PublicURL string `json:"public_url,omitempty"`
+	// Credential for the admin API; the admin API is off when empty.
+	AdminToken string `json:"admin_token,omitempty"`
+	// Apple Push Notification service (token auth).
+	APNs *APNsConfig `json:"apns,omitempty"`
+	// Firebase Cloud Messaging HTTP v1.
+	FCM *FCMConfig `json:"fcm,omitempty"`
+
+	// Resolved settings, filled by Provision.
+	databaseURL string
+	masterKey   []byte
+	publicURL   *url.URL
+	adminToken  string
+	apns        APNsConfig
+	fcm         FCMConfig
+
+	store  *store.Store
+	logger *zap.Logger
+}
+
+// APNsConfig selects the APNs endpoint and the .p8 token-signing key.
+type APNsConfig struct {
+	// https://api.push.apple.com (default), https://api.sandbox.push.apple.com or a test server.
+	URL     string `json:"url,omitempty"`
+	KeyFile string `json:"key_file,omitempty"`
+	KeyID   string `json:"key_id,omitempty"`
+	TeamID  string `json:"team_id,omitempty"`
+	// Default apns-topic (the app's bundle id) when a device gives none.
+	Topic string `json:"topic,omitempty"`
+}
+
+// FCMConfig selects the FCM endpoint and the service-account credentials.
+type FCMConfig struct {
+	// https://fcm.googleapis.com (default) or a test server.
+	URL             string `json:"url,omitempty"`
+	CredentialsFile string `json:"credentials_file,omitempty"`
+}
+
+// Defaults applied when the APNs or FCM URL is empty.
+const (
+	DefaultAPNsURL = "https://api.push.apple.com"
+	DefaultFCMURL  = "https://fcm.googleapis.com"
+)
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "ens",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision resolves placeholders, checks every setting and takes the shared
+// database pool. The pool does not connect until first used, so `caddy
+// validate` works without a database.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if err := a.resolve(); err != nil {
+		return err
+	}
+	s, err := acquireStore(a.databaseURL)
+	if err != nil {
+		return fmt.Errorf("ens: database_url: %w", err)
+	}
+	a.store = s
+	return nil
+}
+
+// resolve replaces placeholders and validates, naming the field and the
+// environment variable an admin most likely has to fix.
+func (a *App) resolve() error {
+	repl := caddy.NewReplacer()
+	get := func(v string) string { return strings.TrimSpace(repl.ReplaceKnown(v, "")) }
+
+	var errs []error
+	fail := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("ens: %s "+format, append([]any{field}, args...)...))
+	}
+
+	if a.databaseURL = get(a.DatabaseURL); a.databaseURL == "" {
+		fail("database_url", "is required (set DATABASE_URL to a postgres:// URL)")
+	}
+
+	if mk := get(a.MasterKey); mk == "" {
+		fail("master_key", "is required (set ENS_MASTER_KEY to base64 of 32 random bytes: openssl rand -base64 32)")
+	} else if key, err := decodeBase64(mk); err != nil || len(key) != 32 {
+		fail("master_key", "must be base64 of exactly 32 bytes (got %s)", describeKey(key, err))
+	} else {
+		a.masterKey = key
+	}
+
+	if pu := get(a.PublicURL); pu == "" {
+		fail("public_url", "is required (set ENS_PUBLIC_URL to the https:// base URL Exchange can reach)")
+	} else if u, err := url.Parse(pu); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		fail("public_url", "%q: must be an absolute http(s) URL without query or fragment", pu)
+	} else {
+		u.Path = strings.TrimSuffix(u.Path, "/")
+		a.publicURL = u
+	}
+
+	if a.adminToken = get(a.AdminToken); a.adminToken != "" && len(a.adminToken) < 32 {
+		fail("admin_token", "is too short (%d characters): use at least 32 random characters, e.g. openssl rand -hex 32", len(a.adminToken))
+	}
+
+	if a.APNs != nil {
+		a.apns = APNsConfig{URL: get(a.APNs.URL), KeyFile: get(a.APNs.KeyFile), KeyID: get(a.APNs.KeyID),
+			TeamID: get(a.APNs.TeamID), Topic: get(a.APNs.Topic)}
+	}
+	if a.apns.KeyFile != "" || a.apns.KeyID != "" || a.apns.TeamID != "" {
+		if a.apns.KeyFile == "" {
+			fail("apns.key_file", "is required when APNs is configured (set ENS_APNS_KEY_FILE to the .p8 file)")
+		} else if _, err := os.Stat(a.apns.KeyFile); err != nil {
+			fail("apns.key_file", "is unusable: %v", err)
+		}
+		if len(a.apns.KeyID) != 10 {
+			fail("apns.key_id", "must be the 10-character key id from Apple (set ENS_APNS_KEY_ID)")
+		}
+		if len(a.apns.TeamID) != 10 {
+			fail("apns.team_id", "must be the 10-character team id from Apple (set ENS_APNS_TEAM_ID)")
+		}
+	}
+	if a.apns.URL == "" {
+		a.apns.URL = DefaultAPNsURL
+	} else if err := checkHTTPSURL(a.apns.URL); err != nil {
+		fail("apns.url", "is invalid: %v", err)
+	}
+
+	if a.FCM != nil {
+		a.fcm = FCMConfig{URL: get(a.FCM.URL), CredentialsFile: get(a.FCM.CredentialsFile)}
+	}
+	if a.fcm.CredentialsFile != "" {
+		if _, err := os.Stat(a.fcm.CredentialsFile); err != nil {
+			fail("fcm.credentials_file", "is unusable: %v", err)
+		}
+	}
+	if a.fcm.URL == "" {
+		a.fcm.URL = DefaultFCMURL
+	} else if err := checkHTTPSURL(a.fcm.URL); err != nil {
+		fail("fcm.url", "is invalid: %v", err)
+	}
+	return errors.Join(errs...)
+}
+
+func decodeBase64(s string) ([]byte, error) {
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(s); err == nil {
+			return b, nil
+		}
+	}
+	return nil, errors.New("not base64")
+}
+
+// describeKey says what was wrong with a key without revealing it.
+func describeKey(key []byte, err error) string {
+	if err != nil {
+		return "something that is not base64"
+	}
+	return fmt.Sprintf("%d bytes", len(key))
+}
+
+func checkHTTPSURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return fmt.Errorf("%q must be an https:// URL", raw)
+	}
+	return nil
+}
+
+// Start checks that the database schema matches this binary. A database that
+// cannot be reached does not stop Caddy: nodes may start before PostgreSQL,
+// and requests report the outage until it is back.
+func (a *App) Start() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	current, wanted, err := a.store.SchemaVersion(ctx)
+	switch {
+	case err != nil:
+		a.logger.Warn("cannot check the database schema; continuing", zap.Error(err))
+	case current < wanted:
+		return fmt.Errorf("ens: the database schema is at version %d but this ENSGate needs %d: run `ensgate ens migrate`", current, wanted)
+	case current > wanted:
+		return fmt.Errorf("ens: the database schema (version %d) is newer than this ENSGate (version %d): upgrade the binary", current, wanted)
+	}
+	return nil
+}
+
+// Stop is part of caddy.App; the app starts no goroutines yet.
+func (a *App) Stop() error { return nil }
+
+// Cleanup gives back this config's reference to the shared pool.
+func (a *App) Cleanup() error {
+	if a.store == nil {
+		return nil
+	}
+	return releaseStore(a.databaseURL)
+}
+
+// Store is the database handle for the handlers of the same config.
+func (a *App) Store() *store.Store { return a.store }
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

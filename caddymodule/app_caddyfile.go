@@ -1,0 +1,105 @@
+package caddymodule
+
+import (
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("ens", parseGlobalENS)
+}
+
+// parseGlobalENS turns the global option block into the ens app:
+//
+//	ens {
+//		database_url <url>
+//		master_key   <base64>
+//		public_url   <url>
+//		admin_token  <token>
+//		apns {
+//			url <url>
+//			key_file <path>
+//			key_id <id>
+//			team_id <id>
+//			topic <bundle id>
+//		}
+//		fcm {
+//			url <url>
+//			credentials_file <path>
+//		}
+//	}
+func parseGlobalENS(d *caddyfile.Dispenser, _ any) (any, error) {
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "ens", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile reads the `ens` block.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "database_url":
+			err = oneArg(d, &a.DatabaseURL)
+		case "master_key":
+			err = oneArg(d, &a.MasterKey)
+		case "public_url":
+			err = oneArg(d, &a.PublicURL)
+		case "admin_token":
+			err = oneArg(d, &a.AdminToken)
+		case "apns":
+			a.APNs = new(APNsConfig)
+			err = subBlock(d, map[string]*string{
+				"url": &a.APNs.URL, "key_file": &a.APNs.KeyFile, "key_id": &a.APNs.KeyID,
+				"team_id": &a.APNs.TeamID, "topic": &a.APNs.Topic,
+			})
+		case "fcm":
+			a.FCM = new(FCMConfig)
+			err = subBlock(d, map[string]*string{"url": &a.FCM.URL, "credentials_file": &a.FCM.CredentialsFile})
+		default:
+			return d.Errf("unrecognized ens option %q (known: database_url, master_key, public_url, admin_token, apns, fcm)", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// oneArg reads exactly one argument into dst.
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	name := d.Val()
+	if !d.NextArg() {
+		return d.Errf("%s needs a value", name)
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.Errf("%s takes one value, got another: %q", name, d.Val())
+	}
+	return nil
+}
+
+// subBlock reads a block of single-valued settings.
+func subBlock(d *caddyfile.Dispenser, fields map[string]*string) error {
+	name := d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		dst, ok := fields[d.Val()]
+		if !ok {
+			return d.Errf("unrecognized %s option %q", name, d.Val())
+		}
+		if err := oneArg(d, dst); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,272 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+
+	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/store"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "ens",
+		Usage: "<migrate|tenant|endpoint|device> ...",
+		Short: "Administers ENSGate: schema, tenants, EWS endpoints, devices",
+		Long: `
+Works on the database named by $DATABASE_URL (or --database-url) directly,
+so no gateway needs to be running; running nodes pick the changes up.`,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.PersistentFlags().String("database-url", "", "PostgreSQL URL (default $DATABASE_URL)")
+			cmd.AddCommand(migrateCommand(), tenantCommand(), endpointCommand(), deviceCommand())
+		},
+	})
+}
+
+// connectTimeout bounds how long a command waits for an unreachable database.
+const connectTimeout = 10 * time.Second
+
+// withStore opens the database, checks that it answers, and runs fn.
+func withStore(cmd *cobra.Command, timeout time.Duration, fn func(ctx context.Context, s *store.Store) error) error {
+	url, _ := cmd.Flags().GetString("database-url")
+	if url == "" {
+		url = os.Getenv("DATABASE_URL")
+	}
+	if url == "" {
+		return errors.New("no database: set DATABASE_URL or pass --database-url")
+	}
+	s, err := store.Open(context.Background(), url)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	pingCtx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	defer cancel()
+	if err := s.Ping(pingCtx); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return fn(ctx, s)
+}
+
+func migrateCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "migrate",
+		Short: "Creates or upgrades the database schema (safe to repeat, safe on several nodes at once)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withStore(cmd, 10*time.Minute, func(ctx context.Context, s *store.Store) error {
+				from, to, err := s.Migrate(ctx)
+				if err != nil {
+					return err
+				}
+				if from == to {
+					fmt.Fprintf(cmd.OutOrStdout(), "schema is up to date (version %d)\n", to)
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "schema migrated from version %d to %d\n", from, to)
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func tenantCommand() *cobra.Command {
+	tenant := &cobra.Command{Use: "tenant", Short: "Manages tenants"}
+
+	create := &cobra.Command{
+		Use:   "create --name NAME [--level 0..4]",
+		Short: "Creates a tenant and prints its API token (once) on the last line",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			name, _ := cmd.Flags().GetString("name")
+			level, _ := cmd.Flags().GetInt("level")
+			if err := store.ValidateTenantName(name); err != nil {
+				return err
+			}
+			if level < 0 || level > store.MaxNotificationLevel {
+				return fmt.Errorf("--level %d: must be 0 (sender, subject, preview) to 4 (badge only)", level)
+			}
+			return withStore(cmd, time.Minute, func(ctx context.Context, s *store.Store) error {
+				t, token, err := s.CreateTenant(ctx, name, level)
+				if err != nil {
+					return err
+				}
+				out := cmd.OutOrStdout()
+				fmt.Fprintf(out, "created tenant %q (notification level ceiling %d)\n", t.Name, t.NotificationLevel)
+				fmt.Fprintln(out, "its API token follows; it is shown only now (the mail app's ENSAPIToken):")
+				fmt.Fprintln(out, token)
+				return nil
+			})
+		},
+	}
+	create.Flags().String("name", "", "tenant name: letters, digits, '.', '_', '-' (required)")
+	create.Flags().Int("level", 0, "notification level ceiling: 0 sender+subject+preview, 1 sender+subject, 2 sender, 3 generic, 4 badge only")
+	create.MarkFlagRequired("name")
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "Lists tenants",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withStore(cmd, time.Minute, func(ctx context.Context, s *store.Store) error {
+				tenants, err := s.Tenants(ctx)
+				if err != nil {
+					return err
+				}
+				return table(cmd.OutOrStdout(), []string{"NAME", "LEVEL", "CREATED"}, len(tenants), func(i int) []string {
+					t := tenants[i]
+					return []string{t.Name, fmt.Sprint(t.NotificationLevel), t.CreatedAt.UTC().Format(time.RFC3339)}
+				})
+			})
+		},
+	}
+	tenant.AddCommand(create, list)
+	return tenant
+}
+
+func endpointCommand() *cobra.Command {
+	endpoint := &cobra.Command{Use: "endpoint", Short: "Manages a tenant's allowed EWS endpoints"}
+
+	add := &cobra.Command{
+		Use:   "add --tenant NAME --url URL [--fingerprint sha256:HEX|spki-sha256:HEX]",
+		Short: "Allows an EWS URL for a tenant's devices, optionally pinned to a certificate",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			name, _ := cmd.Flags().GetString("tenant")
+			rawURL, _ := cmd.Flags().GetString("url")
+			pin, _ := cmd.Flags().GetString("fingerprint")
+			url, err := store.NormalizeEWSURL(rawURL)
+			if err != nil {
+				return fmt.Errorf("--url: %w", err)
+			}
+			if pin != "" {
+				fp, err := ews.ParseFingerprint(pin)
+				if err != nil {
+					return fmt.Errorf("--fingerprint: %w", err)
+				}
+				pin = fp.String()
+			}
+			return withStore(cmd, time.Minute, func(ctx context.Context, s *store.Store) error {
+				t, err := s.TenantByName(ctx, name)
+				if err != nil {
+					return err
+				}
+				e, err := s.AddEndpoint(ctx, t.ID, url, pin)
+				if err != nil {
+					return err
+				}
+				pinned := "not pinned"
+				if e.Fingerprint != "" {
+					pinned = "pinned to " + e.Fingerprint
+				}
+				if strings.HasPrefix(e.URL, "http://") {
+					fmt.Fprintln(cmd.ErrOrStderr(), "warning: http:// sends credentials unencrypted; use it only for test servers")
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "allowed %s for tenant %q (%s)\n", e.URL, t.Name, pinned)
+				return nil
+			})
+		},
+	}
+	add.Flags().String("tenant", "", "tenant name (required)")
+	add.Flags().String("url", "", "EWS URL, e.g. https://mail.example.com/EWS/Exchange.asmx (required)")
+	add.Flags().String("fingerprint", "", "pin: sha256:HEX of the certificate or spki-sha256:HEX of its public key")
+	add.MarkFlagRequired("tenant")
+	add.MarkFlagRequired("url")
+
+	list := &cobra.Command{
+		Use:   "list --tenant NAME",
+		Short: "Lists a tenant's allowed EWS endpoints",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			name, _ := cmd.Flags().GetString("tenant")
+			return withStore(cmd, time.Minute, func(ctx context.Context, s *store.Store) error {
+				t, err := s.TenantByName(ctx, name)
+				if err != nil {
+					return err
+				}
+				endpoints, err := s.Endpoints(ctx, t.ID)
+				if err != nil {
+					return err
+				}
+				return table(cmd.OutOrStdout(), []string{"URL", "PIN"}, len(endpoints), func(i int) []string {
+					return []string{endpoints[i].URL, orDash(endpoints[i].Fingerprint)}
+				})
+			})
+		},
+	}
+	list.Flags().String("tenant", "", "tenant name (required)")
+	list.MarkFlagRequired("tenant")
+
+	endpoint.AddCommand(add, list)
+	return endpoint
+}
+
+func deviceCommand() *cobra.Command {
+	device := &cobra.Command{Use: "device", Short: "Inspects a tenant's devices"}
+	list := &cobra.Command{
+		Use:   "list --tenant NAME",
+		Short: "Lists a tenant's devices: ENS registration and compliance",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			name, _ := cmd.Flags().GetString("tenant")
+			return withStore(cmd, time.Minute, func(ctx context.Context, s *store.Store) error {
+				t, err := s.TenantByName(ctx, name)
+				if err != nil {
+					return err
+				}
+				devices, err := s.ListDevices(ctx, t.ID)
+				if err != nil {
+					return err
+				}
+				return table(cmd.OutOrStdout(), []string{"DEVICE", "PLATFORM", "STATE", "COMPLIANCE", "REGISTERED"}, len(devices), func(i int) []string {
+					d := devices[i]
+					registered := "-"
+					if d.RegisteredAt != nil {
+						registered = d.RegisteredAt.UTC().Format(time.RFC3339)
+					}
+					state := orDash(d.State)
+					if d.StateReason != "" {
+						state += " (" + d.StateReason + ")"
+					}
+					return []string{d.DeviceID, orDash(d.Platform), state, orDash(d.Compliance), registered}
+				})
+			})
+		},
+	}
+	list.Flags().String("tenant", "", "tenant name (required)")
+	list.MarkFlagRequired("tenant")
+	device.AddCommand(list)
+	return device
+}
+
+// table prints rows under a header, aligned; an empty table says so.
+func table(w io.Writer, header []string, n int, row func(int) []string) error {
+	if n == 0 {
+		_, err := fmt.Fprintln(w, "(none)")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for i := range n {
+		fmt.Fprintln(tw, strings.Join(row(i), "\t"))
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

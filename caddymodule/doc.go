@@ -1,2 +1,0 @@
-// Package caddymodule adapts ENSGate's domain packages to Caddy.
-package caddymodule

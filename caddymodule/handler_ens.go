@@ -1,0 +1,83 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/ensgate/ensgate/ens"
+)
+
+func init() {
+	caddy.RegisterModule(ENSHandler{})
+	httpcaddyfile.RegisterHandlerDirective("ens", parseENSHandler)
+	httpcaddyfile.RegisterDirectiveOrder("ens", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// ENSHandler serves the device API and Exchange's webhook (`/api/ens/...`),
+// using the settings and database of the `ens` app.
+//
+// Caddyfile: `ens` (no arguments), usually inside `handle /api/ens/*`.
+type ENSHandler struct {
+	handler http.Handler
+}
+
+// CaddyModule returns the Caddy module information.
+func (ENSHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.ens",
+		New: func() caddy.Module { return new(ENSHandler) },
+	}
+}
+
+// Provision loads the ens app, which provisions it if this is its first use.
+func (h *ENSHandler) Provision(ctx caddy.Context) error {
+	if _, err := ctx.App("ens"); err != nil {
+		return fmt.Errorf("ens handler needs the ens app (the global `ens` option): %w", err)
+	}
+	h.handler = ens.NewHandler()
+	return nil
+}
+
+// ServeHTTP answers every request below /api/ens itself and passes the rest on.
+func (h *ENSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !isUnder(r.URL.Path, ens.BasePath) {
+		return next.ServeHTTP(w, r)
+	}
+	h.handler.ServeHTTP(w, r)
+	return nil
+}
+
+func isUnder(path, base string) bool {
+	return path == base || strings.HasPrefix(path, base+"/")
+}
+
+// UnmarshalCaddyfile parses `ens`, which takes no arguments.
+func (h *ENSHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(0) {
+		return d.Errf("unrecognized ens subdirective %q", d.Val())
+	}
+	return nil
+}
+
+func parseENSHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var m ENSHandler
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return &m, err
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*ENSHandler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*ENSHandler)(nil)
+	_ caddyfile.Unmarshaler       = (*ENSHandler)(nil)
+)
