@@ -120,7 +120,6 @@ func (s *Store) TenantByToken(ctx context.Context, token string) (Tenant, error)
 	return t, nil
 }
 
-
 // Tenants lists every tenant by name.
 func (s *Store) Tenants(ctx context.Context) ([]Tenant, error) {
 	rows, err := s.pool.Query(ctx, `SELECT id, name, notification_level, created_at FROM tenants ORDER BY name`)
