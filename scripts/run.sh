@@ -80,10 +80,11 @@ export ENS_PUBLIC_URL=${ENS_PUBLIC_URL:-http://127.0.0.1:$port}
 export ENS_MASTER_KEY=${ENS_MASTER_KEY:-$(secret master.key)}
 export ENS_ADMIN_TOKEN=${ENS_ADMIN_TOKEN:-$(secret admin.token)}
 
-bin/ensgate ens migrate
+ENSGATE_BIN=${ENSGATE_BIN:-bin/ensgate}
+"$ENSGATE_BIN" ens migrate
 echo "ENSGate on $ENS_LISTEN: curl $ENS_PUBLIC_URL/api/ens/alive (Ctrl-C stops)" >&2
 # Not exec: the EXIT trap must stop PostgreSQL after Caddy ends.
-bin/ensgate run --config Caddyfile.example --adapter caddyfile &
+"$ENSGATE_BIN" run --config Caddyfile.example --adapter caddyfile &
 caddy_pid=$!
 trap 'kill -INT $caddy_pid 2>/dev/null' INT TERM
 wait $caddy_pid || true
