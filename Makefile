@@ -5,7 +5,7 @@ BIN       := bin/ensgate
 TOOLS     := $(CURDIR)/.tools
 CADDY_VERSION := v2.11.9
 # Fuzz targets that `make test` runs briefly: package:target.
-FUZZ_TARGETS ?=
+FUZZ_TARGETS ?= ./ews:FuzzParseSendNotification ./ews:FuzzParseResponses ./ews:FuzzParseFingerprint
 FUZZ_TIME    ?= 10s
 
 .PHONY: build run test unit fuzz lint bench xcaddy tools clean

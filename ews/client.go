@@ -1,0 +1,281 @@
+package ews
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Client defaults.
+const (
+	DefaultTimeout               = 60 * time.Second
+	DefaultDialTimeout           = 10 * time.Second
+	DefaultTLSHandshakeTimeout   = 10 * time.Second
+	DefaultResponseHeaderTimeout = 30 * time.Second
+	DefaultUserAgent             = "ENSGate"
+)
+
+// maxBackOff caps how long one server answer can stop calls to an endpoint,
+// so that a bogus Retry-After cannot wedge a long-lived Client.
+const maxBackOff = time.Hour
+
+// Config configures a Client for one EWS endpoint. Only URL is required.
+type Config struct {
+	URL string // e.g. https://mail.example.com/EWS/Exchange.asmx
+
+	// Pin, if set, requires the server's leaf certificate to match, in
+	// addition to normal chain verification. It is checked during the TLS
+	// handshake, before any request (or credential) is sent.
+	Pin Fingerprint
+	// RootCAs replaces the system roots when set.
+	RootCAs *x509.CertPool
+	// Certificate is presented whenever the server asks for a client
+	// certificate (certificate-based auth). It belongs to the connections,
+	// so a Client with a Certificate serves that one credential.
+	Certificate *tls.Certificate
+
+	ServerVersion   string // RequestServerVersion; DefaultServerVersion if empty
+	UserAgent       string // DefaultUserAgent if empty
+	MaxResponseSize int64  // DefaultMaxResponseSize if zero
+
+	Timeout               time.Duration // whole call, unless ctx ends sooner; DefaultTimeout if zero
+	DialTimeout           time.Duration // DefaultDialTimeout if zero
+	TLSHandshakeTimeout   time.Duration // DefaultTLSHandshakeTimeout if zero
+	ResponseHeaderTimeout time.Duration // DefaultResponseHeaderTimeout if zero
+}
+
+// Client calls one EWS endpoint on behalf of any number of mailboxes; each
+// call names its Account. It keeps connections alive across calls and is
+// safe for concurrent use. Create one per endpoint (per endpoint and
+// certificate for certificate-based auth) and keep it.
+//
+// Retries: the Client does not retry failed calls. The one exception is
+// safe by construction: GetItem and GetInbox change nothing, so they are
+// marked idempotent, and net/http may then replay one once when a
+// kept-alive connection turns out to have been closed by the server before
+// it answered. Subscribe is never replayed: a duplicate would leave a
+// second live subscription behind.
+//
+// Back-off: when Exchange answers ErrorServerBusy with BackOffMilliseconds,
+// or an HTTP error with Retry-After, the Client refuses every call to the
+// endpoint until that time has passed, returning a *ThrottledError without
+// touching the network, so many mailboxes cannot turn one busy answer into
+// a retry storm.
+type Client struct {
+	url       string
+	version   string
+	userAgent string
+	maxSize   int64
+	timeout   time.Duration
+	http      *http.Client
+	now       func() time.Time // replaced in tests
+
+	mu           sync.Mutex
+	blockedUntil time.Time
+	blockedBy    error
+}
+
+// NewClient returns a Client for cfg.URL.
+func NewClient(cfg Config) (*Client, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, errors.New("ews: endpoint URL must be an absolute http or https URL")
+	}
+	if u.Scheme != "https" && (!cfg.Pin.IsZero() || cfg.Certificate != nil) {
+		return nil, errors.New("ews: a pin or client certificate needs an https endpoint")
+	}
+	c := &Client{
+		url:       u.String(),
+		version:   or(cfg.ServerVersion, DefaultServerVersion),
+		userAgent: or(cfg.UserAgent, DefaultUserAgent),
+		maxSize:   or(cfg.MaxResponseSize, DefaultMaxResponseSize),
+		timeout:   or(cfg.Timeout, DefaultTimeout),
+		now:       time.Now,
+	}
+	if err := checkVersion(c.version); err != nil {
+		return nil, err
+	}
+
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: cfg.RootCAs}
+	if !cfg.Pin.IsZero() {
+		tlsConf.VerifyConnection = cfg.Pin.verifyConnection
+	}
+	if cert := cfg.Certificate; cert != nil {
+		// GetClientCertificate rather than Certificates: Go would withhold
+		// a certificate whose issuer is not in the server's acceptable-CA
+		// list, and servers often send an incomplete list. Let the server
+		// decide.
+		tlsConf.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	}
+	transport := &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   or(cfg.DialTimeout, DefaultDialTimeout),
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		TLSClientConfig:       tlsConf,
+		TLSHandshakeTimeout:   or(cfg.TLSHandshakeTimeout, DefaultTLSHandshakeTimeout),
+		ResponseHeaderTimeout: or(cfg.ResponseHeaderTimeout, DefaultResponseHeaderTimeout),
+		ForceAttemptHTTP2:     true, // a custom TLSClientConfig turns it off otherwise
+		// Many mailboxes share one endpoint; Go's default of 2 idle
+		// connections per host would make most calls dial anew.
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		// Accept-Encoding is left to the transport, which then asks for
+		// gzip and decompresses transparently.
+	}
+	c.http = &http.Client{
+		Transport: transport,
+		// The endpoint is an exact, admin-approved URL: a redirect would
+		// carry the call (and on 307/308 its credentials) somewhere else.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return c, nil
+}
+
+func or[T comparable](v, dflt T) T {
+	var zero T
+	if v == zero {
+		return dflt
+	}
+	return v
+}
+
+// CloseIdleConnections closes kept-alive connections, e.g. when a
+// certificate Client is retired.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
+// Subscribe creates a push subscription on acct's Inbox.
+func (c *Client) Subscribe(ctx context.Context, acct Account, req SubscribeRequest) (*Subscription, error) {
+	body, err := BuildSubscribe(c.version, req)
+	if err != nil {
+		return nil, err
+	}
+	return call(ctx, c, acct, body, false, ParseSubscribeResponse)
+}
+
+// GetItem fetches the sender, subject, preview and received time of an item.
+func (c *Client) GetItem(ctx context.Context, acct Account, id ItemID) (*Item, error) {
+	body, err := BuildGetItem(c.version, id)
+	if err != nil {
+		return nil, err
+	}
+	return call(ctx, c, acct, body, true, ParseGetItemResponse)
+}
+
+// GetInbox fetches the Inbox's unread count.
+func (c *Client) GetInbox(ctx context.Context, acct Account) (*Folder, error) {
+	body, err := BuildGetInbox(c.version)
+	if err != nil {
+		return nil, err
+	}
+	return call(ctx, c, acct, body, true, ParseGetFolderResponse)
+}
+
+// call posts body and parses the answer, applying and recording back-off.
+func call[T any](ctx context.Context, c *Client, acct Account, body []byte, idempotent bool, parse func([]byte) (*T, error)) (*T, error) {
+	if err := c.throttled(); err != nil {
+		return nil, err
+	}
+	v, err := roundTrip(ctx, c, acct, body, idempotent, parse)
+	if d := RetryAfter(err); d > 0 {
+		c.backOff(d, err)
+	}
+	return v, err
+}
+
+func roundTrip[T any](ctx context.Context, c *Client, acct Account, body []byte, idempotent bool, parse func([]byte) (*T, error)) (*T, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "text/xml; charset=utf-8")
+	req.Header.Set("Accept", "text/xml")
+	req.Header.Set("User-Agent", c.userAgent)
+	if acct.Mailbox != "" {
+		req.Header.Set("X-AnchorMailbox", acct.Mailbox)
+	}
+	if acct.Auth != nil {
+		acct.Auth.authorize(req)
+	}
+	if idempotent {
+		// A nil value marks the request replayable without sending the
+		// header (see net/http.Transport).
+		req.Header["Idempotency-Key"] = nil
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+
+	switch resp.StatusCode {
+	case http.StatusOK:
+		data, err := readLimited(resp.Body, c.maxSize)
+		if err != nil {
+			return nil, err
+		}
+		return parse(data)
+	case http.StatusInternalServerError:
+		// EWS sends SOAP faults (ErrorServerBusy, schema errors) with 500.
+		data, err := readLimited(resp.Body, c.maxSize)
+		if err != nil {
+			return nil, err
+		}
+		var re *ResponseError
+		if _, err := parse(data); errors.As(err, &re) {
+			return nil, re
+		}
+		return nil, &HTTPError{StatusCode: resp.StatusCode}
+	}
+	// Drain a little so the connection can be reused; error pages are small.
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	return nil, &HTTPError{StatusCode: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), c.now())}
+}
+
+// parseRetryAfter reads delay-seconds or an HTTP date; 0 if absent or bad.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(v); err == nil && s > 0 {
+		return time.Duration(min(s, int(maxBackOff/time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// throttled returns a *ThrottledError while a back-off is running.
+func (c *Client) throttled() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if left := c.blockedUntil.Sub(c.now()); left > 0 {
+		return &ThrottledError{Remaining: left, Err: c.blockedBy}
+	}
+	return nil
+}
+
+// backOff stops calls for d (at most maxBackOff), never shortening a
+// back-off already running.
+func (c *Client) backOff(d time.Duration, cause error) {
+	until := c.now().Add(min(d, maxBackOff))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if until.After(c.blockedUntil) {
+		c.blockedUntil, c.blockedBy = until, cause
+	}
+}
