@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -35,4 +37,96 @@ func (s *Store) ListDevices(ctx context.Context, tenantID int64) ([]DeviceSummar
 		return nil, s.queryError("list devices", err)
 	}
 	return devices, nil
+}
+
+// Device is a phone registered with ENS for one mailbox.
+type Device struct {
+	ID                int64
+	TenantID          int64
+	DeviceID          string
+	MailboxHash       []byte
+	Platform          string
+	PushToken         string
+	Topic             string
+	NotificationLevel int
+	State             string // active, inactive (push service said the token is dead), unregistered, removed
+	StateReason       string
+	RegisteredAt      time.Time
+}
+
+// Device states.
+const (
+	DeviceActive       = "active"
+	DeviceInactive     = "inactive"
+	DeviceUnregistered = "unregistered"
+	DeviceRemoved      = "removed"
+)
+
+const deviceColumns = `id, tenant_id, device_id, mailbox_hash, platform, push_token, coalesce(topic, ''),
+	notification_level, state, coalesce(state_reason, ''), registered_at`
+
+func collectDevices(rows pgx.Rows) ([]Device, error) {
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[Device])
+}
+
+// DeviceByID finds a tenant's device in any state.
+func (s *Store) DeviceByID(ctx context.Context, tenantID int64, deviceID string) (Device, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+` FROM devices WHERE tenant_id = $1 AND device_id = $2`, tenantID, deviceID)
+	if err != nil {
+		return Device{}, s.queryError("find device", err)
+	}
+	devices, err := collectDevices(rows)
+	if err != nil {
+		return Device{}, s.queryError("find device", err)
+	}
+	if len(devices) == 0 {
+		return Device{}, ErrNotFound
+	}
+	return devices[0], nil
+}
+
+// ActiveDevices lists the mailbox's devices that should be notified.
+func (s *Store) ActiveDevices(ctx context.Context, tenantID int64, mailboxHash []byte) ([]Device, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+` FROM devices
+		WHERE tenant_id = $1 AND mailbox_hash = $2 AND state = 'active' ORDER BY id`, tenantID, mailboxHash)
+	if err != nil {
+		return nil, s.queryError("list mailbox devices", err)
+	}
+	devices, err := collectDevices(rows)
+	if err != nil {
+		return nil, s.queryError("list mailbox devices", err)
+	}
+	return devices, nil
+}
+
+// SetDeviceState moves an active or inactive device to state (inactive,
+// unregistered or removed) and ends its mailbox's subscription if no active
+// device is left. It returns ErrNotFound if the device is unknown, already
+// gone or already in that state, and whether the subscription ended.
+func (s *Store) SetDeviceState(ctx context.Context, tenantID int64, deviceID, state, reason string) (subscriptionEnded bool, err error) {
+	if state == DeviceActive {
+		return false, errors.New("set device state: use Register to activate a device")
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var mailbox []byte
+		err := tx.QueryRow(ctx, `
+			UPDATE devices SET state = $3, state_reason = NULLIF($4, ''), state_changed_at = now()
+			WHERE tenant_id = $1 AND device_id = $2 AND state IN ('active', 'inactive') AND state <> $3
+			RETURNING mailbox_hash`, tenantID, deviceID, state, reason).Scan(&mailbox)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		subscriptionEnded, err = endIfNoDevices(ctx, tx, tenantID, mailbox)
+		return err
+	})
+	if errors.Is(err, ErrNotFound) {
+		return false, fmt.Errorf("device %q: %w", deviceID, ErrNotFound)
+	}
+	if err != nil {
+		return false, s.queryError("change device state", err)
+	}
+	return subscriptionEnded, nil
 }

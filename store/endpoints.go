@@ -112,3 +112,17 @@ func (s *Store) Endpoints(ctx context.Context, tenantID int64) ([]Endpoint, erro
 	}
 	return endpoints, nil
 }
+
+// EndpointByID finds an endpoint by its id.
+func (s *Store) EndpointByID(ctx context.Context, id int64) (Endpoint, error) {
+	e := Endpoint{ID: id}
+	err := s.pool.QueryRow(ctx, `SELECT tenant_id, url, coalesce(fingerprint, ''), created_at FROM ews_endpoints WHERE id = $1`, id).
+		Scan(&e.TenantID, &e.URL, &e.Fingerprint, &e.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Endpoint{}, fmt.Errorf("endpoint %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Endpoint{}, s.queryError("find endpoint", err)
+	}
+	return e, nil
+}

@@ -72,6 +72,11 @@ func Redact(databaseURL string) string {
 	return u.String()
 }
 
+// execer is what a pool and a transaction have in common.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
 const uniqueViolation = "23505"
 
 func isUniqueViolation(err error) bool {

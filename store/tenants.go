@@ -132,3 +132,17 @@ func (s *Store) Tenants(ctx context.Context) ([]Tenant, error) {
 	}
 	return tenants, nil
 }
+
+// TenantByID finds a tenant by its id.
+func (s *Store) TenantByID(ctx context.Context, id int64) (Tenant, error) {
+	t := Tenant{ID: id}
+	err := s.pool.QueryRow(ctx, `SELECT name, notification_level, created_at FROM tenants WHERE id = $1`, id).
+		Scan(&t.Name, &t.NotificationLevel, &t.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Tenant{}, fmt.Errorf("tenant %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Tenant{}, s.queryError("find tenant", err)
+	}
+	return t, nil
+}

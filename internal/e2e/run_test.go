@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/internal/pgtest"
+	"github.com/ensgate/ensgate/internal/syncbuf"
 )
 
 func randomKey(t *testing.T) string {
@@ -48,7 +48,7 @@ func startGateway(t *testing.T, env []string) *exec.Cmd {
 	cmd := exec.Command(ensgate, "run", "--config", "Caddyfile.example")
 	cmd.Dir = repoRoot(t)
 	cmd.Env = append(baseEnv(), env...)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -68,23 +68,6 @@ func startGateway(t *testing.T, env []string) *exec.Cmd {
 		}
 	})
 	return cmd
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestRunServesAliveAndProxiesEWS(t *testing.T) {
@@ -187,8 +170,8 @@ func TestAdaptAndValidateCaddyfileExample(t *testing.T) {
 
 func TestBrokenCaddyfilesNameTheProblem(t *testing.T) {
 	for name, tc := range map[string]struct{ caddyfile, want string }{
-		"unknown ens option": {"{\n\tens {\n\t\tdatabse_url x\n\t}\n}\n:8080\n", `unrecognized ens option "databse_url"`},
-		"unknown apns option": {"{\n\tens {\n\t\tapns {\n\t\t\tkeyfile x\n\t\t}\n\t}\n}\n:8080\n", `unrecognized apns option "keyfile"`},
+		"unknown ens option":         {"{\n\tens {\n\t\tdatabse_url x\n\t}\n}\n:8080\n", `unrecognized ens option "databse_url"`},
+		"unknown apns option":        {"{\n\tens {\n\t\tapns {\n\t\t\tkeyfile x\n\t\t}\n\t}\n}\n:8080\n", `unrecognized apns option "keyfile"`},
 		"ews_proxy without upstream": {":8080 {\n\tews_proxy\n}\n", "ews_proxy needs the Exchange upstream"},
 		"ens with an argument":       {":8080 {\n\tens extra\n}\n", "wrong argument count"},
 	} {

@@ -51,6 +51,8 @@ CREATE INDEX key_pairs_pool ON key_pairs (id) WHERE assigned_at IS NULL;
 -- One EWS push subscription per mailbox (tenant + keyed hash of the
 -- lower-cased address). The credentials are sealed under a per-subscription
 -- key that is never stored: it travels only in Exchange's callback URL.
+-- Ended and failed rows stay, so Exchange's late callbacks still get an
+-- authenticated Unsubscribe.
 CREATE TABLE subscriptions (
     id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     public_id           text NOT NULL UNIQUE,
@@ -59,17 +61,35 @@ CREATE TABLE subscriptions (
     endpoint_id         bigint NOT NULL REFERENCES ews_endpoints (id) ON DELETE CASCADE,
     auth_type           text NOT NULL CHECK (auth_type IN ('basic', 'oauth', 'cert')),
     sealed_credentials  bytea NOT NULL,
-    ews_subscription_id text,
+    ews_subscription_id text NOT NULL,
     watermark           text,
     status_frequency    integer NOT NULL CHECK (status_frequency BETWEEN 1 AND 1440),
-    state               text NOT NULL DEFAULT 'pending'
-                        CHECK (state IN ('pending', 'active', 'failed', 'ended')),
-    last_seen_at        timestamptz,
+    state               text NOT NULL DEFAULT 'active'
+                        CHECK (state IN ('active', 'failed', 'ended')),
+    state_reason        text,
+    last_seen_at        timestamptz NOT NULL DEFAULT now(),
     created_at          timestamptz NOT NULL DEFAULT now(),
     ended_at            timestamptz
 );
 CREATE UNIQUE INDEX subscriptions_live_mailbox ON subscriptions (tenant_id, mailbox_hash)
-    WHERE state IN ('pending', 'active');
+    WHERE state = 'active';
+CREATE INDEX subscriptions_mailbox ON subscriptions (tenant_id, mailbox_hash, id);
+CREATE INDEX subscriptions_liveness ON subscriptions (last_seen_at) WHERE state = 'active';
+
+-- Which (item, device) pushes are done or in progress, so that Created and
+-- NewMail events for one item, and Exchange's retries on any node, give one
+-- push. A claim that is not finished expires (its node died), and the next
+-- retry from Exchange takes it over.
+CREATE TABLE push_claims (
+    subscription_id bigint NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+    item_hash       bytea NOT NULL,
+    device_id       bigint NOT NULL,
+    claimed_until   timestamptz NOT NULL,
+    done_at         timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (subscription_id, item_hash, device_id)
+);
+CREATE INDEX push_claims_age ON push_claims (created_at);
 
 CREATE TABLE devices (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -101,6 +121,7 @@ CREATE TABLE device_compliance (
 
 ---- create above / drop below ----
 
+DROP TABLE push_claims;
 DROP TABLE device_compliance;
 DROP TABLE devices;
 DROP TABLE subscriptions;

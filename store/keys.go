@@ -1,0 +1,117 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// KeyPair is a device key pair: the public key in DER (PKIX) and the private
+// key sealed under the master key named by MasterKeyID.
+type KeyPair struct {
+	ID               int64
+	KeyID            string
+	PublicKey        []byte
+	SealedPrivateKey []byte
+	MasterKeyID      string
+}
+
+// ErrPoolEmpty means no pre-generated key pair is free.
+var ErrPoolEmpty = errors.New("key pool is empty")
+
+// keyPoolLock serialises pool top-ups across nodes, so that N nodes do not
+// each generate the whole shortfall.
+const keyPoolLock = int64(0x656e73_6b657973) // "ens" "keys"
+
+// FreeKeyPairs counts the pool.
+func (s *Store) FreeKeyPairs(ctx context.Context) (int, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM key_pairs WHERE assigned_at IS NULL`).Scan(&n)
+	if err != nil {
+		return 0, s.queryError("count key pool", err)
+	}
+	return n, nil
+}
+
+// FillKeyPool adds key pairs made by generate until target are free. Only
+// one node fills at a time; the others return at once with 0.
+func (s *Store) FillKeyPool(ctx context.Context, target int, generate func() (KeyPair, error)) (added int, err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return 0, s.unreachable(err)
+	}
+	defer conn.Release()
+	var locked bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, keyPoolLock).Scan(&locked); err != nil {
+		return 0, s.queryError("lock key pool", err)
+	}
+	if !locked {
+		return 0, nil
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, keyPoolLock)
+	free, err := s.FreeKeyPairs(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for ; free+added < target; added++ {
+		kp, err := generate()
+		if err != nil {
+			return added, err
+		}
+		_, err = conn.Exec(ctx, `
+			INSERT INTO key_pairs (key_id, public_key, sealed_private_key, master_key_id)
+			VALUES ($1, $2, $3, $4)`, kp.KeyID, kp.PublicKey, kp.SealedPrivateKey, kp.MasterKeyID)
+		if err != nil {
+			return added, s.queryError("add key pair", err)
+		}
+	}
+	return added, nil
+}
+
+// AssignKeyPair hands a free key pair to a device. Concurrent callers never
+// get the same pair.
+func (s *Store) AssignKeyPair(ctx context.Context, tenantID int64, deviceID string) (KeyPair, error) {
+	var kp KeyPair
+	err := s.pool.QueryRow(ctx, `
+		UPDATE key_pairs SET tenant_id = $1, device_id = $2, assigned_at = now()
+		WHERE id = (SELECT id FROM key_pairs WHERE assigned_at IS NULL ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+		RETURNING id, key_id, public_key, sealed_private_key, master_key_id`, tenantID, deviceID).
+		Scan(&kp.ID, &kp.KeyID, &kp.PublicKey, &kp.SealedPrivateKey, &kp.MasterKeyID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return KeyPair{}, ErrPoolEmpty
+	}
+	if err != nil {
+		return KeyPair{}, s.queryError("assign key pair", err)
+	}
+	return kp, nil
+}
+
+// DeviceKeyPair returns the key pair keyID if it was assigned to this
+// tenant's device.
+func (s *Store) DeviceKeyPair(ctx context.Context, tenantID int64, deviceID, keyID string) (KeyPair, error) {
+	var kp KeyPair
+	err := s.pool.QueryRow(ctx, `
+		SELECT id, key_id, public_key, sealed_private_key, master_key_id FROM key_pairs
+		WHERE key_id = $1 AND tenant_id = $2 AND device_id = $3`, keyID, tenantID, deviceID).
+		Scan(&kp.ID, &kp.KeyID, &kp.PublicKey, &kp.SealedPrivateKey, &kp.MasterKeyID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return KeyPair{}, fmt.Errorf("key %q for this device: %w", keyID, ErrNotFound)
+	}
+	if err != nil {
+		return KeyPair{}, s.queryError("find key pair", err)
+	}
+	return kp, nil
+}
+
+// DeleteStaleKeyPairs removes key pairs handed out longer ago than maxAge
+// and never used for a registration.
+func (s *Store) DeleteStaleKeyPairs(ctx context.Context, maxAge time.Duration) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM key_pairs WHERE assigned_at < now() - $1::interval`, maxAge)
+	if err != nil {
+		return 0, s.queryError("delete stale key pairs", err)
+	}
+	return tag.RowsAffected(), nil
+}

@@ -1,0 +1,202 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Subscription is a mailbox's EWS push subscription.
+type Subscription struct {
+	ID                int64
+	PublicID          string // ENSGate's opaque id: the callback's `id`, the API's subscriptionId
+	TenantID          int64
+	MailboxHash       []byte
+	EndpointID        int64
+	AuthType          string // basic, oauth, cert
+	SealedCredentials []byte // opened only with the key in Exchange's callback URL
+	EWSSubscriptionID string
+	Watermark         string
+	StatusFrequency   int    // minutes between Exchange's status pings
+	State             string // active, failed, ended
+	StateReason       string
+	LastSeenAt        time.Time
+	CreatedAt         time.Time
+}
+
+// Subscription states.
+const (
+	SubscriptionActive = "active"
+	SubscriptionFailed = "failed"
+	SubscriptionEnded  = "ended"
+)
+
+// Reasons recorded when a subscription stops.
+const (
+	ReasonSuperseded   = "superseded"
+	ReasonNoDevices    = "no_devices"
+	ReasonSilent       = "silent"       // Exchange stopped calling back
+	ReasonUnauthorized = "unauthorized" // Exchange refused the credentials
+)
+
+const subscriptionColumns = `id, public_id, tenant_id, mailbox_hash, endpoint_id, auth_type,
+	sealed_credentials, ews_subscription_id, coalesce(watermark, ''), status_frequency, state,
+	coalesce(state_reason, ''), last_seen_at, created_at`
+
+func scanSubscription(row pgx.Row) (Subscription, error) {
+	var s Subscription
+	err := row.Scan(&s.ID, &s.PublicID, &s.TenantID, &s.MailboxHash, &s.EndpointID, &s.AuthType,
+		&s.SealedCredentials, &s.EWSSubscriptionID, &s.Watermark, &s.StatusFrequency, &s.State,
+		&s.StateReason, &s.LastSeenAt, &s.CreatedAt)
+	return s, err
+}
+
+// Registration is what a successful registerdevicev2 stores at once.
+type Registration struct {
+	Subscription Subscription // the new subscription (ID, state and times are set by Register)
+	Device       Device       // the device (ID, state and times are set by Register)
+	KeyPairID    int64        // the key pair used; deleted, as RSA is used once
+}
+
+// Register stores a new subscription for the device's mailbox, superseding
+// the mailbox's live one, and creates or updates the device. A device that
+// moves to another mailbox leaves it, ending that mailbox's subscription if
+// no device is left there.
+func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, error) {
+	sub, dev := reg.Subscription, reg.Device
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var previousMailbox []byte
+		err := tx.QueryRow(ctx, `SELECT mailbox_hash FROM devices WHERE tenant_id = $1 AND device_id = $2 AND state = 'active'`,
+			dev.TenantID, dev.DeviceID).Scan(&previousMailbox)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `
+			UPDATE subscriptions SET state = 'ended', state_reason = $3, ended_at = now()
+			WHERE tenant_id = $1 AND mailbox_hash = $2 AND state = 'active'`,
+			sub.TenantID, sub.MailboxHash, ReasonSuperseded); err != nil {
+			return err
+		}
+		sub, err = scanSubscription(tx.QueryRow(ctx, `
+			INSERT INTO subscriptions (public_id, tenant_id, mailbox_hash, endpoint_id, auth_type,
+				sealed_credentials, ews_subscription_id, watermark, status_frequency)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), $9)
+			RETURNING `+subscriptionColumns,
+			sub.PublicID, sub.TenantID, sub.MailboxHash, sub.EndpointID, sub.AuthType,
+			sub.SealedCredentials, sub.EWSSubscriptionID, sub.Watermark, sub.StatusFrequency))
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO devices (tenant_id, device_id, mailbox_hash, platform, push_token, topic, notification_level)
+			VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7)
+			ON CONFLICT (tenant_id, device_id) DO UPDATE SET
+				mailbox_hash = excluded.mailbox_hash, platform = excluded.platform,
+				push_token = excluded.push_token, topic = excluded.topic,
+				notification_level = excluded.notification_level, state = 'active', state_reason = NULL,
+				registered_at = now(), state_changed_at = now()`,
+			dev.TenantID, dev.DeviceID, dev.MailboxHash, dev.Platform, dev.PushToken, dev.Topic, dev.NotificationLevel); err != nil {
+			return err
+		}
+		if previousMailbox != nil && string(previousMailbox) != string(dev.MailboxHash) {
+			if _, err := endIfNoDevices(ctx, tx, dev.TenantID, previousMailbox); err != nil {
+				return err
+			}
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM key_pairs WHERE id = $1`, reg.KeyPairID)
+		return err
+	})
+	if err != nil {
+		return Subscription{}, s.queryError("register device", err)
+	}
+	return sub, nil
+}
+
+// endIfNoDevices ends the mailbox's live subscription if it has no active
+// device left; Exchange learns it at its next callback.
+func endIfNoDevices(ctx context.Context, q execer, tenantID int64, mailboxHash []byte) (bool, error) {
+	tag, err := q.Exec(ctx, `
+		UPDATE subscriptions SET state = 'ended', state_reason = $3, ended_at = now()
+		WHERE tenant_id = $1 AND mailbox_hash = $2 AND state = 'active'
+		AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.tenant_id = $1 AND d.mailbox_hash = $2 AND d.state = 'active')`,
+		tenantID, mailboxHash, ReasonNoDevices)
+	return tag.RowsAffected() > 0, err
+}
+
+// SubscriptionByPublicID finds a subscription in any state.
+func (s *Store) SubscriptionByPublicID(ctx context.Context, publicID string) (Subscription, error) {
+	sub, err := scanSubscription(s.pool.QueryRow(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions WHERE public_id = $1`, publicID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Subscription{}, ErrNotFound
+	}
+	if err != nil {
+		return Subscription{}, s.queryError("find subscription", err)
+	}
+	return sub, nil
+}
+
+// LatestSubscription returns the mailbox's newest subscription in any state.
+func (s *Store) LatestSubscription(ctx context.Context, tenantID int64, mailboxHash []byte) (Subscription, error) {
+	sub, err := scanSubscription(s.pool.QueryRow(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions
+		WHERE tenant_id = $1 AND mailbox_hash = $2 ORDER BY id DESC LIMIT 1`, tenantID, mailboxHash))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Subscription{}, ErrNotFound
+	}
+	if err != nil {
+		return Subscription{}, s.queryError("find subscription", err)
+	}
+	return sub, nil
+}
+
+// MarkSeen records that Exchange called back for an active subscription,
+// and the newest watermark it sent.
+func (s *Store) MarkSeen(ctx context.Context, id int64, watermark string) error {
+	_, err := s.pool.Exec(ctx, `
+		UPDATE subscriptions SET last_seen_at = now(), watermark = coalesce(NULLIF($2, ''), watermark)
+		WHERE id = $1 AND state = 'active'`, id, watermark)
+	if err != nil {
+		return s.queryError("mark subscription seen", err)
+	}
+	return nil
+}
+
+// StopSubscription moves an active subscription to state (failed or ended)
+// with a reason. It reports whether this call made the change, so that of
+// several nodes exactly one acts on it.
+func (s *Store) StopSubscription(ctx context.Context, id int64, state, reason string) (bool, error) {
+	if state != SubscriptionFailed && state != SubscriptionEnded {
+		return false, fmt.Errorf("stop subscription: bad state %q", state)
+	}
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE subscriptions SET state = $2, state_reason = $3, ended_at = now()
+		WHERE id = $1 AND state = 'active'`, id, state, reason)
+	if err != nil {
+		return false, s.queryError("stop subscription", err)
+	}
+	return tag.RowsAffected() > 0, nil
+}
+
+// FailSilentSubscriptions fails active subscriptions that Exchange has not
+// called back for in twice their status frequency, and returns them; each
+// is returned to one caller only.
+func (s *Store) FailSilentSubscriptions(ctx context.Context, limit int) ([]Subscription, error) {
+	rows, err := s.pool.Query(ctx, `
+		UPDATE subscriptions SET state = 'failed', state_reason = $2, ended_at = now()
+		WHERE id IN (
+			SELECT id FROM subscriptions
+			WHERE state = 'active' AND last_seen_at < now() - make_interval(mins => 2 * status_frequency)
+			ORDER BY last_seen_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+		AND state = 'active'
+		RETURNING `+subscriptionColumns, limit, ReasonSilent)
+	if err != nil {
+		return nil, s.queryError("fail silent subscriptions", err)
+	}
+	subs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Subscription, error) { return scanSubscription(row) })
+	if err != nil {
+		return nil, s.queryError("fail silent subscriptions", err)
+	}
+	return subs, nil
+}
