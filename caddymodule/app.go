@@ -9,6 +9,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"net/url"
 	"os"
 	"strings"
@@ -17,6 +19,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/ensgate/ensgate/ens"
+	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -41,6 +45,12 @@ type App struct {
 	APNs *APNsConfig `json:"apns,omitempty"`
 	// Firebase Cloud Messaging HTTP v1.
 	FCM *FCMConfig `json:"fcm,omitempty"`
+	// Free device key pairs kept ready (default 20).
+	KeyPoolSize int `json:"key_pool_size,omitempty"`
+	// Exchange's status ping interval, whole minutes from 1m to 24h (default 15m).
+	StatusFrequency caddy.Duration `json:"status_frequency,omitempty"`
+	// Device API requests per second per tenant and node (default 20).
+	RateLimit float64 `json:"rate_limit,omitempty"`
 
 	// Resolved settings, filled by Provision.
 	databaseURL string
@@ -50,17 +60,23 @@ type App struct {
 	apns        APNsConfig
 	fcm         FCMConfig
 
-	store  *store.Store
-	logger *zap.Logger
+	store   *store.Store
+	service *ens.Service
+	handler http.Handler
+	logger  *zap.Logger
 }
 
-// APNsConfig selects the APNs endpoint and the .p8 token-signing key.
+// APNsConfig selects the APNs endpoint and the credentials: a .p8
+// token-signing key (key_file, key_id, team_id) or a certificate (cert_file).
 type APNsConfig struct {
 	// https://api.push.apple.com (default), https://api.sandbox.push.apple.com or a test server.
 	URL     string `json:"url,omitempty"`
 	KeyFile string `json:"key_file,omitempty"`
 	KeyID   string `json:"key_id,omitempty"`
 	TeamID  string `json:"team_id,omitempty"`
+	// A .p12 or PEM certificate with its key, instead of token auth.
+	CertFile     string `json:"cert_file,omitempty"`
+	CertPassword string `json:"cert_password,omitempty"`
 	// Default apns-topic (the app's bundle id) when a device gives none.
 	Topic string `json:"topic,omitempty"`
 }
@@ -99,7 +115,49 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("ens: database_url: %w", err)
 	}
 	a.store = s
+	if err := push.Register(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("ens: push metrics: %w", err)
+	}
+	sender, err := a.pushSender(ctx.Slogger())
+	if err != nil {
+		return err
+	}
+	a.service, err = ens.New(ens.Config{
+		Store: s, MasterKey: a.masterKey, PublicURL: a.publicURL, Push: sender, Logger: ctx.Slogger(),
+		KeyPoolSize: a.KeyPoolSize, StatusFrequency: int(time.Duration(a.StatusFrequency) / time.Minute), RateLimit: a.RateLimit,
+	})
+	if err != nil {
+		return fmt.Errorf("ens: %w", err)
+	}
+	a.handler = a.service.Handler()
 	return nil
+}
+
+// pushSender builds the APNs and FCM senders that are configured.
+func (a *App) pushSender(logger *slog.Logger) (push.Sender, error) {
+	router := &push.Router{Logger: logger}
+	retry := push.RetryPolicy{MaxElapsed: ens.PushTimeBudget}
+	if a.apns.KeyFile != "" || a.apns.CertFile != "" {
+		apns, err := push.NewAPNs(push.APNsConfig{URL: a.apns.URL, KeyFile: a.apns.KeyFile, KeyID: a.apns.KeyID,
+			TeamID: a.apns.TeamID, CertFile: a.apns.CertFile, CertPassword: a.apns.CertPassword, Topic: a.apns.Topic,
+			Retry: retry, Logger: logger})
+		if err != nil {
+			return nil, fmt.Errorf("ens: apns: %w", err)
+		}
+		router.APNs = apns
+	} else {
+		a.logger.Warn("APNs is not configured: iOS devices get no pushes (set ENS_APNS_KEY_FILE, ENS_APNS_KEY_ID, ENS_APNS_TEAM_ID)")
+	}
+	if a.fcm.CredentialsFile != "" {
+		fcm, err := push.NewFCM(push.FCMConfig{URL: a.fcm.URL, CredentialsFile: a.fcm.CredentialsFile, Retry: retry, Logger: logger})
+		if err != nil {
+			return nil, fmt.Errorf("ens: fcm: %w", err)
+		}
+		router.FCM = fcm
+	} else {
+		a.logger.Warn("FCM is not configured: Android devices get no pushes (set ENS_FCM_CREDENTIALS_FILE)")
+	}
+	return router, nil
 }
 
 // resolve replaces placeholders and validates, naming the field and the
@@ -140,9 +198,17 @@ func (a *App) resolve() error {
 
 	if a.APNs != nil {
 		a.apns = APNsConfig{URL: get(a.APNs.URL), KeyFile: get(a.APNs.KeyFile), KeyID: get(a.APNs.KeyID),
-			TeamID: get(a.APNs.TeamID), Topic: get(a.APNs.Topic)}
+			TeamID: get(a.APNs.TeamID), Topic: get(a.APNs.Topic), CertFile: get(a.APNs.CertFile),
+			CertPassword: get(a.APNs.CertPassword)}
 	}
-	if a.apns.KeyFile != "" || a.apns.KeyID != "" || a.apns.TeamID != "" {
+	if a.apns.CertFile != "" {
+		if a.apns.KeyFile != "" {
+			fail("apns.cert_file", "and apns.key_file are alternatives: configure one")
+		}
+		if _, err := os.Stat(a.apns.CertFile); err != nil {
+			fail("apns.cert_file", "is unusable: %v", err)
+		}
+	} else if a.apns.KeyFile != "" || a.apns.KeyID != "" || a.apns.TeamID != "" {
 		if a.apns.KeyFile == "" {
 			fail("apns.key_file", "is required when APNs is configured (set ENS_APNS_KEY_FILE to the .p8 file)")
 		} else if _, err := os.Stat(a.apns.KeyFile); err != nil {
@@ -159,6 +225,16 @@ func (a *App) resolve() error {
 		a.apns.URL = DefaultAPNsURL
 	} else if err := checkHTTPSURL(a.apns.URL); err != nil {
 		fail("apns.url", "is invalid: %v", err)
+	}
+
+	if a.KeyPoolSize < 0 || a.KeyPoolSize > 10000 {
+		fail("key_pool_size", "must be 1 to 10000 (got %d)", a.KeyPoolSize)
+	}
+	if sf := time.Duration(a.StatusFrequency); sf != 0 && (sf%time.Minute != 0 || sf < time.Minute || sf > 24*time.Hour) {
+		fail("status_frequency", "must be whole minutes from 1m to 24h (got %s)", sf)
+	}
+	if a.RateLimit < 0 {
+		fail("rate_limit", "must be positive (requests per second per tenant)")
 	}
 
 	if a.FCM != nil {
@@ -202,9 +278,10 @@ func checkHTTPSURL(raw string) error {
 	return nil
 }
 
-// Start checks that the database schema matches this binary. A database that
-// cannot be reached does not stop Caddy: nodes may start before PostgreSQL,
-// and requests report the outage until it is back.
+// Start checks that the database schema matches this binary and starts the
+// background workers. A database that cannot be reached does not stop Caddy:
+// nodes may start before PostgreSQL, and requests report the outage until
+// it is back.
 func (a *App) Start() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -217,11 +294,15 @@ func (a *App) Start() error {
 	case current > wanted:
 		return fmt.Errorf("ens: the database schema (version %d) is newer than this ENSGate (version %d): upgrade the binary", current, wanted)
 	}
+	a.service.Start()
 	return nil
 }
 
-// Stop is part of caddy.App; the app starts no goroutines yet.
-func (a *App) Stop() error { return nil }
+// Stop ends the background workers.
+func (a *App) Stop() error {
+	a.service.Stop()
+	return nil
+}
 
 // Cleanup gives back this config's reference to the shared pool.
 func (a *App) Cleanup() error {
@@ -230,9 +311,6 @@ func (a *App) Cleanup() error {
 	}
 	return releaseStore(a.databaseURL)
 }
-
-// Store is the database handle for the handlers of the same config.
-func (a *App) Store() *store.Store { return a.store }
 
 // Interface guards
 var (

@@ -1,6 +1,9 @@
 package caddymodule
 
 import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -17,12 +20,17 @@ func init() {
 //		master_key   <base64>
 //		public_url   <url>
 //		admin_token  <token>
+//		key_pool_size    <n>
+//		status_frequency <duration, whole minutes>
+//		rate_limit       <requests per second per tenant>
 //		apns {
 //			url <url>
 //			key_file <path>
 //			key_id <id>
 //			team_id <id>
 //			topic <bundle id>
+//			cert_file <path>      # instead of key_file, key_id, team_id
+//			cert_password <password>
 //		}
 //		fcm {
 //			url <url>
@@ -54,17 +62,41 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, &a.PublicURL)
 		case "admin_token":
 			err = oneArg(d, &a.AdminToken)
+		case "key_pool_size":
+			var v string
+			if err = oneArg(d, &v); err == nil {
+				if a.KeyPoolSize, err = strconv.Atoi(v); err != nil {
+					return d.Errf("key_pool_size %q: not a number", v)
+				}
+			}
+		case "status_frequency":
+			var v string
+			if err = oneArg(d, &v); err == nil {
+				dur, perr := caddy.ParseDuration(v)
+				if perr != nil {
+					return d.Errf("status_frequency %q: %v", v, perr)
+				}
+				a.StatusFrequency = caddy.Duration(dur)
+			}
+		case "rate_limit":
+			var v string
+			if err = oneArg(d, &v); err == nil {
+				if a.RateLimit, err = strconv.ParseFloat(v, 64); err != nil {
+					return d.Errf("rate_limit %q: not a number", v)
+				}
+			}
 		case "apns":
 			a.APNs = new(APNsConfig)
 			err = subBlock(d, map[string]*string{
 				"url": &a.APNs.URL, "key_file": &a.APNs.KeyFile, "key_id": &a.APNs.KeyID,
 				"team_id": &a.APNs.TeamID, "topic": &a.APNs.Topic,
+				"cert_file": &a.APNs.CertFile, "cert_password": &a.APNs.CertPassword,
 			})
 		case "fcm":
 			a.FCM = new(FCMConfig)
 			err = subBlock(d, map[string]*string{"url": &a.FCM.URL, "credentials_file": &a.FCM.CredentialsFile})
 		default:
-			return d.Errf("unrecognized ens option %q (known: database_url, master_key, public_url, admin_token, apns, fcm)", d.Val())
+			return d.Errf("unrecognized ens option %q (known: database_url, master_key, public_url, admin_token, key_pool_size, status_frequency, rate_limit, apns, fcm)", d.Val())
 		}
 		if err != nil {
 			return err

@@ -37,10 +37,11 @@ func (ENSHandler) CaddyModule() caddy.ModuleInfo {
 
 // Provision loads the ens app, which provisions it if this is its first use.
 func (h *ENSHandler) Provision(ctx caddy.Context) error {
-	if _, err := ctx.App("ens"); err != nil {
+	app, err := ctx.App("ens")
+	if err != nil {
 		return fmt.Errorf("ens handler needs the ens app (the global `ens` option): %w", err)
 	}
-	h.handler = ens.NewHandler()
+	h.handler = app.(*App).handler
 	return nil
 }
 

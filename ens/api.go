@@ -2,44 +2,120 @@ package ens
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/ensgate/ensgate/store"
 )
 
 // BasePath is where the device API and the webhook live.
 const BasePath = "/api/ens"
 
+// maxRequestBody bounds device API bodies: a JWE with a client certificate
+// and its key is a few kilobytes.
+const maxRequestBody = 64 << 10
+
 // Handler serves the device API and Exchange's webhook under BasePath.
-type Handler struct {
-	mux *http.ServeMux
-}
-
-// NewHandler builds the HTTP side of ENS.
-func NewHandler() *Handler {
-	h := &Handler{mux: http.NewServeMux()}
-	h.mux.HandleFunc("GET "+BasePath+"/alive", h.alive)
-	h.mux.HandleFunc(BasePath+"/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no such ENS endpoint: "+r.Method+" "+r.URL.Path)
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+BasePath+"/alive", alive)
+	mux.Handle("POST "+BasePath+"/publickey", s.tenantAPI(s.publicKey))
+	mux.Handle("POST "+BasePath+"/registerdevicev2", s.tenantAPI(s.register))
+	mux.Handle("GET "+BasePath+"/status", s.tenantAPI(s.status))
+	mux.Handle("POST "+BasePath+"/unregister", s.tenantAPI(s.unregister))
+	mux.HandleFunc("POST "+BasePath+"/notify", s.notify)
+	mux.HandleFunc(BasePath+"/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &apiError{http.StatusNotFound, "not_found", "no such ENS endpoint: " + r.Method + " " + r.URL.Path})
 	})
-	return h
-}
-
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h.mux.ServeHTTP(w, r)
+	return mux
 }
 
 // alive needs no token and touches no database: load balancers call it often.
-func (h *Handler) alive(w http.ResponseWriter, _ *http.Request) {
+func alive(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": Version()})
 }
 
-// apiError is the device API's error body.
+// apiError is an error the device API reports as
+// {"error": code, "message": message} with status.
 type apiError struct {
-	Error   string `json:"error"`
-	Message string `json:"message"`
+	status  int
+	code    string
+	message string
 }
 
-func writeError(w http.ResponseWriter, status int, code, message string) {
-	writeJSON(w, status, apiError{Error: code, Message: message})
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+func badRequest(format string, args ...any) *apiError {
+	return &apiError{http.StatusBadRequest, "bad_request", fmt.Sprintf(format, args...)}
+}
+
+var errUnknownDevice = &apiError{http.StatusNotFound, "unknown_device", "this device is not registered"}
+
+// tenantAPI authenticates the tenant, applies its rate limit and turns the
+// handler's error into the API's error shape.
+func (s *Service) tenantAPI(h func(w http.ResponseWriter, r *http.Request, t store.Tenant) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t, err := s.authenticate(r.Context(), r)
+		if err == nil {
+			if res := s.limiter(t.ID).Reserve(); res.Delay() > 0 {
+				res.Cancel()
+				w.Header().Set("Retry-After", strconv.Itoa(int(res.Delay()/time.Second)+1))
+				err = &apiError{http.StatusTooManyRequests, "rate_limited", "too many requests for this tenant; retry later"}
+			} else {
+				err = h(w, r, t)
+			}
+		}
+		if err == nil {
+			return
+		}
+		if errors.Is(err, errUnauthorized) {
+			err = &apiError{http.StatusUnauthorized, "unauthorized", "missing or unknown API token (Authorization: Bearer <ENSAPIToken>)"}
+		}
+		var ae *apiError
+		if !errors.As(err, &ae) {
+			s.log.Error("device API request failed", slog.String("path", r.URL.Path), slog.Any("error", err))
+			ae = &apiError{http.StatusInternalServerError, "internal", "internal error; the gateway's log has details"}
+		}
+		writeError(w, ae)
+	})
+}
+
+// decodeJSON reads a bounded JSON body into dst.
+func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) error {
+	body := http.MaxBytesReader(w, r.Body, maxRequestBody)
+	if err := json.NewDecoder(body).Decode(dst); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return &apiError{http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("the body exceeds %d bytes", maxRequestBody)}
+		}
+		return badRequest("the body is not the expected JSON object: %v", jsonProblem(err))
+	}
+	return nil
+}
+
+// jsonProblem describes a decoding error without echoing the input.
+func jsonProblem(err error) string {
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		return fmt.Sprintf("field %q must be a %s", typeErr.Field, typeErr.Type)
+	}
+	var syntaxErr *json.SyntaxError
+	if errors.As(err, &syntaxErr) {
+		return fmt.Sprintf("syntax error at byte %d", syntaxErr.Offset)
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return "the JSON ends early"
+	}
+	return "malformed JSON"
+}
+
+func writeError(w http.ResponseWriter, e *apiError) {
+	writeJSON(w, e.status, map[string]string{"error": e.code, "message": e.message})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

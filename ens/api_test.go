@@ -9,7 +9,7 @@ import (
 
 func TestAliveAnswersJSONWithoutToken(t *testing.T) {
 	rec := httptest.NewRecorder()
-	NewHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/api/ens/alive", nil))
+	(&Service{}).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/api/ens/alive", nil))
 	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "application/json; charset=utf-8" {
 		t.Fatalf("status %d, content type %q", rec.Code, rec.Header().Get("Content-Type"))
 	}
@@ -32,8 +32,8 @@ func TestUnknownPathsAndMethodsGetJSONErrors(t *testing.T) {
 		{"POST", "/api/ens/alive", http.StatusNotFound, "not_found"},
 	} {
 		rec := httptest.NewRecorder()
-		NewHandler().ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, nil))
-		var body apiError
+		(&Service{}).Handler().ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, nil))
+		var body struct{ Error, Message string }
 		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
 			t.Fatalf("%s %s: body %q is not JSON: %v", tc.method, tc.path, rec.Body, err)
 		}

@@ -1,0 +1,280 @@
+package ens
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ensgate/ensgate/ens/push"
+	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/store"
+)
+
+// claimLease is how long a node owns an (item, device) push before another
+// may take it over: longer than a push may take with its retries
+// (PushTimeBudget) and a GetItem.
+const claimLease = PushTimeBudget + DefaultEWSTimeout + 5*time.Second
+
+// PushTimeBudget is the most time one push may take, retries included; the
+// host configures its push senders within it.
+const PushTimeBudget = 20 * time.Second
+
+// errPushInProgress: another node owns some of this item's pushes.
+var errPushInProgress = errors.New("another node is pushing this item")
+
+// Privacy levels (PolicyLimitNotificationText): what a push may show.
+const (
+	levelSenderSubjectPreview = 0
+	levelSenderSubject        = 1
+	levelSender               = 2
+	levelGeneric              = 3
+)
+
+// delivery turns one notification's new items into pushes.
+type delivery struct {
+	s       *Service
+	log     *slog.Logger
+	sub     store.Subscription
+	creds   *credentials
+	tenant  store.Tenant
+	devices []store.Device
+	ep      *endpoint
+	badge   *int // unread count once fetched
+}
+
+// level is what a device may be shown: the tenant's level is a ceiling.
+func (d *delivery) level(dev store.Device) int {
+	return max(d.tenant.NotificationLevel, dev.NotificationLevel)
+}
+
+func (d *delivery) run(ctx context.Context, items []ews.ItemID) (ews.SubscriptionStatus, error) {
+	client, done, err := d.s.ewsClient(d.ep, d.creds)
+	if err != nil {
+		return "", err
+	}
+	defer done()
+	release, err := d.ep.acquire(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer release()
+	acct := d.creds.account()
+
+	var retry error
+	ended := false
+	for _, id := range items {
+		status, err := d.item(ctx, client, acct, id)
+		if errors.Is(err, ews.ErrUnauthorized) {
+			return d.credentialsRefused(ctx)
+		}
+		if err != nil {
+			retry = err
+		}
+		ended = ended || status == ews.SubscriptionUnsubscribe
+	}
+	if retry != nil {
+		return "", retry
+	}
+	if ended {
+		return ews.SubscriptionUnsubscribe, nil
+	}
+	return ews.SubscriptionOK, nil
+}
+
+// item pushes one new item to the devices whose push for it is not done or
+// in progress elsewhere. GetItem is called only if a device may see content.
+func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Account, id ews.ItemID) (ews.SubscriptionStatus, error) {
+	hash := itemHash(id)
+	ids := make([]int64, len(d.devices))
+	for i, dev := range d.devices {
+		ids[i] = dev.ID
+	}
+	claimed, othersPending, err := d.s.store.ClaimPushes(ctx, d.sub.ID, hash, ids, claimLease)
+	if err != nil {
+		return "", err
+	}
+	var pending error
+	if othersPending {
+		// Another node is pushing this item; Exchange's retry will find it
+		// done, or the claim expired because that node died.
+		pending = errPushInProgress
+	}
+	if len(claimed) == 0 {
+		return ews.SubscriptionOK, pending
+	}
+	targets := d.claimedDevices(claimed)
+
+	var item *ews.Item
+	if d.needsContent(targets) {
+		item, err = client.GetItem(ctx, acct, id)
+		if errors.Is(err, ews.ErrItemNotFound) {
+			// Deleted or moved before we looked: nothing left to announce.
+			return ews.SubscriptionOK, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed)
+		}
+		if err != nil {
+			return "", errors.Join(err, d.s.store.ReleasePushes(context.WithoutCancel(ctx), d.sub.ID, hash, claimed))
+		}
+	}
+
+	badge, err := d.unreadCount(ctx, client, acct)
+	if err != nil {
+		return "", errors.Join(err, d.s.store.ReleasePushes(context.WithoutCancel(ctx), d.sub.ID, hash, claimed))
+	}
+	results := make([]push.Result, len(targets))
+	var wg sync.WaitGroup
+	for i, dev := range targets {
+		wg.Go(func() { results[i] = d.s.push.Send(ctx, newMailMessage(dev, d.level(dev), item, badge)) })
+	}
+	wg.Wait()
+
+	var finished, failed []int64
+	status := ews.SubscriptionOK
+	for i, res := range results {
+		dev := targets[i]
+		switch res.Outcome {
+		case push.Failed:
+			failed = append(failed, dev.ID)
+			continue
+		case push.TokenDead:
+			ended, err := d.s.store.SetDeviceState(ctx, d.tenant.ID, dev.DeviceID, store.DeviceInactive, "push token dead: "+res.Reason)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return "", err
+			}
+			if ended {
+				status = ews.SubscriptionUnsubscribe
+			}
+		case push.Rejected:
+			d.log.Warn("push rejected", slog.String("device", dev.DeviceID), slog.String("reason", res.Reason))
+		}
+		finished = append(finished, dev.ID)
+	}
+	if err := d.s.store.FinishPushes(ctx, d.sub.ID, hash, finished); err != nil {
+		return "", err
+	}
+	if len(failed) > 0 {
+		err := d.s.store.ReleasePushes(ctx, d.sub.ID, hash, failed)
+		return "", errors.Join(fmt.Errorf("%d of %d pushes failed", len(failed), len(targets)), err)
+	}
+	return status, pending
+}
+
+// unreadCount is the Inbox's unread count for the badge, fetched once per
+// notification and only when something is pushed. Only a refusal of the
+// credentials is an error; otherwise the push leaves the badge alone (-1).
+func (d *delivery) unreadCount(ctx context.Context, client *ews.Client, acct ews.Account) (int, error) {
+	if d.badge != nil {
+		return *d.badge, nil
+	}
+	badge := -1
+	inbox, err := client.GetInbox(ctx, acct)
+	switch {
+	case err == nil:
+		badge = inbox.UnreadCount
+	case errors.Is(err, ews.ErrUnauthorized):
+		return 0, err
+	default:
+		d.log.Warn("unread count unavailable; pushing without a badge", slog.Any("error", err))
+	}
+	d.badge = &badge
+	return badge, nil
+}
+
+func (d *delivery) claimedDevices(claimed []int64) []store.Device {
+	mine := make(map[int64]bool, len(claimed))
+	for _, id := range claimed {
+		mine[id] = true
+	}
+	var devs []store.Device
+	for _, dev := range d.devices {
+		if mine[dev.ID] {
+			devs = append(devs, dev)
+		}
+	}
+	return devs
+}
+
+// needsContent: levels 3 and 4 never fetch the item.
+func (d *delivery) needsContent(devs []store.Device) bool {
+	for _, dev := range devs {
+		if d.level(dev) <= levelSender {
+			return true
+		}
+	}
+	return false
+}
+
+// credentialsRefused handles Exchange's 401 (password changed, token
+// expired): the subscription fails once, its devices are asked to register
+// again (with a generic notice where the level allows), and Exchange is
+// told to stop, so no retry storm follows.
+func (d *delivery) credentialsRefused(ctx context.Context) (ews.SubscriptionStatus, error) {
+	changed, err := d.s.store.StopSubscription(ctx, d.sub.ID, store.SubscriptionFailed, store.ReasonUnauthorized)
+	if err != nil {
+		return "", err
+	}
+	if changed {
+		d.log.Info("Exchange refused the credentials; asking the devices to register again")
+		d.s.askToReregister(ctx, d.tenant, d.devices, true)
+	}
+	return ews.SubscriptionUnsubscribe, nil
+}
+
+// askToReregister sends each device the silent "register again" push and,
+// with newMail and where its level allows, a generic "New message".
+func (s *Service) askToReregister(ctx context.Context, tenant store.Tenant, devices []store.Device, newMail bool) {
+	var wg sync.WaitGroup
+	for _, dev := range devices {
+		level := max(tenant.NotificationLevel, dev.NotificationLevel)
+		wg.Go(func() {
+			m := baseMessage(dev)
+			m.Kind = push.Reregister
+			m.Badge = -1
+			s.push.Send(ctx, m)
+			if newMail && level <= levelGeneric {
+				s.push.Send(ctx, newMailMessage(dev, levelGeneric, nil, -1))
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func baseMessage(dev store.Device) push.Message {
+	return push.Message{Platform: push.Platform(dev.Platform), Token: dev.PushToken, Topic: dev.Topic,
+		ThreadID: threadID(dev.MailboxHash), RegisteredAt: dev.RegisteredAt}
+}
+
+// newMailMessage builds the push for one device at its level (DESIGN.md):
+// 0 sender, subject and preview; 1 sender and subject; 2 sender; 3 a
+// generic "New message"; 4 only the badge.
+func newMailMessage(dev store.Device, level int, item *ews.Item, badge int) push.Message {
+	m := baseMessage(dev)
+	m.Kind = push.NewMail
+	m.Badge = badge
+	if level >= levelGeneric {
+		m.Generic = level == levelGeneric
+		return m
+	}
+	// Below levelGeneric the caller has fetched the item (needsContent).
+	m.Title = item.From.Name
+	if m.Title == "" {
+		m.Title = item.From.EmailAddress
+	}
+	if level <= levelSenderSubject {
+		m.Subject = item.Subject
+	}
+	if level == levelSenderSubjectPreview {
+		m.Preview = item.Preview
+	}
+	return m
+}
+
+// threadID groups a mailbox's notifications on the phone without naming it.
+func threadID(mailboxHash []byte) string {
+	sum := sha256.Sum256(append([]byte("ensgate thread "), mailboxHash...))
+	return base64.RawURLEncoding.EncodeToString(sum[:12])
+}

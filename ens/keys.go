@@ -1,0 +1,122 @@
+package ens
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/ensgate/ensgate/store"
+)
+
+// newKeyPair generates an RSA key pair with its private key sealed under
+// the master key.
+func (s *Service) newKeyPair() (store.KeyPair, error) {
+	priv, err := rsa.GenerateKey(rand.Reader, s.cfg.KeyBits)
+	if err != nil {
+		return store.KeyPair{}, err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&priv.PublicKey)
+	if err != nil {
+		return store.KeyPair{}, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return store.KeyPair{}, err
+	}
+	keyID := randomID()
+	return store.KeyPair{KeyID: keyID, PublicKey: pub, SealedPrivateKey: s.master.SealPrivateKey(keyID, der),
+		MasterKeyID: s.master.ID()}, nil
+}
+
+// randomID is an opaque, unguessable identifier (128 bits, base64url).
+func randomID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// fillKeyPool keeps KeyPoolSize key pairs ready, so that publickey never
+// waits for a key to be generated.
+func (s *Service) fillKeyPool(ctx context.Context) {
+	added, err := s.store.FillKeyPool(ctx, s.cfg.KeyPoolSize, s.newKeyPair)
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn("filling the key pool", slog.Int("added", added), slog.Any("error", err))
+	} else if added > 0 {
+		s.log.Debug("key pool filled", slog.Int("added", added))
+	}
+}
+
+// wakeKeyPool asks the pool worker to top up now.
+func (s *Service) wakeKeyPool() {
+	select {
+	case s.keyPoolWake <- struct{}{}:
+	default:
+	}
+}
+
+type publicKeyRequest struct {
+	DeviceID string `json:"deviceId"`
+	Email    string `json:"email"`
+}
+
+// publicKey hands the device a key pair from the pool, as a JWK.
+func (s *Service) publicKey(w http.ResponseWriter, r *http.Request, t store.Tenant) error {
+	var req publicKeyRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if err := checkDeviceID(req.DeviceID); err != nil {
+		return err
+	}
+	if err := checkEmail(req.Email); err != nil {
+		return err
+	}
+	kp, err := s.store.AssignKeyPair(r.Context(), t.ID, req.DeviceID)
+	s.wakeKeyPool()
+	if errors.Is(err, store.ErrPoolEmpty) {
+		w.Header().Set("Retry-After", "1")
+		return &apiError{http.StatusServiceUnavailable, "overloaded", "no key is ready; retry in a second"}
+	}
+	if err != nil {
+		return err
+	}
+	pub, err := x509.ParsePKIXPublicKey(kp.PublicKey)
+	if err != nil {
+		return fmt.Errorf("key pair %s: %w", kp.KeyID, err)
+	}
+	jwk := jose.JSONWebKey{Key: pub, KeyID: kp.KeyID, Algorithm: string(jose.RSA_OAEP_256), Use: "enc"}
+	writeJSON(w, http.StatusOK, map[string]any{"keyId": kp.KeyID, "jwk": jwk})
+	return nil
+}
+
+// privateKey opens the device's key pair keyID.
+func (s *Service) privateKey(ctx context.Context, t store.Tenant, deviceID, keyID string) (*rsa.PrivateKey, int64, error) {
+	kp, err := s.store.DeviceKeyPair(ctx, t.ID, deviceID, keyID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, 0, badRequest("keyId: no such key for this device; call publickey first")
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	der, err := s.master.OpenPrivateKey(kp.MasterKeyID, kp.KeyID, kp.SealedPrivateKey)
+	if err != nil {
+		return nil, 0, err
+	}
+	key, err := x509.ParsePKCS8PrivateKey(der)
+	if err != nil {
+		return nil, 0, err
+	}
+	priv, ok := key.(*rsa.PrivateKey)
+	if !ok {
+		return nil, 0, fmt.Errorf("key pair %s is not RSA", kp.KeyID)
+	}
+	return priv, kp.ID, nil
+}

@@ -1,0 +1,225 @@
+package ens_test
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ensgate/ensgate/ens/push"
+	"github.com/ensgate/ensgate/internal/ewssim"
+)
+
+func TestForgedCallbacksAreRefusedWithoutCallingExchange(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	item := e.deliver(alice, mailFromCarol)
+	e.waitFor("the push", func() bool { return len(e.pushes.pushes("")) == 1 })
+	e.settle()
+	before := e.sim.Counters().Requests
+
+	genuine, body := e.newMailNotification(alice, item.ID)
+	u, _ := url.Parse(genuine)
+	q := u.Query()
+	id, key := q.Get("id"), q.Get("f")
+	flip := func(s string) string {
+		b := []byte(s)
+		if b[5] == 'A' {
+			b[5] = 'B'
+		} else {
+			b[5] = 'A'
+		}
+		return string(b)
+	}
+	for name, query := range map[string]url.Values{
+		"altered key":     {"id": {id}, "f": {flip(key)}},
+		"altered id":      {"id": {flip(id)}, "f": {key}},
+		"unknown id":      {"id": {"AAAAAAAAAAAAAAAAAAAAAA"}, "f": {key}},
+		"short key":       {"id": {id}, "f": {key[:20]}},
+		"no key":          {"id": {id}},
+		"nothing":         {},
+		"other key shape": {"id": {id}, "f": {strings.Repeat("-", 43)}},
+	} {
+		u.RawQuery = query.Encode()
+		status, answer := post(t, u.String(), body)
+		if status != http.StatusForbidden || answer != "" {
+			t.Errorf("%s: HTTP %d %q, want 403 with nothing said", name, status, answer)
+		}
+	}
+	after := e.sim.Counters().Requests
+	for op, n := range after {
+		if n != before[op] {
+			t.Errorf("forged callbacks caused %d %s calls to Exchange", n-before[op], op)
+		}
+	}
+	if n := len(e.pushes.pushes("")); n != 1 {
+		t.Errorf("forged callbacks caused %d more pushes", n-1)
+	}
+}
+
+func TestUnregisterEndsTheSubscriptionAtTheNextNotification(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	e.register(e.basicDevice("tablet", alice, alicePW, 0))
+	if status, body := e.call("POST", "/api/ens/unregister", map[string]string{"deviceId": "phone"}); status != 200 || len(body) != 0 {
+		t.Fatalf("unregister: %d %v", status, body)
+	}
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("the tablet's push", func() bool { return len(e.pushes.pushes(tok("tablet"))) == 1 })
+	if n := len(e.pushes.pushes(tok("phone"))); n != 0 {
+		t.Errorf("the unregistered phone got %d pushes", n)
+	}
+	if status, body := e.call("GET", "/api/ens/status?deviceId=phone", nil); status != 404 || body["error"] != "unknown_device" {
+		t.Errorf("status of an unregistered device: %d %v", status, body)
+	}
+
+	if status, _ := e.call("POST", "/api/ens/unregister", map[string]string{"deviceId": "tablet"}); status != 200 {
+		t.Fatalf("unregister the last device: %d", status)
+	}
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("Unsubscribe", func() bool { return e.sim.Counters().Unsubscribed == 1 })
+	if n := len(e.pushes.pushes("")); n != 1 {
+		t.Errorf("%d pushes after the last device left, want none beyond the first", n-1)
+	}
+	if status, _ := e.call("POST", "/api/ens/unregister", map[string]string{"deviceId": "tablet"}); status != 404 {
+		t.Errorf("unregistering twice: %d, want 404", status)
+	}
+}
+
+func TestNewRegistrationSupersedesTheMailboxSubscription(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	first := e.register(e.basicDevice("phone", alice, alicePW, 0))
+	second := e.register(e.basicDevice("tablet", alice, alicePW, 0))
+	if first == second {
+		t.Fatal("the second registration kept the first subscription id")
+	}
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("pushes to both devices", func() bool {
+		return len(e.pushes.pushes(tok("phone"))) == 1 && len(e.pushes.pushes(tok("tablet"))) == 1
+	})
+	// Exchange calls both subscriptions; the superseded one is ended.
+	e.waitFor("the old subscription's Unsubscribe", func() bool { return e.sim.Counters().Unsubscribed == 1 })
+	e.settle()
+	if n := len(e.pushes.pushes("")); n != 2 {
+		t.Errorf("%d pushes, want one per device", n)
+	}
+	subs := e.simSubscriptions(alice)
+	if len(subs) != 2 || subs[0].State == "active" || subs[1].State != "active" {
+		t.Errorf("simulator subscriptions %+v: want the first ended, the second active", subs)
+	}
+}
+
+func TestExpiredCredentialsAskDevicesToRegisterAgainOnce(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	e.register(e.basicDevice("private", alice, alicePW, 4))
+	if err := e.sim.SetPassword(alice, "changed-password"); err != nil {
+		t.Fatal(err)
+	}
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("Unsubscribe", func() bool { return e.newestSimState(alice) == "unsubscribed" })
+	e.settle()
+
+	phone := e.pushes.pushes(tok("phone"))
+	if len(phone) != 2 || phone[0].Kind != push.Reregister || phone[1].Kind != push.NewMail || !phone[1].Generic {
+		t.Fatalf("level-0 device got %+v: want a silent re-register push and a generic notice", phone)
+	}
+	private := e.pushes.pushes(tok("private"))
+	if len(private) != 1 || private[0].Kind != push.Reregister {
+		t.Fatalf("level-4 device got %+v: want only the silent push", private)
+	}
+	for _, dev := range []string{"phone", "private"} {
+		status, body := e.call("GET", "/api/ens/status?deviceId="+dev, nil)
+		if status != 200 || body["registered"] != true || body["subscription"] != "failed" || body["resubscribe"] != true {
+			t.Errorf("status of %s: %d %v", dev, status, body)
+		}
+	}
+	// No retry storm: the subscription is gone, more mail calls nothing.
+	requests := e.sim.Counters().Requests
+	e.deliver(alice, mailFromCarol)
+	e.settle()
+	if got := e.sim.Counters().Requests; got["GetFolder"] != requests["GetFolder"] || got["GetItem"] != requests["GetItem"] {
+		t.Errorf("EWS calls after the failure: %v, before %v", got, requests)
+	}
+	if n := len(e.pushes.pushes("")); n != 3 {
+		t.Errorf("%d pushes in all, want 3", n)
+	}
+}
+
+func TestDeadPushTokenDeactivatesTheDevice(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	e.pushes.script(tok("phone"), push.TokenDead)
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("Unsubscribe of the mailbox without devices", func() bool { return e.newestSimState(alice) == "unsubscribed" })
+	status, body := e.call("GET", "/api/ens/status?deviceId=phone", nil)
+	if status != 200 || body["registered"] != false || body["resubscribe"] != true {
+		t.Errorf("status of a device with a dead token: %d %v", status, body)
+	}
+}
+
+func TestStatusPingsRecordLivenessAndPushNothing(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	subID := e.register(e.basicDevice("phone", alice, alicePW, 0))
+	sub, err := e.store.SubscriptionByPublicID(context.Background(), subID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// StatusFrequency is one minute: 100 ms on the simulator's clock.
+	e.waitFor("two status pings", func() bool { return e.sim.Counters().StatusEventsSent >= 2 })
+	later, _ := e.store.SubscriptionByPublicID(context.Background(), subID)
+	if !later.LastSeenAt.After(sub.LastSeenAt) {
+		t.Errorf("last seen %v did not move after status pings (was %v)", later.LastSeenAt, sub.LastSeenAt)
+	}
+	if n := len(e.pushes.pushes("")); n != 0 {
+		t.Errorf("status pings caused %d pushes", n)
+	}
+}
+
+func TestSilentSubscriptionFailsAndAsksToRegisterAgain(t *testing.T) {
+	e := newEnv(t, envOptions{simConfig: ewssim.Config{ClockScale: time.Hour}}) // no pings during the test
+	subID := e.register(e.basicDevice("phone", alice, alicePW, 0))
+	if _, err := e.store.Pool().Exec(context.Background(),
+		`UPDATE subscriptions SET last_seen_at = now() - interval '3 minutes' WHERE public_id = $1`, subID); err != nil {
+		t.Fatal(err)
+	}
+	e.svc.Stop()
+	e.svc.Start() // the health worker runs at once on start
+	e.waitFor("the re-register push", func() bool { return len(e.pushes.pushes(tok("phone"))) == 1 })
+	if m := e.pushes.pushes(tok("phone"))[0]; m.Kind != push.Reregister {
+		t.Errorf("push %+v, want a silent re-register", m)
+	}
+	status, body := e.call("GET", "/api/ens/status?deviceId=phone", nil)
+	if status != 200 || body["subscription"] != "failed" || body["resubscribe"] != true {
+		t.Errorf("status: %d %v", status, body)
+	}
+	if state := ewsState(t, e, subID); state != "failed" {
+		t.Errorf("subscription state %q", state)
+	}
+}
+
+func ewsState(t *testing.T, e *env, subID string) string {
+	sub, err := e.store.SubscriptionByPublicID(context.Background(), subID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sub.State
+}
+
+// Exchange's answer when it is busy must not turn into a failed
+// registration storm: the client backs off and ENS says 502 with the code.
+func TestExchangeBusyDuringRegistration(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if _, err := e.sim.InjectFault(ewssim.Fault{Kind: ewssim.FaultServerBusy, Operation: "Subscribe", Count: 1}); err != nil {
+		t.Fatal(err)
+	}
+	status, body := e.call("POST", "/api/ens/registerdevicev2", e.registerBody(e.basicDevice("phone", alice, alicePW, 0)))
+	if status != http.StatusBadGateway || body["error"] != "exchange_error" || !strings.Contains(body["message"].(string), "ErrorServerBusy") {
+		t.Fatalf("register while Exchange is busy: %d %v", status, body)
+	}
+	if n := e.sim.Counters().Requests["Subscribe"]; n != 1 {
+		t.Errorf("%d Subscribe calls, want 1", n)
+	}
+}

@@ -1,0 +1,168 @@
+package ens
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/ensgate/ensgate/ens/seal"
+	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/store"
+)
+
+// errForgedCallback covers every way a callback can fail authentication.
+// They are answered alike, so the webhook is no oracle.
+var errForgedCallback = errors.New("callback failed authentication")
+
+// decoy gives unknown ids the same work as known ones (one AES-GCM open),
+// so timing does not tell which subscription ids exist.
+var decoy = seal.NewSubscriptionKey().Seal("decoy", make([]byte, 512))
+
+// openCallback authenticates Exchange's callback: the id names a
+// subscription and f must be the key its credentials are sealed under. It
+// costs one indexed query and one AES-GCM open, and no call to Exchange.
+func (s *Service) openCallback(ctx context.Context, publicID, f string) (store.Subscription, *credentials, error) {
+	key, keyErr := seal.ParseSubscriptionKey(f)
+	sub, err := s.store.SubscriptionByPublicID(ctx, publicID)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.Subscription{}, nil, err
+	}
+	if err != nil || keyErr != nil {
+		key.Open("decoy", decoy)
+		return store.Subscription{}, nil, errForgedCallback
+	}
+	plain, err := key.Open(sub.PublicID, sub.SealedCredentials)
+	if err != nil {
+		return store.Subscription{}, nil, errForgedCallback
+	}
+	var c credentials
+	if err := json.Unmarshal(plain, &c); err != nil {
+		return store.Subscription{}, nil, err
+	}
+	return sub, &c, nil
+}
+
+// notify is Exchange's webhook: it answers SendNotificationResult OK once
+// the pushes are handed to APNs/FCM, Unsubscribe for a subscription that is
+// over, and an HTTP error when Exchange should retry later.
+func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	q := r.URL.Query()
+	sub, creds, err := s.openCallback(ctx, q.Get("id"), q.Get("f"))
+	if errors.Is(err, errForgedCallback) {
+		s.log.Debug("callback refused: unknown subscription or wrong key")
+		http.Error(w, "forbidden", http.StatusForbidden)
+		return
+	}
+	if err != nil {
+		s.log.Error("callback: cannot load the subscription", slog.Any("error", err))
+		http.Error(w, "try again later", http.StatusServiceUnavailable)
+		return
+	}
+	log := s.log.With(slog.String("subscription", sub.PublicID))
+	n, err := ews.ParseSendNotification(r.Body)
+	if err != nil {
+		status := http.StatusBadRequest
+		if errors.Is(err, ews.ErrTooLarge) {
+			status = http.StatusRequestEntityTooLarge
+		}
+		log.Warn("callback: unreadable SendNotification", slog.Any("error", err))
+		http.Error(w, "malformed SendNotification", status)
+		return
+	}
+	result := ews.SubscriptionUnsubscribe
+	if sub.State == store.SubscriptionActive && n.SubscriptionID == sub.EWSSubscriptionID {
+		result, err = s.handleNotification(ctx, log, sub, creds, n)
+		if err != nil {
+			log.Warn("notification not handled; Exchange will retry", slog.Any("error", err))
+			http.Error(w, "try again later", http.StatusServiceUnavailable)
+			return
+		}
+	} else {
+		log.Info("ending a subscription that is over", slog.String("state", sub.State), slog.String("reason", sub.StateReason))
+	}
+	body, err := ews.BuildSendNotificationResult(result)
+	if err != nil {
+		log.Error("building SendNotificationResult", slog.Any("error", err))
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.Write(body)
+}
+
+// handleNotification records Exchange's liveness and pushes new mail.
+func (s *Service) handleNotification(ctx context.Context, log *slog.Logger, sub store.Subscription, creds *credentials, n *ews.Notification) (ews.SubscriptionStatus, error) {
+	devices, err := s.store.ActiveDevices(ctx, sub.TenantID, sub.MailboxHash)
+	if err != nil {
+		return "", err
+	}
+	if len(devices) == 0 {
+		if _, err := s.store.StopSubscription(ctx, sub.ID, store.SubscriptionEnded, store.ReasonNoDevices); err != nil {
+			return "", err
+		}
+		log.Info("ending a subscription without devices")
+		return ews.SubscriptionUnsubscribe, nil
+	}
+	if err := s.store.MarkSeen(ctx, sub.ID, lastWatermark(n)); err != nil {
+		return "", err
+	}
+	items := newItems(n)
+	if len(items) == 0 {
+		return ews.SubscriptionOK, nil
+	}
+	tenant, err := s.store.TenantByID(ctx, sub.TenantID)
+	if err != nil {
+		return "", err
+	}
+	ep, err := s.endpointByID(ctx, sub.EndpointID)
+	if err != nil {
+		return "", err
+	}
+	d := &delivery{s: s, log: log, sub: sub, creds: creds, tenant: tenant, devices: devices, ep: ep}
+	return d.run(ctx, items)
+}
+
+// newItems lists the items that arrived, once each: Exchange reports a new
+// message as a CreatedEvent and a NewMailEvent.
+func newItems(n *ews.Notification) []ews.ItemID {
+	var items []ews.ItemID
+	seen := map[string]bool{}
+	for _, ev := range n.Events {
+		if (ev.Type == ews.NewMailEvent || ev.Type == ews.CreatedEvent) && ev.ItemID.ID != "" && !seen[ev.ItemID.ID] {
+			seen[ev.ItemID.ID] = true
+			items = append(items, ev.ItemID)
+		}
+	}
+	return items
+}
+
+func lastWatermark(n *ews.Notification) string {
+	for i := len(n.Events) - 1; i >= 0; i-- {
+		if n.Events[i].Watermark != "" {
+			return n.Events[i].Watermark
+		}
+	}
+	return ""
+}
+
+// itemHash keys push claims; Exchange's item ids are long.
+func itemHash(id ews.ItemID) []byte {
+	sum := sha256.Sum256([]byte(id.ID))
+	return sum[:16]
+}
+
+// endpointByID returns the shared state of the subscription's endpoint.
+func (s *Service) endpointByID(ctx context.Context, id int64) (*endpoint, error) {
+	if ep, ok := s.endpoints.Load(id); ok {
+		return ep.(*endpoint), nil
+	}
+	row, err := s.store.EndpointByID(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return s.endpointFor(row)
+}

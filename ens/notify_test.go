@@ -1,0 +1,125 @@
+package ens_test
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/ensgate/ensgate/ens/push"
+	"github.com/ensgate/ensgate/internal/ewssim"
+)
+
+var mailFromCarol = ewssim.Mail{From: "carol@fabrikam.test", FromName: "Carol Example", Subject: "Quarterly numbers",
+	Body: "Please find the figures attached before Friday."}
+
+func TestNewMailIsPushedWithContentForEachLevel(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	for level := 0; level <= 4; level++ {
+		e.register(e.basicDevice(fmt.Sprintf("dev-%d", level), alice, alicePW, level))
+	}
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("five pushes", func() bool { return len(e.pushes.pushes("")) >= 5 })
+	e.settle()
+
+	unread, _ := e.sim.UnreadCount(alice)
+	want := map[int]push.Message{
+		0: {Title: "Carol Example", Subject: "Quarterly numbers", Preview: "Please find the figures attached before Friday."},
+		1: {Title: "Carol Example", Subject: "Quarterly numbers"},
+		2: {Title: "Carol Example"},
+		3: {Generic: true},
+		4: {},
+	}
+	for level, w := range want {
+		got := e.pushes.pushes(tok(fmt.Sprintf("dev-%d", level)))
+		if len(got) != 1 {
+			t.Fatalf("level %d: %d pushes, want exactly 1 (Created + NewMail must give one)", level, len(got))
+		}
+		m := got[0]
+		if m.Kind != push.NewMail || m.Title != w.Title || m.Subject != w.Subject || m.Preview != w.Preview || m.Generic != w.Generic {
+			t.Errorf("level %d: push %+v, want content %+v", level, m, w)
+		}
+		if m.Badge != unread || m.Platform != push.IOS || m.ThreadID == "" {
+			t.Errorf("level %d: badge %d (unread %d), platform %q, thread %q", level, m.Badge, unread, m.Platform, m.ThreadID)
+		}
+		if strings.Contains(m.ThreadID, "alice") {
+			t.Errorf("thread id %q reveals the mailbox", m.ThreadID)
+		}
+	}
+	if n := e.sim.Counters().Requests["GetItem"]; n != 1 {
+		t.Errorf("GetItem called %d times for one item and five devices, want 1", n)
+	}
+}
+
+func TestLevelsThreeAndFourNeverFetchTheItem(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("generic", alice, alicePW, 3))
+	e.register(e.basicDevice("badge", alice, alicePW, 4))
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("two pushes", func() bool { return len(e.pushes.pushes("")) >= 2 })
+	e.settle()
+	c := e.sim.Counters()
+	if c.Requests["GetItem"] != 0 || c.Requests["GetFolder"] != 1 {
+		t.Errorf("EWS requests %v: want no GetItem and one GetFolder", c.Requests)
+	}
+}
+
+func TestTenantLevelIsACeiling(t *testing.T) {
+	e := newEnv(t, envOptions{tenantLevel: 2})
+	e.register(e.basicDevice("wants-all", alice, alicePW, 0))
+	e.register(e.basicDevice("wants-less", alice, alicePW, 3))
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("two pushes", func() bool { return len(e.pushes.pushes("")) >= 2 })
+	all, less := e.pushes.pushes(tok("wants-all"))[0], e.pushes.pushes(tok("wants-less"))[0]
+	if all.Title != "Carol Example" || all.Subject != "" || all.Preview != "" {
+		t.Errorf("device asking for level 0 under a level-2 tenant got %+v", all)
+	}
+	if !less.Generic || less.Title != "" {
+		t.Errorf("device asking for level 3 got %+v", less)
+	}
+}
+
+func TestExchangeRetriesAndConcurrentDuplicatesGiveOnePush(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	// The first push attempt fails: ENS answers 503, Exchange retries after
+	// 30 s (compressed), and the retry delivers.
+	e.pushes.script(tok("phone"), push.Failed)
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("the retried push", func() bool { return len(e.pushes.pushes(tok("phone"))) >= 2 })
+	e.settle()
+	if got := e.pushes.pushes(tok("phone")); len(got) != 2 {
+		t.Fatalf("%d push attempts, want the failed one and one retry", len(got))
+	}
+	subs := e.simSubscriptions(alice)
+	if len(subs) != 1 || subs[0].Failures != 1 || subs[0].State != "active" {
+		t.Fatalf("simulator subscription %+v: want one failed POST and the retry accepted", subs)
+	}
+}
+
+func TestConcurrentCallbacksForOneItemPushOnce(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	e.register(e.basicDevice("tablet", alice, alicePW, 1))
+	item := e.deliver(alice, mailFromCarol)
+	e.waitFor("first pushes", func() bool { return len(e.pushes.pushes("")) >= 2 })
+	e.settle()
+	// Replay the notification, as Exchange's retries on other nodes would,
+	// many times at once.
+	url, body := e.newMailNotification(alice, item.ID)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if status, _ := post(t, url, body); status != http.StatusOK {
+				t.Errorf("replayed notification: HTTP %d", status)
+			}
+		})
+	}
+	wg.Wait()
+	for _, tok := range []string{tok("phone"), tok("tablet")} {
+		if n := len(e.pushes.pushes(tok)); n != 1 {
+			t.Errorf("%s got %d pushes, want 1", tok, n)
+		}
+	}
+}

@@ -1,0 +1,149 @@
+package ens
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/url"
+
+	"github.com/ensgate/ensgate/ens/push"
+	"github.com/ensgate/ensgate/ens/seal"
+	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/store"
+)
+
+type registerRequest struct {
+	DeviceID          string `json:"deviceId"`
+	Email             string `json:"email"`
+	Platform          string `json:"platform"`
+	PushToken         string `json:"pushToken"`
+	Topic             string `json:"topic"`
+	EWSURL            string `json:"ewsUrl"`
+	AuthType          string `json:"authType"`
+	KeyID             string `json:"keyId"`
+	Credentials       string `json:"credentials"`
+	NotificationLevel *int   `json:"notificationLevel"`
+}
+
+func (req *registerRequest) check() error {
+	if err := checkDeviceID(req.DeviceID); err != nil {
+		return err
+	}
+	if err := checkEmail(req.Email); err != nil {
+		return err
+	}
+	switch {
+	case req.Platform != string(push.IOS) && req.Platform != string(push.Android):
+		return badRequest(`platform: must be "ios" or "android"`)
+	case req.PushToken == "" || len(req.PushToken) > 4096:
+		return badRequest("pushToken: must be 1 to 4096 characters")
+	case req.Platform == string(push.IOS) && !push.ValidAPNsToken(req.PushToken):
+		return badRequest("pushToken: an APNs device token is hexadecimal")
+	case len(req.Topic) > 255:
+		return badRequest("topic: must be at most 255 characters")
+	case req.EWSURL == "":
+		return badRequest("ewsUrl: required")
+	case req.AuthType != authBasic && req.AuthType != authOAuth && req.AuthType != authCert:
+		return badRequest(`authType: must be "basic", "oauth" or "cert"`)
+	case req.KeyID == "":
+		return badRequest("keyId: required (from publickey)")
+	case req.Credentials == "":
+		return badRequest("credentials: required (a JWE)")
+	case req.NotificationLevel == nil || *req.NotificationLevel < 0 || *req.NotificationLevel > store.MaxNotificationLevel:
+		return badRequest("notificationLevel: must be 0 to 4")
+	}
+	return nil
+}
+
+// register decrypts the device's credentials, subscribes the mailbox's Inbox
+// with them and stores the subscription, superseding the mailbox's previous
+// one. The plaintext credentials exist only during this request.
+func (s *Service) register(w http.ResponseWriter, r *http.Request, t store.Tenant) error {
+	var req registerRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if err := req.check(); err != nil {
+		return err
+	}
+	ctx := r.Context()
+	if _, err := store.NormalizeEWSURL(req.EWSURL); err != nil {
+		return badRequest("ewsUrl: %v", err)
+	}
+	// The allow-list is checked before anything else is done with the URL.
+	row, err := s.store.EndpointFor(ctx, t.ID, req.EWSURL)
+	if errors.Is(err, store.ErrNotFound) {
+		return &apiError{http.StatusForbidden, "forbidden", "ewsUrl is not one of this tenant's allowed EWS endpoints"}
+	}
+	if err != nil {
+		return err
+	}
+	priv, keyPairID, err := s.privateKey(ctx, t, req.DeviceID, req.KeyID)
+	if err != nil {
+		return err
+	}
+	creds, err := decryptCredentials(req.Credentials, priv, req.Email, req.AuthType)
+	if err != nil {
+		return err
+	}
+	ep, err := s.endpointFor(row)
+	if err != nil {
+		return err
+	}
+
+	publicID, key := randomID(), seal.NewSubscriptionKey()
+	ewsSub, err := s.subscribe(ctx, ep, creds, publicID, key)
+	if err != nil {
+		s.log.Info("registration refused by Exchange", slog.String("tenant", t.Name), slog.String("device", req.DeviceID), slog.Any("error", err))
+		return exchangeError(err)
+	}
+	sealed, err := json.Marshal(creds)
+	if err != nil {
+		return err
+	}
+	mailbox := s.master.MailboxHash(req.Email)
+	sub, err := s.store.Register(ctx, store.Registration{
+		Subscription: store.Subscription{PublicID: publicID, TenantID: t.ID, MailboxHash: mailbox, EndpointID: row.ID,
+			AuthType: req.AuthType, SealedCredentials: key.Seal(publicID, sealed), EWSSubscriptionID: ewsSub.ID,
+			Watermark: ewsSub.Watermark, StatusFrequency: s.cfg.StatusFrequency},
+		Device: store.Device{TenantID: t.ID, DeviceID: req.DeviceID, MailboxHash: mailbox, Platform: req.Platform,
+			PushToken: req.PushToken, Topic: req.Topic, NotificationLevel: *req.NotificationLevel},
+		KeyPairID: keyPairID,
+	})
+	if err != nil {
+		return err
+	}
+	s.log.Info("device registered", slog.String("tenant", t.Name), slog.String("device", req.DeviceID),
+		slog.String("subscription", sub.PublicID), slog.String("auth", req.AuthType))
+	writeJSON(w, http.StatusOK, map[string]string{"status": "active", "subscriptionId": sub.PublicID})
+	return nil
+}
+
+// subscribe creates the EWS push subscription whose callback carries the
+// subscription's id and key.
+func (s *Service) subscribe(ctx context.Context, ep *endpoint, creds *credentials, publicID string, key seal.SubscriptionKey) (*ews.Subscription, error) {
+	client, done, err := s.ewsClient(ep, creds)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	release, err := ep.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return client.Subscribe(ctx, creds.account(), ews.SubscribeRequest{
+		URL: s.callbackURL(publicID, key), StatusFrequency: s.cfg.StatusFrequency})
+}
+
+// callbackURL is ENS_PUBLIC_URL/api/ens/notify?id=…&f=…: 43 characters of
+// key and 22 of id, far below EWS's 2082-character limit whatever the
+// credentials are.
+func (s *Service) callbackURL(publicID string, key seal.SubscriptionKey) string {
+	u := *s.cfg.PublicURL
+	u.Path += BasePath + "/notify"
+	u.RawQuery = url.Values{"id": {publicID}, "f": {key.String()}}.Encode()
+	return u.String()
+}

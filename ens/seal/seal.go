@@ -1,0 +1,154 @@
+// Package seal holds ENS's symmetric cryptography: the master key that seals
+// device private keys at rest, the per-subscription keys that seal Exchange
+// credentials, and the keyed hash under which mailbox addresses are stored.
+package seal
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// KeySize is the size of every key here: AES-256.
+const KeySize = 32
+
+// ErrOpen is the only error opening a sealed value gives: a wrong key and
+// tampered data look the same, so the error is no oracle.
+var ErrOpen = errors.New("seal: cannot open")
+
+// MasterKey seals device private keys and keys the mailbox hash. Subkeys are
+// derived with HKDF so that each purpose has its own key.
+type MasterKey struct {
+	id      string
+	wrap    cipher.AEAD
+	mailbox []byte
+}
+
+// NewMasterKey derives the master key's subkeys from 32 secret bytes.
+func NewMasterKey(secret []byte) (*MasterKey, error) {
+	if len(secret) != KeySize {
+		return nil, fmt.Errorf("seal: master key must be %d bytes, not %d", KeySize, len(secret))
+	}
+	derive := func(info string) []byte {
+		k, err := hkdf.Key(sha256.New, secret, nil, "ensgate "+info, KeySize)
+		if err != nil {
+			panic(err) // only for lengths beyond 255 hash sizes
+		}
+		return k
+	}
+	wrap, err := newGCM(derive("private key wrap v1"))
+	if err != nil {
+		return nil, err
+	}
+	return &MasterKey{
+		id:      hex.EncodeToString(derive("master key id v1")[:8]),
+		wrap:    wrap,
+		mailbox: derive("mailbox hash v1"),
+	}, nil
+}
+
+// ID names the master key without revealing it; it is stored beside what it
+// sealed so that a rotated key can be told apart.
+func (m *MasterKey) ID() string { return m.id }
+
+// SealPrivateKey encrypts a DER private key; the key id binds it to its row.
+func (m *MasterKey) SealPrivateKey(keyID string, der []byte) []byte {
+	return sealWith(m.wrap, der, "private key "+keyID)
+}
+
+// OpenPrivateKey decrypts what SealPrivateKey sealed under masterKeyID.
+func (m *MasterKey) OpenPrivateKey(masterKeyID, keyID string, sealed []byte) ([]byte, error) {
+	if masterKeyID != m.id {
+		return nil, fmt.Errorf("seal: private key %s is sealed under master key %s, but the configured master key is %s", keyID, masterKeyID, m.id)
+	}
+	return openWith(m.wrap, sealed, "private key "+keyID)
+}
+
+// MailboxHash is the keyed hash of a lower-cased, trimmed mailbox address:
+// stable, so a mailbox's devices find each other, and useless without the
+// master key, so the database alone does not reveal who uses ENS.
+func (m *MasterKey) MailboxHash(address string) []byte {
+	mac := hmac.New(sha256.New, m.mailbox)
+	mac.Write([]byte(strings.ToLower(strings.TrimSpace(address))))
+	return mac.Sum(nil)
+}
+
+// SubscriptionKey seals one subscription's credentials. It is never stored:
+// ENS puts it into Exchange's callback URL, so the database and the URL are
+// each useless alone.
+type SubscriptionKey [KeySize]byte
+
+// NewSubscriptionKey returns a fresh random key.
+func NewSubscriptionKey() SubscriptionKey {
+	var k SubscriptionKey
+	rand.Read(k[:])
+	return k
+}
+
+// String encodes the key for a URL: 43 base64url characters.
+func (k SubscriptionKey) String() string { return base64.RawURLEncoding.EncodeToString(k[:]) }
+
+// ParseSubscriptionKey decodes String's output.
+func ParseSubscriptionKey(s string) (SubscriptionKey, error) {
+	var k SubscriptionKey
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) != KeySize {
+		return k, ErrOpen
+	}
+	copy(k[:], b)
+	return k, nil
+}
+
+// Seal encrypts plaintext for the subscription publicID.
+func (k SubscriptionKey) Seal(publicID string, plaintext []byte) []byte {
+	aead, err := newGCM(k[:])
+	if err != nil {
+		panic(err) // the key has the right size by construction
+	}
+	return sealWith(aead, plaintext, "credentials "+publicID)
+}
+
+// Open decrypts what Seal sealed for publicID; any mismatch gives ErrOpen.
+func (k SubscriptionKey) Open(publicID string, sealed []byte) ([]byte, error) {
+	aead, err := newGCM(k[:])
+	if err != nil {
+		return nil, ErrOpen
+	}
+	return openWith(aead, sealed, "credentials "+publicID)
+}
+
+func newGCM(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+// sealWith returns nonce || ciphertext, with context as additional data so
+// a sealed value cannot be moved to another row.
+func sealWith(aead cipher.AEAD, plaintext []byte, context string) []byte {
+	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(plaintext)+aead.Overhead())
+	rand.Read(nonce)
+	return aead.Seal(nonce, nonce, plaintext, []byte(context))
+}
+
+func openWith(aead cipher.AEAD, sealed []byte, context string) ([]byte, error) {
+	if len(sealed) < aead.NonceSize()+aead.Overhead() {
+		return nil, ErrOpen
+	}
+	n := aead.NonceSize()
+	plain, err := aead.Open(nil, sealed[:n], sealed[n:], []byte(context))
+	if err != nil {
+		return nil, ErrOpen
+	}
+	return plain, nil
+}

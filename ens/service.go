@@ -1,0 +1,219 @@
+package ens
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/ensgate/ensgate/ens/push"
+	"github.com/ensgate/ensgate/ens/seal"
+	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/store"
+)
+
+// Config is what ENS needs from its host (caddymodule); zero values take
+// the defaults below.
+type Config struct {
+	Store     *store.Store
+	MasterKey []byte   // 32 bytes
+	PublicURL *url.URL // base of Exchange's callback URL
+	Push      push.Sender
+	Logger    *slog.Logger
+
+	KeyPoolSize     int            // free key pairs kept ready; DefaultKeyPoolSize
+	KeyBits         int            // RSA key size; DefaultKeyBits
+	StatusFrequency int            // minutes between Exchange's status pings; DefaultStatusFrequency
+	RateLimit       float64        // device API requests per second per tenant; DefaultRateLimit
+	EWSTimeout      time.Duration  // one EWS call; DefaultEWSTimeout
+	EWSConcurrency  int            // EWS calls in flight per endpoint; DefaultEWSConcurrency
+	EWSRootCAs      *x509.CertPool // trusted for Exchange; nil: the system roots (SSL_CERT_FILE adds to them)
+	UserAgent       string         // sent to Exchange
+}
+
+// Defaults for Config.
+const (
+	DefaultKeyPoolSize     = 20
+	DefaultKeyBits         = 2048
+	DefaultStatusFrequency = 15
+	DefaultRateLimit       = 20
+	DefaultEWSTimeout      = 20 * time.Second
+	DefaultEWSConcurrency  = 16
+)
+
+// Service is ENS: the device API, the webhook and the background workers.
+type Service struct {
+	cfg    Config
+	store  *store.Store
+	master *seal.MasterKey
+	push   push.Sender
+	log    *slog.Logger
+
+	tenants   tenantCache
+	limiters  sync.Map // tenant ID → *rate.Limiter
+	endpoints sync.Map // endpoint ID → *endpoint
+
+	keyPoolWake chan struct{}
+	stop        context.CancelFunc
+	workers     sync.WaitGroup
+}
+
+// New checks cfg and builds the service; Start runs its workers.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.PublicURL == nil || cfg.Push == nil {
+		return nil, errors.New("ens: Store, PublicURL and Push are required")
+	}
+	master, err := seal.NewMasterKey(cfg.MasterKey)
+	if err != nil {
+		return nil, err
+	}
+	cfg.KeyPoolSize = or(cfg.KeyPoolSize, DefaultKeyPoolSize)
+	cfg.KeyBits = or(cfg.KeyBits, DefaultKeyBits)
+	cfg.StatusFrequency = or(cfg.StatusFrequency, DefaultStatusFrequency)
+	cfg.RateLimit = or(cfg.RateLimit, DefaultRateLimit)
+	cfg.EWSTimeout = or(cfg.EWSTimeout, DefaultEWSTimeout)
+	cfg.EWSConcurrency = or(cfg.EWSConcurrency, DefaultEWSConcurrency)
+	cfg.UserAgent = or(cfg.UserAgent, "ENSGate/"+Version())
+	if cfg.StatusFrequency < 1 || cfg.StatusFrequency > 1440 {
+		return nil, fmt.Errorf("ens: status frequency %d: must be 1 to 1440 minutes", cfg.StatusFrequency)
+	}
+	if cfg.KeyBits < 2048 {
+		return nil, fmt.Errorf("ens: RSA keys of %d bits are too weak: use 2048 or more", cfg.KeyBits)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{
+		cfg:         cfg,
+		store:       cfg.Store,
+		master:      master,
+		push:        cfg.Push,
+		log:         cfg.Logger,
+		tenants:     tenantCache{entries: map[[sha256.Size]byte]cachedTenant{}},
+		keyPoolWake: make(chan struct{}, 1),
+	}, nil
+}
+
+func or[T comparable](v, dflt T) T {
+	var zero T
+	if v == zero {
+		return dflt
+	}
+	return v
+}
+
+// Start runs the background workers until Stop. Several nodes, and two
+// config generations during a reload, may run them at once: each piece of
+// work is claimed in the database.
+func (s *Service) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stop = cancel
+	s.every(ctx, 2*time.Second, s.keyPoolWake, s.fillKeyPool)
+	s.every(ctx, 30*time.Second, nil, s.failSilentSubscriptions)
+	s.every(ctx, 10*time.Minute, nil, s.cleanUp)
+}
+
+// Stop ends the workers and waits for them.
+func (s *Service) Stop() {
+	if s.stop != nil {
+		s.stop()
+	}
+	s.workers.Wait()
+}
+
+// every runs work at once, then at each tick or wake-up, until ctx ends.
+func (s *Service) every(ctx context.Context, interval time.Duration, wake <-chan struct{}, work func(context.Context)) {
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		ticker := time.NewTicker(interval)
+		defer ticker.Stop()
+		for {
+			work(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+			case <-wake:
+			}
+		}
+	}()
+}
+
+// cleanUp forgets finished push claims and key pairs never used.
+func (s *Service) cleanUp(ctx context.Context) {
+	if _, err := s.store.DeleteOldClaims(ctx, 24*time.Hour); err != nil && ctx.Err() == nil {
+		s.log.Warn("cleaning up push claims", slog.Any("error", err))
+	}
+	if _, err := s.store.DeleteStaleKeyPairs(ctx, 24*time.Hour); err != nil && ctx.Err() == nil {
+		s.log.Warn("cleaning up unused key pairs", slog.Any("error", err))
+	}
+}
+
+// limiter is the tenant's device-API rate limiter on this node.
+func (s *Service) limiter(tenantID int64) *rate.Limiter {
+	if l, ok := s.limiters.Load(tenantID); ok {
+		return l.(*rate.Limiter)
+	}
+	l, _ := s.limiters.LoadOrStore(tenantID, rate.NewLimiter(rate.Limit(s.cfg.RateLimit), int(2*s.cfg.RateLimit)+1))
+	return l.(*rate.Limiter)
+}
+
+// endpoint is a tenant's allowed EWS endpoint with its shared client and the
+// bulkhead that keeps one slow Exchange from taking every goroutine.
+type endpoint struct {
+	store.Endpoint
+	pin    ews.Fingerprint
+	client *ews.Client
+	slots  chan struct{}
+}
+
+func (s *Service) ewsConfig(e store.Endpoint, pin ews.Fingerprint) ews.Config {
+	return ews.Config{URL: e.URL, Pin: pin, RootCAs: s.cfg.EWSRootCAs, UserAgent: s.cfg.UserAgent, Timeout: s.cfg.EWSTimeout}
+}
+
+// endpointFor returns the shared state for an endpoint row.
+func (s *Service) endpointFor(e store.Endpoint) (*endpoint, error) {
+	if ep, ok := s.endpoints.Load(e.ID); ok {
+		return ep.(*endpoint), nil
+	}
+	var pin ews.Fingerprint
+	if e.Fingerprint != "" {
+		var err error
+		if pin, err = ews.ParseFingerprint(e.Fingerprint); err != nil {
+			return nil, fmt.Errorf("endpoint %d: %w", e.ID, err)
+		}
+	}
+	client, err := ews.NewClient(s.ewsConfig(e, pin))
+	if err != nil {
+		return nil, err
+	}
+	ep, loaded := s.endpoints.LoadOrStore(e.ID, &endpoint{Endpoint: e, pin: pin, client: client,
+		slots: make(chan struct{}, s.cfg.EWSConcurrency)})
+	if loaded {
+		client.CloseIdleConnections()
+	}
+	return ep.(*endpoint), nil
+}
+
+// errEndpointBusy means the endpoint's bulkhead is full.
+var errEndpointBusy = errors.New("too many calls in flight to this Exchange")
+
+// acquire takes a slot for an EWS call, waiting at most a second.
+func (ep *endpoint) acquire(ctx context.Context) (release func(), err error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	select {
+	case ep.slots <- struct{}{}:
+		return func() { <-ep.slots }, nil
+	case <-ctx.Done():
+		return nil, errEndpointBusy
+	}
+}
