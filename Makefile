@@ -8,17 +8,21 @@ CADDY_VERSION := v2.11.9
 FUZZ_TARGETS ?= ./ews:FuzzParseSendNotification ./ews:FuzzParseResponses ./ews:FuzzParseFingerprint
 FUZZ_TIME    ?= 10s
 
-.PHONY: build run test unit fuzz lint bench xcaddy tools clean
+.PHONY: build demo-tools run test unit fuzz lint bench xcaddy tools clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/ensgate
 
-## run: the local demo (throwaway PostgreSQL under .run/ unless DATABASE_URL is set).
-run: build
+## run: the local demo (throwaway PostgreSQL under .run/ unless DATABASE_URL is
+## set, Exchange simulator, push sinks, a scripted device and mail).
+run: build demo-tools
 	./scripts/run.sh
 
+demo-tools:
+	$(GO) build -o bin/ ./cmd/ewssim ./cmd/pushsink ./cmd/ensdemo
+
 ## test: lint, every unit and integration test (real PostgreSQL), brief fuzzing.
-test: lint build unit fuzz
+test: lint build demo-tools unit fuzz
 
 unit:
 	ENSGATE_BIN=$(CURDIR)/$(BIN) ENSGATE_REQUIRE_POSTGRES=1 $(GO) test -race -count=1 ./...

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# The local demo behind `make run`: a throwaway PostgreSQL under .run/ (unless
-# DATABASE_URL is set), the schema migrated, and bin/ensgate serving
-# Caddyfile.example until Ctrl-C. `run.sh stop` stops a left-over PostgreSQL.
+# The local demo behind `make run`:
+#   - a throwaway PostgreSQL under .run/ (unless DATABASE_URL is set),
+#   - the Exchange simulator (bin/ewssim) with the mailbox demo@contoso.test,
+#   - local APNs and FCM sinks (bin/pushsink), which print every push,
+#   - bin/ensgate serving Caddyfile.example,
+#   - a scripted device registration and a delivered mail (bin/ensdemo),
+# then it stays up until Ctrl-C. `run.sh stop` stops a left-over PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUN_DIR=${ENS_RUN_DIR:-$PWD/.run}
 PG_DATA=$RUN_DIR/pg
 PG_SOCKET=$RUN_DIR/pg-socket
+BIN=${ENSGATE_BIN_DIR:-$PWD/bin}
+DEMO_USER=demo@contoso.test
+DEMO_PASSWORD=demo-password
 
 as_postgres() {
 	if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -40,7 +47,7 @@ start_postgres() {
 			exit 1
 		fi
 	fi
-	mkdir -p "$RUN_DIR" "$PG_SOCKET"
+	mkdir -p "$PG_SOCKET"
 	[ "$(id -u)" = 0 ] && chown postgres: "$PG_SOCKET"
 	if [ ! -f "$PG_DATA/PG_VERSION" ]; then
 		mkdir -p "$PG_DATA"
@@ -56,8 +63,7 @@ start_postgres() {
 		as_postgres "$bin/createdb" -h "$PG_SOCKET" -U postgres ensgate
 	fi
 	export DATABASE_URL="postgres://postgres@/ensgate?host=$PG_SOCKET&sslmode=disable"
-	trap stop_postgres EXIT
-	echo "PostgreSQL (throwaway) at $PG_DATA" >&2
+	echo "run.sh: PostgreSQL (throwaway) at $PG_DATA" >&2
 }
 
 # secret FILE: a random base64 value kept under .run/ so restarts reuse it.
@@ -66,26 +72,73 @@ secret() {
 	cat "$RUN_DIR/$1"
 }
 
+# wait_for WHAT COMMAND...: retry COMMAND for up to 60 s.
+wait_for() {
+	local what=$1
+	shift
+	for _ in $(seq 600); do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "run.sh: $what did not come up" >&2
+	exit 1
+}
+
+cleanup() {
+	# Children first (ENSGate, simulator, sink), then PostgreSQL.
+	local pids
+	pids=$(jobs -p)
+	[ -z "$pids" ] || kill -TERM $pids 2>/dev/null || true
+	wait 2>/dev/null || true
+	[ -z "${started_postgres:-}" ] || stop_postgres
+}
+
 if [ "${1:-}" = stop ]; then
 	stop_postgres
 	exit 0
 fi
 
 mkdir -p "$RUN_DIR"
-[ -n "${DATABASE_URL:-}" ] || start_postgres
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+if [ -z "${DATABASE_URL:-}" ]; then
+	start_postgres
+	started_postgres=1
+fi
 
 export ENS_LISTEN=${ENS_LISTEN:-:8080}
 port=${ENS_LISTEN##*:}
 export ENS_PUBLIC_URL=${ENS_PUBLIC_URL:-http://127.0.0.1:$port}
 export ENS_MASTER_KEY=${ENS_MASTER_KEY:-$(secret master.key)}
 export ENS_ADMIN_TOKEN=${ENS_ADMIN_TOKEN:-$(secret admin.token)}
+sim_addr=${ENS_SIM_ADDR:-127.0.0.1:8081}
+export ENS_EWS_UPSTREAM=${ENS_EWS_UPSTREAM:-http://$sim_addr}
+ews_url=http://$sim_addr/EWS/Exchange.asmx
 
-ENSGATE_BIN=${ENSGATE_BIN:-bin/ensgate}
-"$ENSGATE_BIN" ens migrate
-echo "ENSGate on $ENS_LISTEN: curl $ENS_PUBLIC_URL/api/ens/alive (Ctrl-C stops)" >&2
-# Not exec: the EXIT trap must stop PostgreSQL after Caddy ends.
-"$ENSGATE_BIN" run --config Caddyfile.example --adapter caddyfile &
-caddy_pid=$!
-trap 'kill -INT $caddy_pid 2>/dev/null' INT TERM
-wait $caddy_pid || true
-wait $caddy_pid 2>/dev/null || true
+# The Exchange simulator (real time) and the push sinks.
+"$BIN/ewssim" -listen "$sim_addr" -user "$DEMO_USER:$DEMO_PASSWORD" -clock-scale 1m -log-level warn &
+"$BIN/pushsink" -dir "$RUN_DIR/pushsink" -apns-addr "${ENS_APNS_SINK_ADDR:-127.0.0.1:2197}" \
+	-fcm-addr "${ENS_FCM_SINK_ADDR:-127.0.0.1:2198}" &
+wait_for "the push sink" test -s "$RUN_DIR/pushsink/env"
+set -a
+# shellcheck disable=SC1091
+. "$RUN_DIR/pushsink/env"
+set +a
+wait_for "the Exchange simulator" curl -fsS "http://$sim_addr/_sim/health"
+
+"$BIN/ensgate" ens migrate
+# The demo tenant: its token is shown once, so keep it for the next run.
+if [ ! -s "$RUN_DIR/demo.token" ]; then
+	"$BIN/ensgate" ens tenant create --name "demo-$(date +%s)" --level 0 | tail -n1 >"$RUN_DIR/demo.token"
+	tenant=$("$BIN/ensgate" ens tenant list | awk '/^demo-/ {name=$1} END {print name}')
+	"$BIN/ensgate" ens endpoint add --tenant "$tenant" --url "$ews_url" 2>/dev/null
+fi
+
+"$BIN/ensgate" run --config Caddyfile.example --adapter caddyfile &
+wait_for "ENSGate" curl -fsS "$ENS_PUBLIC_URL/api/ens/alive"
+echo "run.sh: ENSGate on $ENS_LISTEN ($ENS_PUBLIC_URL/api/ens/alive); Ctrl-C stops everything" >&2
+
+"$BIN/ensdemo" -api "$ENS_PUBLIC_URL/api/ens" -token "$(cat "$RUN_DIR/demo.token")" \
+	-sim "http://$sim_addr" -ews-url "$ews_url" -user "$DEMO_USER" -password "$DEMO_PASSWORD"
+
+wait

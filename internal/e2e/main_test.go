@@ -19,7 +19,8 @@ import (
 )
 
 // ensgate is the binary under test: $ENSGATE_BIN (make test builds it) or
-// one built here.
+// one built here; the demo's other commands (ewssim, pushsink, ensdemo) are
+// beside it.
 var ensgate string
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
@@ -34,7 +35,8 @@ func run(m *testing.M) int {
 		}
 		defer os.RemoveAll(dir)
 		ensgate = filepath.Join(dir, "ensgate")
-		build := exec.Command("go", "build", "-o", ensgate, "github.com/ensgate/ensgate/cmd/ensgate")
+		build := exec.Command("go", "build", "-o", dir+"/", "github.com/ensgate/ensgate/cmd/ensgate",
+			"github.com/ensgate/ensgate/cmd/ewssim", "github.com/ensgate/ensgate/cmd/pushsink", "github.com/ensgate/ensgate/cmd/ensdemo")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "building ensgate:", err)
