@@ -2,14 +2,22 @@ package ens_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 
@@ -195,5 +203,64 @@ func TestOAuthAndLegacyRSA1_5Registrations(t *testing.T) {
 	}
 	if c := e.sim.Counters().Auth; c["bearer_ok"] == 0 || c["basic_ok"] == 0 {
 		t.Errorf("auth counters %v: want bearer and basic use", c)
+	}
+}
+
+// clientCert issues a certificate for addr (rfc822Name) from a new CA.
+func clientCert(t *testing.T, addr string) (ca *x509.CertPool, certDER, keyPKCS8 []byte) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Contoso test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "Alice"}, EmailAddresses: []string{addr},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	if certDER, err = x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey); err != nil {
+		t.Fatal(err)
+	}
+	keyPKCS8, _ = x509.MarshalPKCS8PrivateKey(key)
+	ca = x509.NewCertPool()
+	ca.AddCert(caCert)
+	return ca, certDER, keyPKCS8
+}
+
+// Certificate-based authentication: ENS presents the device's certificate
+// in mutual TLS for Subscribe, GetItem and GetFolder.
+func TestCertificateRegistrationUsesMutualTLS(t *testing.T) {
+	clientCAs, certDER, keyDER := clientCert(t, alice)
+	tlsSim := ewssim.StartTLS(t, ewssim.Config{Users: []ewssim.User{{Address: alice}}, ClientCAs: clientCAs, ClockScale: 100 * time.Millisecond})
+	e := newEnv(t, envOptions{rootCAs: tlsSim.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs})
+	if _, err := e.store.AddEndpoint(context.Background(), e.tenant.ID, tlsSim.EWSURL, ""); err != nil {
+		t.Fatal(err)
+	}
+	d := deviceclient.Device{ID: "cba-phone", Email: alice, Platform: "ios", PushToken: tok("cba-phone"), AuthType: "cert",
+		EWSURL: tlsSim.EWSURL, Credentials: map[string]string{
+			"certificate": base64.StdEncoding.EncodeToString(certDER), "privateKey": base64.StdEncoding.EncodeToString(keyDER)}}
+	e.register(d)
+	if _, err := tlsSim.Deliver(alice, mailFromCarol); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("the push", func() bool { return len(e.pushes.pushes(tok("cba-phone"))) == 1 })
+	if m := e.pushes.pushes(tok("cba-phone"))[0]; m.Title != "Carol Example" {
+		t.Errorf("push %+v", m)
+	}
+	if c := tlsSim.Counters().Auth; c["certificate_ok"] < 3 || c["basic_ok"] != 0 {
+		t.Errorf("auth counters %v: want Subscribe, GetFolder and GetItem by certificate", c)
+	}
+
+	// A key that does not belong to the certificate is refused up front.
+	_, _, otherKey := clientCert(t, alice)
+	d.ID = "cba-bad"
+	d.Credentials["privateKey"] = base64.StdEncoding.EncodeToString(otherKey)
+	status, body := e.call("POST", "/api/ens/registerdevicev2", e.registerBody(d))
+	if status != http.StatusBadRequest || !strings.Contains(fmt.Sprint(body["message"]), "does not belong") {
+		t.Errorf("mismatched key: %d %v", status, body)
 	}
 }

@@ -95,6 +95,7 @@ type envOptions struct {
 	simConfig   ewssim.Config
 	keyPool     int
 	rootCAs     *x509.CertPool
+	push        push.Sender // nil: the recorder
 }
 
 func newEnv(t *testing.T, opts envOptions) *env {
@@ -138,8 +139,12 @@ func newEnv(t *testing.T, opts envOptions) *env {
 	e.api = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler.ServeHTTP(w, r) }))
 	t.Cleanup(e.api.Close)
 	public, _ := url.Parse(e.api.URL)
+	var sender push.Sender = e.pushes
+	if opts.push != nil {
+		sender = opts.push
+	}
 	e.svc, err = ens.New(ens.Config{
-		Store: e.store, MasterKey: bytes.Repeat([]byte{7}, 32), PublicURL: public, Push: e.pushes,
+		Store: e.store, MasterKey: bytes.Repeat([]byte{7}, 32), PublicURL: public, Push: sender,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, StatusFrequency: 1, EWSRootCAs: opts.rootCAs,
 	})
 	if err != nil {

@@ -3,6 +3,7 @@ package ewssim
 import (
 	"bytes"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"net"
@@ -28,7 +29,13 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (string, b
 	cred = strings.TrimSpace(cred)
 	var user string
 	var err error
+	if scheme == "" && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+		scheme = "certificate"
+	}
 	switch strings.ToLower(scheme) {
+	case "certificate":
+		user, err = s.certificateUser(r.TLS.VerifiedChains[0][0])
+		s.countAuth("certificate", err)
 	case "basic":
 		user, err = s.basic(cred)
 		s.countAuth("basic", err)
@@ -57,6 +64,23 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (string, b
 		return "", false
 	}
 	return user, true
+}
+
+// certificateUser maps a verified client certificate to a mailbox, as
+// Exchange's certificate-based authentication does: by the certificate's
+// e-mail address (rfc822Name), else its subject CN.
+func (s *Server) certificateUser(cert *x509.Certificate) (string, error) {
+	addr := cert.Subject.CommonName
+	if len(cert.EmailAddresses) > 0 {
+		addr = cert.EmailAddresses[0]
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.users[normAddr(addr)]
+	if m == nil {
+		return "", errBadCredentials
+	}
+	return m.Address, nil
 }
 
 var (

@@ -15,7 +15,8 @@ type Counters struct {
 	// ErrorServerBusy, ...), one per response message or fault.
 	Responses map[string]int64 `json:"responses"`
 	// Auth counts authentication outcomes: basic_ok, basic_failed,
-	// bearer_ok, bearer_failed, negotiate_ok, negotiate_failed,
+	// bearer_ok, bearer_failed, certificate_ok, certificate_failed,
+	// negotiate_ok, negotiate_failed,
 	// ntlm_refused, missing (no or unknown Authorization scheme).
 	Auth map[string]int64 `json:"auth"`
 	// Faults counts injected faults applied, by kind.

@@ -9,6 +9,7 @@ package ewssim
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -44,6 +45,10 @@ type Config struct {
 	// SPN selects the keytab principal to decrypt tickets with (e.g.
 	// HTTP/mail.example.com); empty: the ticket's own service name.
 	SPN string
+	// ClientCAs enables certificate-based authentication on a TLS server
+	// (StartTLS): a client certificate signed by one of these authenticates
+	// the mailbox named by its e-mail address (rfc822Name), else its CN.
+	ClientCAs *x509.CertPool
 	// PrincipalMap maps Kerberos principals (user@REALM, any case) to
 	// mailbox addresses; unmapped principals are taken as the address.
 	PrincipalMap map[string]string

@@ -1,6 +1,7 @@
 package ewssim
 
 import (
+	cryptotls "crypto/tls"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -31,6 +32,9 @@ func start(t testing.TB, cfg Config, tls bool) *TestServer {
 	s := New(cfg)
 	hs := httptest.NewUnstartedServer(s)
 	if tls {
+		if cfg.ClientCAs != nil {
+			hs.TLS = &cryptotls.Config{ClientAuth: cryptotls.VerifyClientCertIfGiven, ClientCAs: cfg.ClientCAs}
+		}
 		hs.StartTLS()
 	} else {
 		hs.Start()
