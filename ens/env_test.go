@@ -77,7 +77,7 @@ func (r *recorder) pushes(token string) []push.Message {
 
 // env is ENS on a fresh database, in front of a simulated Exchange.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	store  *store.Store
 	sim    *ewssim.TestServer
 	svc    *ens.Service
@@ -98,7 +98,7 @@ type envOptions struct {
 	push        push.Sender // nil: the recorder
 }
 
-func newEnv(t *testing.T, opts envOptions) *env {
+func newEnv(t testing.TB, opts envOptions) *env {
 	t.Helper()
 	ctx := context.Background()
 	e := &env{t: t, dbURL: pgtest.NewDatabase(t), pushes: &recorder{outcomes: map[string][]push.Outcome{}}}
