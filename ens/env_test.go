@@ -96,6 +96,9 @@ type envOptions struct {
 	keyPool     int
 	rootCAs     *x509.CertPool
 	push        push.Sender // nil: the recorder
+	// statusFrequency in minutes (default 1): Exchange drops a subscription
+	// whose callbacks fail for longer.
+	statusFrequency int
 }
 
 func newEnv(t testing.TB, opts envOptions) *env {
@@ -145,7 +148,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	}
 	e.svc, err = ens.New(ens.Config{
 		Store: e.store, MasterKey: bytes.Repeat([]byte{7}, 32), PublicURL: public, Push: sender,
-		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, StatusFrequency: 1, EWSRootCAs: opts.rootCAs,
+		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, StatusFrequency: max(opts.statusFrequency, 1), EWSRootCAs: opts.rootCAs,
 	})
 	if err != nil {
 		t.Fatal(err)
