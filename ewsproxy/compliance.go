@@ -1,0 +1,121 @@
+// Package ewsproxy is the EWS proxy's core, free of Caddy: which devices a
+// request belongs to, whether it may reach Exchange (compliance), which
+// authentication challenges a client may see, and which EWS operation it
+// is. caddymodule wraps it around Caddy's reverse_proxy.
+package ewsproxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ensgate/ensgate/store"
+)
+
+// Compliance is a node's copy of every device's compliance state. Lookups
+// never touch the database; PostgreSQL NOTIFY keeps the copy current on
+// every node within a round trip of an admin's change.
+type Compliance struct {
+	store *store.Store
+	log   *slog.Logger
+
+	mu     sync.RWMutex
+	states map[string]map[int64]string // device id → tenant id → state
+	loaded bool                        // false until the first full load, and after a lost listener
+}
+
+// NewCompliance returns an empty cache; Run fills and follows it.
+func NewCompliance(s *store.Store, log *slog.Logger) *Compliance {
+	return &Compliance{store: s, log: log, states: map[string]map[int64]string{}}
+}
+
+// ErrComplianceUnknown means the states could not be loaded (the database
+// is unreachable): the proxy fails closed rather than guess.
+var ErrComplianceUnknown = errors.New("device compliance is not known yet (database unreachable)")
+
+// State returns a device's state ("" when the device is unknown). With
+// TenantID 0 it looks across tenants and returns the most restrictive.
+func (c *Compliance) State(k store.DeviceKey) (string, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if !c.loaded {
+		return "", ErrComplianceUnknown
+	}
+	if k.TenantID != 0 {
+		return c.states[k.DeviceID][k.TenantID], nil
+	}
+	worst := ""
+	for _, state := range c.states[k.DeviceID] {
+		if restrictiveness[state] > restrictiveness[worst] {
+			worst = state
+		}
+	}
+	return worst, nil
+}
+
+var restrictiveness = map[string]int{store.Compliant: 1, store.NonCompliant: 2, store.Blocked: 3, store.Wiped: 4}
+
+// Run loads the states and follows changes until ctx ends.
+func (c *Compliance) Run(ctx context.Context) {
+	c.store.ListenCompliance(ctx, func() { c.reload(ctx) }, func(k store.DeviceKey) error { return c.refresh(ctx, k) },
+		func(err error) {
+			c.mu.Lock()
+			c.loaded = false // changes may be missed until the listener is back
+			c.mu.Unlock()
+			c.log.Warn("compliance listener lost; retrying", slog.Any("error", err))
+		})
+}
+
+// reload replaces the whole copy; called whenever the listener (re)starts,
+// after LISTEN, so no change between the load and the listen is lost.
+func (c *Compliance) reload(ctx context.Context) {
+	for ctx.Err() == nil {
+		rows, err := c.store.ComplianceStates(ctx)
+		if err == nil {
+			states := map[string]map[int64]string{}
+			for k, state := range rows {
+				set(states, k, state)
+			}
+			c.mu.Lock()
+			c.states, c.loaded = states, true
+			c.mu.Unlock()
+			return
+		}
+		c.log.Warn("loading device compliance", slog.Any("error", err))
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// refresh reads one changed device; if that fails, the listener starts
+// over and reloads everything.
+func (c *Compliance) refresh(ctx context.Context, k store.DeviceKey) error {
+	state, err := c.store.ComplianceState(ctx, k)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.loaded = false // a change we could not read: fail closed until reloaded
+		return err
+	}
+	set(c.states, k, state)
+	return nil
+}
+
+// set records state ("" forgets the device) for k in states.
+func set(states map[string]map[int64]string, k store.DeviceKey, state string) {
+	if state == "" {
+		delete(states[k.DeviceID], k.TenantID)
+		if len(states[k.DeviceID]) == 0 {
+			delete(states, k.DeviceID)
+		}
+		return
+	}
+	if states[k.DeviceID] == nil {
+		states[k.DeviceID] = map[int64]string{}
+	}
+	states[k.DeviceID][k.TenantID] = state
+}

@@ -1,0 +1,275 @@
+package ewsproxy_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/ewsproxy"
+	"github.com/ensgate/ensgate/internal/ewsschema"
+	"github.com/ensgate/ensgate/internal/pgtest"
+	"github.com/ensgate/ensgate/store"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
+
+var quiet = slog.New(slog.DiscardHandler)
+
+func newStore(t *testing.T, url string) *store.Store {
+	t.Helper()
+	s, err := store.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// runCompliance starts a node's cache and waits for its first load.
+func runCompliance(t *testing.T, s *store.Store) *ewsproxy.Compliance {
+	t.Helper()
+	c := ewsproxy.NewCompliance(s, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitUntil(t, "the first load", func() bool {
+		_, err := c.State(store.DeviceKey{DeviceID: "x"})
+		return err == nil
+	})
+	return c
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func TestComplianceChangesReachEveryNodeAtOnce(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	admin := newStore(t, url)
+	if _, _, err := admin.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tenant, _, _ := admin.CreateTenant(ctx, "contoso", 0)
+	other, _, _ := admin.CreateTenant(ctx, "fabrikam", 0)
+	admin.SetCompliance(ctx, tenant.ID, "known", store.Compliant)
+
+	nodeA, nodeB := runCompliance(t, newStore(t, url)), runCompliance(t, newStore(t, url))
+	key := store.DeviceKey{TenantID: tenant.ID, DeviceID: "phone-1"}
+	for _, n := range []*ewsproxy.Compliance{nodeA, nodeB} {
+		if s, _ := n.State(store.DeviceKey{TenantID: tenant.ID, DeviceID: "known"}); s != store.Compliant {
+			t.Fatalf("the first load missed a state: %q", s)
+		}
+	}
+	for _, state := range []string{store.Blocked, store.Compliant, store.Wiped} {
+		if err := admin.SetCompliance(ctx, tenant.ID, "phone-1", state); err != nil {
+			t.Fatal(err)
+		}
+		for name, n := range map[string]*ewsproxy.Compliance{"A": nodeA, "B": nodeB} {
+			took := waitUntil(t, "node "+name+" to see "+state, func() bool { s, _ := n.State(key); return s == state })
+			if took > time.Second {
+				t.Errorf("node %s saw %s after %v, want within a second", name, state, took)
+			}
+		}
+	}
+	// Without a tenant, the most restrictive state across tenants applies.
+	admin.SetCompliance(ctx, other.ID, "shared", store.Compliant)
+	admin.SetCompliance(ctx, tenant.ID, "shared", store.Blocked)
+	waitUntil(t, "the shared device", func() bool {
+		s, _ := nodeA.State(store.DeviceKey{DeviceID: "shared"})
+		return s == store.Blocked
+	})
+	if s, _ := nodeA.State(store.DeviceKey{TenantID: other.ID, DeviceID: "shared"}); s != store.Compliant {
+		t.Errorf("tenant-scoped state %q", s)
+	}
+}
+
+// upstream records what reached Exchange.
+type upstream struct {
+	calls   int
+	headers http.Header
+	body    []byte
+}
+
+func (u *upstream) forward(w http.ResponseWriter, r *http.Request) error {
+	u.calls++
+	u.headers = r.Header.Clone()
+	u.body, _ = io.ReadAll(r.Body)
+	w.Header().Add("WWW-Authenticate", "Negotiate")
+	w.Header().Add("WWW-Authenticate", "NTLM")
+	w.Header().Add("WWW-Authenticate", `Basic realm="mail"`)
+	w.Header().Add("WWW-Authenticate", `Bearer authorization_uri="https://login.example"`)
+	w.WriteHeader(http.StatusUnauthorized)
+	return nil
+}
+
+const getItem = `<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header/>` +
+	`<s:Body><m:GetItem xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"/></s:Body></s:Envelope>`
+
+func TestGuardDecidesBeforeTheUpstream(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t, pgtest.NewDatabase(t))
+	s.Migrate(ctx)
+	tenant, _, _ := s.CreateTenant(ctx, "contoso", 0)
+	for id, state := range map[string]string{"good": store.Compliant, "blocked": store.Blocked, "wiped": store.Wiped, "bad": store.NonCompliant} {
+		s.SetCompliance(ctx, tenant.ID, id, state)
+	}
+	compliance := runCompliance(t, s)
+	secret := []byte("shared secret between ENS and the proxy")
+	att := ewsproxy.Attestation{Secret: secret}
+
+	for _, tc := range []struct {
+		name          string
+		allowUnknown  bool
+		header, query string
+		attested      []string
+		forged        bool
+		status        int
+		accepted      string
+	}{
+		{name: "compliant by header", header: "good", status: 401},
+		{name: "compliant by query", query: "good", status: 401},
+		{name: "blocked", header: "blocked", status: 403},
+		{name: "wiped", header: "wiped", status: 403},
+		{name: "noncompliant", header: "bad", status: 403},
+		{name: "unknown, deny", header: "stranger", status: 403},
+		{name: "unknown, allow", header: "stranger", allowUnknown: true, status: 401},
+		{name: "no id, deny", status: 403},
+		{name: "no id, allow", allowUnknown: true, status: 401},
+		{name: "ENS, some accepted", attested: []string{"blocked", "good", "wiped"}, status: 401, accepted: "good"},
+		{name: "ENS, none accepted", attested: []string{"blocked", "wiped"}, status: 403, accepted: ""},
+		{name: "ENS, forged", attested: []string{"good"}, forged: true, status: 403},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := ewsproxy.NewGuard(ewsproxy.Config{TenantID: tenant.ID, DeviceHeader: "X-Device-Id", DeviceQuery: "deviceId",
+				AllowUnknown: tc.allowUnknown, RemoveUnsupportedAuth: true, Attestation: att, Realm: "mail"}, compliance, quiet)
+			target := "/EWS/Exchange.asmx"
+			if tc.query != "" {
+				target += "?deviceId=" + tc.query
+			}
+			r := httptest.NewRequest("POST", target, strings.NewReader(getItem))
+			if tc.header != "" {
+				r.Header.Set("X-Device-Id", tc.header)
+			}
+			if tc.attested != nil {
+				signer := att
+				if tc.forged {
+					signer = ewsproxy.Attestation{Secret: []byte("a device's guess")}
+				}
+				r.Header.Set(ewsproxy.DevicesHeader, signer.Sign(tenant.ID, tc.attested))
+			}
+			w := httptest.NewRecorder()
+			up := &upstream{}
+			if err := g.Serve(w, r, up.forward); err != nil {
+				t.Fatal(err)
+			}
+			if w.Code != tc.status {
+				t.Fatalf("status %d, want %d: %s", w.Code, tc.status, w.Body)
+			}
+			if want := map[bool]int{true: 1, false: 0}[tc.status != 403]; up.calls != want {
+				t.Fatalf("%d upstream calls, want %d", up.calls, want)
+			}
+			if tc.attested != nil && !tc.forged && w.Header().Get(ewsproxy.AcceptedHeader) != tc.accepted {
+				t.Errorf("accepted devices %q, want %q", w.Header().Get(ewsproxy.AcceptedHeader), tc.accepted)
+			}
+			if up.calls == 1 {
+				if up.headers.Get(ewsproxy.DevicesHeader) != "" {
+					t.Error("ENS's attestation leaked to Exchange")
+				}
+				if string(up.body) != getItem {
+					t.Errorf("the upstream got a different body: %q", up.body)
+				}
+				if got := w.Header().Values("WWW-Authenticate"); strings.Join(got, "|") != `Basic realm="mail"|Bearer authorization_uri="https://login.example"` {
+					t.Errorf("challenges passed on: %q", got)
+				}
+			}
+			if w.Code == 403 {
+				checkFault(t, w.Body.Bytes())
+			}
+		})
+	}
+}
+
+// checkFault: the 403 is an EWS SOAP fault, schema-valid, that the ews
+// client maps to ErrAccessDenied.
+func checkFault(t *testing.T, body []byte) {
+	t.Helper()
+	ewsschema.Check(t, map[string][]byte{"fault": body})
+	if _, err := ews.ParseGetItemResponse(body); !errors.Is(err, ews.ErrAccessDenied) {
+		t.Errorf("the ews client reads the 403 as %v, want ErrAccessDenied", err)
+	}
+}
+
+func TestNTLMRequestsGetBasicOnly(t *testing.T) {
+	g := ewsproxy.NewGuard(ewsproxy.Config{AllowUnknown: true, RemoveUnsupportedAuth: true, Realm: "mail.contoso.test"},
+		nil, quiet)
+	for _, auth := range []string{"NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==",
+		"Negotiate TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw=="} {
+		r := httptest.NewRequest("POST", "/EWS/Exchange.asmx", strings.NewReader(getItem))
+		r.Header.Set("Authorization", auth)
+		w := httptest.NewRecorder()
+		up := &upstream{}
+		g.Serve(w, r, up.forward)
+		if w.Code != 401 || up.calls != 0 || strings.Join(w.Header().Values("WWW-Authenticate"), "|") != `Basic realm="mail.contoso.test"` ||
+			!strings.Contains(w.Body.String(), "NTLM") {
+			t.Errorf("%.12s…: %d, %d upstream calls, challenges %q, body %q", auth, w.Code, up.calls, w.Header().Values("WWW-Authenticate"), w.Body)
+		}
+	}
+}
+
+func TestOperationPeekKeepsLargeBodiesIntact(t *testing.T) {
+	big := getItem[:len(getItem)-len("</s:Body></s:Envelope>")] + strings.Repeat("<x>attachment data</x>", 50000) + "</s:Body></s:Envelope>"
+	for _, body := range []string{getItem, big, "not xml at all", ""} {
+		r := httptest.NewRequest("POST", "/EWS/Exchange.asmx", strings.NewReader(body))
+		op := ewsproxy.Operation(r)
+		rest, _ := io.ReadAll(r.Body)
+		if !bytes.Equal(rest, []byte(body)) {
+			t.Fatalf("body of %d bytes came out as %d bytes", len(body), len(rest))
+		}
+		want := map[bool]string{true: "GetItem", false: ""}[strings.Contains(body, "GetItem")]
+		if op != want {
+			t.Errorf("operation %q, want %q", op, want)
+		}
+	}
+}
+
+func TestAttestationExpiresAndBindsEverything(t *testing.T) {
+	now := time.Now()
+	a := ewsproxy.Attestation{Secret: []byte("s"), Now: func() time.Time { return now }}
+	v := a.Sign(7, []string{"a,b", "c;d", "é"})
+	tenant, ids, err := a.Verify(v)
+	if err != nil || tenant != 7 || strings.Join(ids, "|") != "a,b|c;d|é" {
+		t.Fatalf("verify = %d %q %v", tenant, ids, err)
+	}
+	for name, bad := range map[string]string{
+		"other tenant": strings.Replace(v, ";7;", ";8;", 1),
+		"truncated":    v[:len(v)-2],
+		"empty":        "",
+	} {
+		if _, _, err := a.Verify(bad); err == nil {
+			t.Errorf("%s: verified", name)
+		}
+	}
+	later := ewsproxy.Attestation{Secret: []byte("s"), Now: func() time.Time { return now.Add(6 * time.Minute) }}
+	if _, _, err := later.Verify(v); err == nil {
+		t.Error("a 6-minute-old attestation verified")
+	}
+}

@@ -1,0 +1,142 @@
+package ewsproxy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/ensgate/ensgate/store"
+)
+
+// Config is how a proxy route identifies devices and what it allows.
+type Config struct {
+	// TenantID owns direct device traffic on this route; 0: any tenant
+	// (the most restrictive state across tenants applies).
+	TenantID int64
+	// DeviceHeader and DeviceQuery name where direct device traffic
+	// carries its device id (header first).
+	DeviceHeader string
+	DeviceQuery  string
+	// AllowUnknown lets devices without a compliance state through.
+	AllowUnknown bool
+	// RemoveUnsupportedAuth hides NTLM and Negotiate challenges and refuses
+	// NTLM requests.
+	RemoveUnsupportedAuth bool
+	// Attestation verifies ENS's signed device lists; an empty secret
+	// refuses them.
+	Attestation Attestation
+	// Kerberos reports whether the proxy does Kerberos for this request's
+	// client (then Negotiate challenges stay); nil: never.
+	Kerberos func(*http.Request) bool
+	// Realm is offered in the Basic challenge to NTLM clients.
+	Realm string
+}
+
+// Guard enforces Config in front of an upstream.
+type Guard struct {
+	cfg        Config
+	compliance *Compliance
+	log        *slog.Logger
+}
+
+// NewGuard returns a guard that judges devices by compliance.
+func NewGuard(cfg Config, compliance *Compliance, log *slog.Logger) *Guard {
+	return &Guard{cfg: cfg, compliance: compliance, log: log}
+}
+
+// Serve decides the request and, if allowed, calls forward (the reverse
+// proxy) with the request cleaned of ENS's attestation and a response
+// writer that applies the auth-header policy. Refused requests never reach
+// forward.
+func (g *Guard) Serve(w http.ResponseWriter, r *http.Request, forward func(http.ResponseWriter, *http.Request) error) error {
+	op := Operation(r)
+	log := g.log.With(slog.String("operation", op))
+
+	if g.cfg.RemoveUnsupportedAuth && isNTLM(r.Header.Get("Authorization")) {
+		log.Info("EWS request refused: NTLM")
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf("Basic realm=%q", g.cfg.Realm))
+		http.Error(w, "NTLM authentication is not supported through this gateway; use Basic or OAuth (Bearer).", http.StatusUnauthorized)
+		return nil
+	}
+
+	ids, tenantID, fromENS, err := g.identify(r)
+	if err != nil {
+		log.Warn("EWS request refused: bad device attestation", slog.Any("error", err))
+		writeFault(w, http.StatusForbidden, "ErrorAccessDenied", "The request's device attestation is invalid.")
+		return nil
+	}
+	allowed, accepted, err := g.decide(tenantID, ids)
+	if errors.Is(err, ErrComplianceUnknown) {
+		log.Error("EWS request refused: compliance unknown", slog.Any("error", err))
+		writeFault(w, http.StatusServiceUnavailable, "ErrorServerBusy", "Device compliance cannot be checked right now; retry later.")
+		return nil
+	}
+	if fromENS {
+		w.Header().Set(AcceptedHeader, JoinIDs(accepted))
+	}
+	if !allowed {
+		log.Info("EWS request refused: no compliant device", slog.Any("devices", ids), slog.Bool("ens", fromENS))
+		writeFault(w, http.StatusForbidden, "ErrorAccessDenied", "This device is not allowed to access mail (blocked, wiped, non-compliant or unknown).")
+		return nil
+	}
+	r.Header.Del(DevicesHeader)
+	if g.cfg.RemoveUnsupportedAuth {
+		kerberos := g.cfg.Kerberos != nil && g.cfg.Kerberos(r)
+		w = &challengeFilter{ResponseWriter: w, kerberos: kerberos}
+	}
+	return forward(w, r)
+}
+
+// identify returns the request's device ids: ENS's attested list, or the
+// one a device names in the configured header or query parameter.
+func (g *Guard) identify(r *http.Request) (ids []string, tenantID int64, fromENS bool, err error) {
+	if v := r.Header.Get(DevicesHeader); v != "" {
+		tenantID, ids, err = g.cfg.Attestation.Verify(v)
+		return ids, tenantID, true, err
+	}
+	var id string
+	if g.cfg.DeviceHeader != "" {
+		id = strings.TrimSpace(r.Header.Get(g.cfg.DeviceHeader))
+	}
+	if id == "" && g.cfg.DeviceQuery != "" {
+		id = r.URL.Query().Get(g.cfg.DeviceQuery)
+	}
+	if id == "" {
+		return nil, g.cfg.TenantID, false, nil
+	}
+	return []string{id}, g.cfg.TenantID, false, nil
+}
+
+// decide returns whether the request may reach Exchange, and which of its
+// devices are accepted. A request naming no device is an unknown device.
+func (g *Guard) decide(tenantID int64, ids []string) (allowed bool, accepted []string, err error) {
+	if len(ids) == 0 {
+		return g.cfg.AllowUnknown, nil, nil
+	}
+	for _, id := range ids {
+		state, err := g.compliance.State(store.DeviceKey{TenantID: tenantID, DeviceID: id})
+		if err != nil {
+			return false, nil, err
+		}
+		if state == store.Compliant || (state == "" && g.cfg.AllowUnknown) {
+			accepted = append(accepted, id)
+		}
+	}
+	return len(accepted) > 0, accepted, nil
+}
+
+// writeFault answers like EWS does: a SOAP fault whose detail carries the
+// EWS response code, so EWS clients show a meaningful error.
+func writeFault(w http.ResponseWriter, status int, code, message string) {
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `<?xml version="1.0" encoding="utf-8"?>
+<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault>`+
+		`<faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:%s</faultcode>`+
+		`<faultstring xml:lang="en-US">%s</faultstring><detail>`+
+		`<e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">%s</e:ResponseCode>`+
+		`<e:Message xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">%s</e:Message>`+
+		`</detail></s:Fault></s:Body></s:Envelope>`, code, message, code, message)
+}
