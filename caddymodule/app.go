@@ -21,6 +21,7 @@ import (
 
 	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ens/push"
+	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -41,6 +42,9 @@ type App struct {
 	PublicURL string `json:"public_url,omitempty"`
 	// Credential for the admin API; the admin API is off when empty.
 	AdminToken string `json:"admin_token,omitempty"`
+	// Secret shared by ENS and the EWS proxy (also across deployments):
+	// ENS signs the devices it will notify with it on its EWS calls.
+	ProxySecret string `json:"proxy_secret,omitempty"`
 	// Apple Push Notification service (token auth).
 	APNs *APNsConfig `json:"apns,omitempty"`
 	// Firebase Cloud Messaging HTTP v1.
@@ -60,10 +64,15 @@ type App struct {
 	apns        APNsConfig
 	fcm         FCMConfig
 
-	store   *store.Store
-	service *ens.Service
-	handler http.Handler
-	logger  *zap.Logger
+	proxySecret []byte
+
+	store      *store.Store
+	service    *ens.Service
+	handler    http.Handler
+	compliance *ewsproxy.Compliance
+	stopCache  context.CancelFunc
+	cacheDone  chan struct{}
+	logger     *zap.Logger
 }
 
 // APNsConfig selects the APNs endpoint and the credentials: a .p8
@@ -122,8 +131,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	a.compliance = ewsproxy.NewCompliance(s, ctx.Slogger())
 	a.service, err = ens.New(ens.Config{
 		Store: s, MasterKey: a.masterKey, PublicURL: a.publicURL, Push: sender, Logger: ctx.Slogger(),
+		Compliance: a.compliance, ProxySecret: a.proxySecret,
 		KeyPoolSize: a.KeyPoolSize, StatusFrequency: int(time.Duration(a.StatusFrequency) / time.Minute), RateLimit: a.RateLimit,
 	})
 	if err != nil {
@@ -194,6 +205,11 @@ func (a *App) resolve() error {
 
 	if a.adminToken = get(a.AdminToken); a.adminToken != "" && len(a.adminToken) < 32 {
 		fail("admin_token", "is too short (%d characters): use at least 32 random characters, e.g. openssl rand -hex 32", len(a.adminToken))
+	}
+	if ps := get(a.ProxySecret); ps != "" && len(ps) < 32 {
+		fail("proxy_secret", "is too short (%d characters): use at least 32 random characters, e.g. openssl rand -hex 32", len(ps))
+	} else {
+		a.proxySecret = []byte(ps)
 	}
 
 	if a.APNs != nil {
@@ -295,12 +311,22 @@ func (a *App) Start() error {
 		return fmt.Errorf("ens: the database schema (version %d) is newer than this ENSGate (version %d): upgrade the binary", current, wanted)
 	}
 	a.service.Start()
+	cacheCtx, stopCache := context.WithCancel(context.Background())
+	a.stopCache, a.cacheDone = stopCache, make(chan struct{})
+	go func() {
+		defer close(a.cacheDone)
+		a.compliance.Run(cacheCtx)
+	}()
 	return nil
 }
 
-// Stop ends the background workers.
+// Stop ends the background workers and the compliance listener.
 func (a *App) Stop() error {
 	a.service.Stop()
+	if a.stopCache != nil {
+		a.stopCache()
+		<-a.cacheDone
+	}
 	return nil
 }
 

@@ -20,6 +20,7 @@ func init() {
 //		master_key   <base64>
 //		public_url   <url>
 //		admin_token  <token>
+//		proxy_secret <secret shared by ENS and the EWS proxy>
 //		key_pool_size    <n>
 //		status_frequency <duration, whole minutes>
 //		rate_limit       <requests per second per tenant>
@@ -62,6 +63,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, &a.PublicURL)
 		case "admin_token":
 			err = oneArg(d, &a.AdminToken)
+		case "proxy_secret":
+			err = oneArg(d, &a.ProxySecret)
 		case "key_pool_size":
 			var v string
 			if err = oneArg(d, &v); err == nil {
@@ -96,7 +99,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.FCM = new(FCMConfig)
 			err = subBlock(d, map[string]*string{"url": &a.FCM.URL, "credentials_file": &a.FCM.CredentialsFile})
 		default:
-			return d.Errf("unrecognized ens option %q (known: database_url, master_key, public_url, admin_token, key_pool_size, status_frequency, rate_limit, apns, fcm)", d.Val())
+			return d.Errf("unrecognized ens option %q (known: database_url, master_key, public_url, admin_token, proxy_secret, key_pool_size, status_frequency, rate_limit, apns, fcm)", d.Val())
 		}
 		if err != nil {
 			return err

@@ -213,7 +213,7 @@ func endpointCommand() *cobra.Command {
 }
 
 func deviceCommand() *cobra.Command {
-	device := &cobra.Command{Use: "device", Short: "Inspects a tenant's devices"}
+	device := &cobra.Command{Use: "device", Short: "Lists, blocks, unblocks and removes a tenant's devices"}
 	list := &cobra.Command{
 		Use:   "list --tenant NAME",
 		Short: "Lists a tenant's devices: ENS registration and compliance",
@@ -246,8 +246,57 @@ func deviceCommand() *cobra.Command {
 	}
 	list.Flags().String("tenant", "", "tenant name (required)")
 	list.MarkFlagRequired("tenant")
-	device.AddCommand(list)
+	device.AddCommand(list,
+		complianceCommand("block", "Blocks a device: the EWS proxy refuses it and ENS stops notifying it", store.Blocked),
+		complianceCommand("unblock", "Marks a device compliant again", store.Compliant),
+		complianceCommand("remove", "Wipes a device server-side: blocked for good and its ENS registration ended", store.Wiped))
 	return device
+}
+
+// complianceCommand sets a device's compliance; every node enforces it
+// within about a second (PostgreSQL NOTIFY).
+func complianceCommand(name, short, state string) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   name + " --tenant NAME --device ID",
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tenantName, _ := cmd.Flags().GetString("tenant")
+			deviceID, _ := cmd.Flags().GetString("device")
+			if deviceID == "" || len(deviceID) > 256 {
+				return errors.New("--device: a device id of 1 to 256 characters is required")
+			}
+			return withStore(cmd, time.Minute, func(ctx context.Context, s *store.Store) error {
+				t, err := s.TenantByName(ctx, tenantName)
+				if err != nil {
+					return err
+				}
+				out := cmd.OutOrStdout()
+				if state == store.Wiped {
+					ended, err := s.RemoveDevice(ctx, t.ID, deviceID)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(out, "device %q of tenant %q removed", deviceID, t.Name)
+					if ended {
+						fmt.Fprint(out, "; its mailbox had no other device, so its subscription ends")
+					}
+					fmt.Fprintln(out)
+					return nil
+				}
+				if err := s.SetCompliance(ctx, t.ID, deviceID, state); err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "device %q of tenant %q is now %s\n", deviceID, t.Name, state)
+				return nil
+			})
+		},
+	}
+	cmd.Flags().String("tenant", "", "tenant name (required)")
+	cmd.Flags().String("device", "", "device id (required)")
+	cmd.MarkFlagRequired("tenant")
+	cmd.MarkFlagRequired("device")
+	return cmd
 }
 
 // table prints rows under a header, aligned; an empty table says so.

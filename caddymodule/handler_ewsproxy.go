@@ -10,6 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/ensgate/ensgate/ewsproxy"
 )
 
 func init() {
@@ -18,15 +20,34 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("ews_proxy", httpcaddyfile.Before, "reverse_proxy")
 }
 
-// EWSProxy fronts Exchange Web Services with Caddy's own reverse_proxy.
+// EWSProxy fronts Exchange Web Services with Caddy's own reverse_proxy,
+// letting only compliant devices through and hiding authentication schemes
+// clients cannot complete.
 //
-// Caddyfile: `ews_proxy [<matcher>] <upstream> { <reverse_proxy subdirectives> }`.
+// Caddyfile:
+//
+//	ews_proxy [<matcher>] <upstream> {
+//		device_id_header <header>        # where devices name themselves
+//		device_id_query  <parameter>
+//		unknown_devices  allow|deny      # default deny
+//		remove_unsupported_auth on|off   # default on
+//		<reverse_proxy subdirectives>
+//	}
 type EWSProxy struct {
 	// The reverse_proxy handler that reaches Exchange; all of its options
 	// (upstreams, transport TLS, timeouts) apply.
 	ProxyRaw json.RawMessage `json:"proxy,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
+	// Request header in which devices send their id.
+	DeviceIDHeader string `json:"device_id_header,omitempty"`
+	// Query parameter in which devices send their id.
+	DeviceIDQuery string `json:"device_id_query,omitempty"`
+	// "allow" or "deny" (default) devices without a compliance state.
+	UnknownDevices string `json:"unknown_devices,omitempty"`
+	// Remove NTLM/Negotiate challenges and refuse NTLM (default true).
+	RemoveUnsupportedAuth *bool `json:"remove_unsupported_auth,omitempty"`
 
 	proxy *reverseproxy.Handler
+	guard *ewsproxy.Guard
 }
 
 // CaddyModule returns the Caddy module information.
@@ -37,10 +58,14 @@ func (EWSProxy) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision loads the embedded reverse_proxy; Caddy cleans it up with us.
+// Provision loads the embedded reverse_proxy (Caddy cleans it up with us)
+// and takes the ens app's compliance cache and attestation secret.
 func (h *EWSProxy) Provision(ctx caddy.Context) error {
 	if h.ProxyRaw == nil {
 		return fmt.Errorf("ews_proxy: proxy: an Exchange upstream is required, e.g. `ews_proxy https://exchange.example.com`")
+	}
+	if h.UnknownDevices != "" && h.UnknownDevices != "allow" && h.UnknownDevices != "deny" {
+		return fmt.Errorf("ews_proxy: unknown_devices: %q must be allow or deny", h.UnknownDevices)
 	}
 	mod, err := ctx.LoadModule(h, "ProxyRaw")
 	if err != nil {
@@ -51,17 +76,70 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("ews_proxy: proxy: must be a reverse_proxy handler, not %T", mod)
 	}
 	h.proxy = rp
+	appModule, err := ctx.App("ens")
+	if err != nil {
+		return fmt.Errorf("ews_proxy needs the ens app (the global `ens` option) for device compliance: %w", err)
+	}
+	app := appModule.(*App)
+	h.guard = ewsproxy.NewGuard(ewsproxy.Config{
+		DeviceHeader:          h.DeviceIDHeader,
+		DeviceQuery:           h.DeviceIDQuery,
+		AllowUnknown:          h.UnknownDevices == "allow",
+		RemoveUnsupportedAuth: h.RemoveUnsupportedAuth == nil || *h.RemoveUnsupportedAuth,
+		Attestation:           ewsproxy.Attestation{Secret: app.proxySecret},
+	}, app.compliance, ctx.Slogger())
 	return nil
 }
 
 func (h *EWSProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	return h.proxy.ServeHTTP(w, r, next)
+	return h.guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request) error {
+		return h.proxy.ServeHTTP(w, r, next)
+	})
 }
 
-// parseEWSProxy reads the reverse_proxy syntax after the directive name.
+// parseEWSProxy takes our subdirectives out of the block and hands the
+// rest, which is reverse_proxy's syntax, to reverse_proxy's parser (the
+// way Caddy's forward_auth does).
 func parseEWSProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	p := new(EWSProxy)
+	d := h.Dispenser
+	for d.Next() {
+		for d.NextBlock(0) {
+			if d.Nesting() != 1 {
+				continue // a reverse_proxy sub-block's own lines
+			}
+			var dst *string
+			switch d.Val() {
+			case "device_id_header":
+				dst = &p.DeviceIDHeader
+			case "device_id_query":
+				dst = &p.DeviceIDQuery
+			case "unknown_devices":
+				dst = &p.UnknownDevices
+			case "remove_unsupported_auth":
+				var v string
+				if err := oneArg(d, &v); err != nil {
+					return nil, err
+				}
+				if v != "on" && v != "off" {
+					return nil, d.Errf("remove_unsupported_auth %q: must be on or off", v)
+				}
+				on := v == "on"
+				p.RemoveUnsupportedAuth = &on
+				d.DeleteN(2)
+				continue
+			default:
+				continue
+			}
+			if err := oneArg(d, dst); err != nil {
+				return nil, err
+			}
+			d.DeleteN(2)
+		}
+	}
+	d.Reset()
 	rp := new(reverseproxy.Handler)
-	if err := rp.UnmarshalCaddyfile(h.Dispenser); err != nil {
+	if err := rp.UnmarshalCaddyfile(d); err != nil {
 		return nil, err
 	}
 	if err := rp.FinalizeUnmarshalCaddyfile(h); err != nil {
@@ -70,7 +148,8 @@ func parseEWSProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 	if len(rp.Upstreams) == 0 && rp.DynamicUpstreamsRaw == nil {
 		return nil, h.Err("ews_proxy needs the Exchange upstream, e.g. `ews_proxy https://exchange.example.com`")
 	}
-	return &EWSProxy{ProxyRaw: caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil)}, nil
+	p.ProxyRaw = caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil)
+	return p, nil
 }
 
 // Interface guards

@@ -160,6 +160,8 @@ func exchangeError(err error) *apiError {
 		return &apiError{http.StatusBadGateway, "exchange_error", "Exchange answered " + re.Code}
 	case errors.As(err, new(*tls.CertificateVerificationError)):
 		return &apiError{http.StatusBadGateway, "exchange_error", "the EWS server's certificate is not trusted by the gateway; no credentials were sent"}
+	case refusedByProxy(err):
+		return &apiError{http.StatusForbidden, "forbidden", "the EWS proxy refused this device (blocked, wiped, non-compliant or unknown)"}
 	default:
 		var he *ews.HTTPError
 		if errors.As(err, &he) {

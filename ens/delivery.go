@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -44,7 +47,8 @@ type delivery struct {
 	tenant  store.Tenant
 	devices []store.Device
 	ep      *endpoint
-	badge   *int // unread count once fetched
+	badge   *int        // unread count once fetched
+	headers ews.Headers // the device attestation sent, the proxy's answer
 }
 
 // level is what a device may be shown: the tenant's level is a ceiling.
@@ -64,6 +68,11 @@ func (d *delivery) run(ctx context.Context, items []ews.ItemID) (ews.Subscriptio
 	}
 	defer release()
 	acct := d.creds.account()
+	ids := make([]string, len(d.devices))
+	for i, dev := range d.devices {
+		ids[i] = dev.DeviceID
+	}
+	ctx = d.s.attest(ctx, d.tenant.ID, ids, &d.headers)
 
 	var retry error
 	ended := false
@@ -112,8 +121,9 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 	var item *ews.Item
 	if d.needsContent(targets) {
 		item, err = client.GetItem(ctx, acct, id)
-		if errors.Is(err, ews.ErrItemNotFound) {
-			// Deleted or moved before we looked: nothing left to announce.
+		if errors.Is(err, ews.ErrItemNotFound) || refusedByProxy(err) {
+			// Deleted or moved before we looked, or no device may see mail:
+			// nothing to announce.
 			return ews.SubscriptionOK, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed)
 		}
 		if err != nil {
@@ -122,9 +132,13 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 	}
 
 	badge, err := d.unreadCount(ctx, client, acct)
+	if refusedByProxy(err) {
+		return ews.SubscriptionOK, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed)
+	}
 	if err != nil {
 		return "", errors.Join(err, d.s.store.ReleasePushes(context.WithoutCancel(ctx), d.sub.ID, hash, claimed))
 	}
+	targets = d.acceptedByProxy(targets)
 	results := make([]push.Result, len(targets))
 	var wg sync.WaitGroup
 	for i, dev := range targets {
@@ -175,13 +189,39 @@ func (d *delivery) unreadCount(ctx context.Context, client *ews.Client, acct ews
 	switch {
 	case err == nil:
 		badge = inbox.UnreadCount
-	case errors.Is(err, ews.ErrUnauthorized):
+	case errors.Is(err, ews.ErrUnauthorized) || refusedByProxy(err):
 		return 0, err
 	default:
 		d.log.Warn("unread count unavailable; pushing without a badge", slog.Any("error", err))
 	}
 	d.badge = &badge
 	return badge, nil
+}
+
+// refusedByProxy reports an ENSGate EWS proxy's refusal of every device.
+func refusedByProxy(err error) bool {
+	var he *ews.HTTPError
+	return errors.As(err, &he) && he.StatusCode == http.StatusForbidden
+}
+
+// acceptedByProxy keeps the devices an ENSGate EWS proxy in front of
+// Exchange accepted; without a proxy's answer, all of them.
+func (d *delivery) acceptedByProxy(devs []store.Device) []store.Device {
+	v, ok := d.headers.Response[http.CanonicalHeaderKey(ewsproxy.AcceptedHeader)]
+	if !ok || len(v) == 0 {
+		return devs
+	}
+	ids, err := ewsproxy.SplitIDs(v[0])
+	if err != nil {
+		return nil
+	}
+	var kept []store.Device
+	for _, dev := range devs {
+		if slices.Contains(ids, dev.DeviceID) {
+			kept = append(kept, dev)
+		}
+	}
+	return kept
 }
 
 func (d *delivery) claimedDevices(claimed []int64) []store.Device {

@@ -20,6 +20,7 @@ import (
 	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/internal/deviceclient"
 	"github.com/ensgate/ensgate/internal/ewssim"
 	"github.com/ensgate/ensgate/internal/pgtest"
@@ -99,6 +100,8 @@ type envOptions struct {
 	// statusFrequency in minutes (default 1): Exchange drops a subscription
 	// whose callbacks fail for longer.
 	statusFrequency int
+	// compliance runs the EWS proxy's compliance cache for ENS to consult.
+	compliance bool
 }
 
 func newEnv(t testing.TB, opts envOptions) *env {
@@ -142,13 +145,22 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	e.api = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler.ServeHTTP(w, r) }))
 	t.Cleanup(e.api.Close)
 	public, _ := url.Parse(e.api.URL)
+	var compliance ens.DeviceCompliance
+	if opts.compliance {
+		c := ewsproxy.NewCompliance(e.store, slog.New(slog.DiscardHandler))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { c.Run(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+		compliance = c
+	}
 	var sender push.Sender = e.pushes
 	if opts.push != nil {
 		sender = opts.push
 	}
 	e.svc, err = ens.New(ens.Config{
 		Store: e.store, MasterKey: bytes.Repeat([]byte{7}, 32), PublicURL: public, Push: sender,
-		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, StatusFrequency: max(opts.statusFrequency, 1), EWSRootCAs: opts.rootCAs,
+		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, StatusFrequency: max(opts.statusFrequency, 1), Compliance: compliance, EWSRootCAs: opts.rootCAs,
 	})
 	if err != nil {
 		t.Fatal(err)

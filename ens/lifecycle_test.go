@@ -223,3 +223,26 @@ func TestExchangeBusyDuringRegistration(t *testing.T) {
 		t.Errorf("%d Subscribe calls, want 1", n)
 	}
 }
+
+// A device blocked by an admin gets no more pushes, while the mailbox's
+// other devices still do; unblocked, it gets them again.
+func TestBlockedDeviceGetsNoPushes(t *testing.T) {
+	e := newEnv(t, envOptions{compliance: true})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	e.register(e.basicDevice("tablet", alice, alicePW, 0))
+	ctx := context.Background()
+	if err := e.store.SetCompliance(ctx, e.tenant.ID, "phone", "blocked"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // NOTIFY reaches the cache
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("the tablet's push", func() bool { return len(e.pushes.pushes(tok("tablet"))) == 1 })
+	e.settle()
+	if n := len(e.pushes.pushes(tok("phone"))); n != 0 {
+		t.Fatalf("the blocked phone got %d pushes", n)
+	}
+	e.store.SetCompliance(ctx, e.tenant.ID, "phone", "compliant")
+	time.Sleep(200 * time.Millisecond)
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("the unblocked phone's push", func() bool { return len(e.pushes.pushes(tok("phone"))) == 1 })
+}

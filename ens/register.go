@@ -11,6 +11,7 @@ import (
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ens/seal"
 	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -94,7 +95,7 @@ func (s *Service) register(w http.ResponseWriter, r *http.Request, t store.Tenan
 	}
 
 	publicID, key := randomID(), seal.NewSubscriptionKey()
-	ewsSub, err := s.subscribe(ctx, ep, creds, publicID, key)
+	ewsSub, err := s.subscribe(s.attest(ctx, t.ID, []string{req.DeviceID}, nil), ep, creds, publicID, key)
 	if err != nil {
 		s.log.Info("registration refused by Exchange", slog.String("tenant", t.Name), slog.String("device", req.DeviceID), slog.Any("error", err))
 		return exchangeError(err)
@@ -146,4 +147,18 @@ func (s *Service) callbackURL(publicID string, key seal.SubscriptionKey) string 
 	u.Path += BasePath + "/notify"
 	u.RawQuery = url.Values{"id": {publicID}, "f": {key.String()}}.Encode()
 	return u.String()
+}
+
+// attest puts the signed list of devices into ctx's EWS calls, for an
+// ENSGate EWS proxy in front of Exchange; h (if not nil) receives the
+// proxy's answer.
+func (s *Service) attest(ctx context.Context, tenantID int64, deviceIDs []string, h *ews.Headers) context.Context {
+	if h == nil {
+		h = new(ews.Headers)
+	}
+	if len(s.cfg.ProxySecret) > 0 {
+		att := ewsproxy.Attestation{Secret: s.cfg.ProxySecret}
+		h.Request = http.Header{ewsproxy.DevicesHeader: {att.Sign(tenantID, deviceIDs)}}
+	}
+	return ews.WithHeaders(ctx, h)
 }

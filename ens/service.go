@@ -36,6 +36,19 @@ type Config struct {
 	EWSConcurrency  int            // EWS calls in flight per endpoint; DefaultEWSConcurrency
 	EWSRootCAs      *x509.CertPool // trusted for Exchange; nil: the system roots (SSL_CERT_FILE adds to them)
 	UserAgent       string         // sent to Exchange
+
+	// Compliance is the EWS proxy's view of devices; nil: every device may
+	// be notified. Blocked, wiped and non-compliant devices get no pushes.
+	Compliance DeviceCompliance
+	// ProxySecret signs the list of devices ENS will notify on every EWS
+	// call, so an ENSGate EWS proxy in front of Exchange can check them;
+	// empty: no list is sent.
+	ProxySecret []byte
+}
+
+// DeviceCompliance reports a device's compliance state ("" if unknown).
+type DeviceCompliance interface {
+	State(store.DeviceKey) (string, error)
 }
 
 // Defaults for Config.

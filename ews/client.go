@@ -215,11 +215,20 @@ func roundTrip[T any](ctx context.Context, c *Client, acct Account, body []byte,
 		// header (see net/http.Transport).
 		req.Header["Idempotency-Key"] = nil
 	}
+	headers, _ := ctx.Value(headersKey{}).(*Headers)
+	if headers != nil {
+		for k, v := range headers.Request {
+			req.Header[k] = v
+		}
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if headers != nil {
+		headers.Response = resp.Header.Clone()
+	}
 
 	switch resp.StatusCode {
 	case http.StatusOK:
@@ -278,4 +287,20 @@ func (c *Client) backOff(d time.Duration, cause error) {
 	if until.After(c.blockedUntil) {
 		c.blockedUntil, c.blockedBy = until, cause
 	}
+}
+
+// Headers rides in a call's context for what lies between the client and
+// Exchange, such as an EWS proxy: extra request headers (a device
+// attestation), and the response's headers, filled in by the call.
+type Headers struct {
+	Request  http.Header
+	Response http.Header
+}
+
+type headersKey struct{}
+
+// WithHeaders returns a context whose calls send h.Request and record
+// their response headers in h.Response.
+func WithHeaders(ctx context.Context, h *Headers) context.Context {
+	return context.WithValue(ctx, headersKey{}, h)
 }

@@ -520,3 +520,23 @@ func TestCredentialsRedacted(t *testing.T) {
 		}
 	}
 }
+
+func TestClientSendsAndRecordsHeadersFromTheContext(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Answer", "from "+r.Header.Get("X-Question"))
+		w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+		w.Write(sample(t, "12-getfolder-inbox.response.xml"))
+	}))
+	defer srv.Close()
+	c, err := NewClient(Config{URL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Headers{Request: http.Header{"X-Question": {"the proxy"}}}
+	if _, err := c.GetInbox(WithHeaders(context.Background(), h), Account{Mailbox: "a@example.test"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.Response.Get("X-Answer"); got != "from the proxy" {
+		t.Errorf("response header %q", got)
+	}
+}

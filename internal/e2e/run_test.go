@@ -38,6 +38,7 @@ func gatewayEnv(t *testing.T, dbURL, upstream string) (env []string, base string
 		"ENS_CADDY_ADMIN=" + freeAddr(t),
 		"ENS_MASTER_KEY=" + randomKey(t),
 		"ENS_ADMIN_TOKEN=" + strings.Repeat("a", 40),
+		"ENS_PROXY_SECRET=" + strings.Repeat("p", 40),
 		"ENS_EWS_UPSTREAM=" + upstream,
 	}, base
 }
@@ -72,8 +73,11 @@ func startGateway(t *testing.T, env []string) *exec.Cmd {
 
 func TestRunServesAliveAndProxiesEWS(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
-	if r := cli(t, []string{"DATABASE_URL=" + dbURL}, "ens", "migrate"); r.code != 0 {
-		t.Fatalf("migrate: %+v", r)
+	for _, args := range [][]string{{"ens", "migrate"}, {"ens", "tenant", "create", "--name", "contoso"},
+		{"ens", "device", "unblock", "--tenant", "contoso", "--device", "phone"}} {
+		if r := cli(t, []string{"DATABASE_URL=" + dbURL}, args...); r.code != 0 {
+			t.Fatalf("%v: %+v", args, r)
+		}
 	}
 	var mu sync.Mutex
 	var seen []string
@@ -112,7 +116,10 @@ func TestRunServesAliveAndProxiesEWS(t *testing.T) {
 	}
 
 	for _, path := range []string{"/EWS/Exchange.asmx", "/ews/exchange.asmx"} {
-		resp, err := http.Post(base+path, "text/xml", strings.NewReader("<soap>"+path+"</soap>"))
+		req, _ := http.NewRequest("POST", base+path, strings.NewReader("<soap>"+path+"</soap>"))
+		req.Header.Set("Content-Type", "text/xml")
+		req.Header.Set("X-Device-Id", "phone")
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
