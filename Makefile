@@ -41,7 +41,7 @@ lint: tools
 	$(TOOLS)/staticcheck ./...
 
 ## bench: end-to-end figures (bounded counts, loopback peers), printed per benchmark.
-BENCH_COUNT ?= 2000x
+BENCH_COUNT ?= 10000x
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCH_COUNT) -count=1 ./...
 

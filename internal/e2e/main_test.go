@@ -47,7 +47,7 @@ func run(m *testing.M) int {
 }
 
 // repoRoot is where Caddyfile.example and scripts/ live.
-func repoRoot(t *testing.T) string {
+func repoRoot(t testing.TB) string {
 	t.Helper()
 	root, err := filepath.Abs("../..")
 	if err != nil {
@@ -62,7 +62,7 @@ type result struct {
 }
 
 // cli runs bin/ensgate with args and the given extra environment.
-func cli(t *testing.T, env []string, args ...string) result {
+func cli(t testing.TB, env []string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -95,7 +95,7 @@ func baseEnv() []string {
 	return env
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -106,7 +106,7 @@ func freeAddr(t *testing.T) string {
 }
 
 // waitFor polls url until it answers with status, or fails the test.
-func waitFor(t *testing.T, url string, status int, within time.Duration) *http.Response {
+func waitFor(t testing.TB, url string, status int, within time.Duration) *http.Response {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {

@@ -20,7 +20,7 @@ import (
 	"github.com/ensgate/ensgate/internal/syncbuf"
 )
 
-func randomKey(t *testing.T) string {
+func randomKey(t testing.TB) string {
 	t.Helper()
 	key := make([]byte, 32)
 	rand.Read(key)
