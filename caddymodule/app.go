@@ -134,7 +134,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.compliance = ewsproxy.NewCompliance(s, ctx.Slogger())
 	a.service, err = ens.New(ens.Config{
 		Store: s, MasterKey: a.masterKey, PublicURL: a.publicURL, Push: sender, Logger: ctx.Slogger(),
-		Compliance: a.compliance, ProxySecret: a.proxySecret,
+		Compliance: a.compliance, ProxySecret: a.proxySecret, AdminToken: a.adminToken,
 		KeyPoolSize: a.KeyPoolSize, StatusFrequency: int(time.Duration(a.StatusFrequency) / time.Minute), RateLimit: a.RateLimit,
 	})
 	if err != nil {

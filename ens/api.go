@@ -29,6 +29,7 @@ func (s *Service) Handler() http.Handler {
 	mux.Handle("GET "+BasePath+"/status", s.tenantAPI(s.status))
 	mux.Handle("POST "+BasePath+"/unregister", s.tenantAPI(s.unregister))
 	mux.HandleFunc("POST "+BasePath+"/notify", s.notify)
+	s.adminAPI(mux)
 	mux.HandleFunc(BasePath+"/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{http.StatusNotFound, "not_found", "no such ENS endpoint: " + r.Method + " " + r.URL.Path})
 	})

@@ -102,6 +102,7 @@ type envOptions struct {
 	statusFrequency int
 	// compliance runs the EWS proxy's compliance cache for ENS to consult.
 	compliance bool
+	adminToken string
 }
 
 func newEnv(t testing.TB, opts envOptions) *env {
@@ -160,7 +161,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	}
 	e.svc, err = ens.New(ens.Config{
 		Store: e.store, MasterKey: bytes.Repeat([]byte{7}, 32), PublicURL: public, Push: sender,
-		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, StatusFrequency: max(opts.statusFrequency, 1), Compliance: compliance, EWSRootCAs: opts.rootCAs,
+		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, StatusFrequency: max(opts.statusFrequency, 1), Compliance: compliance, AdminToken: opts.adminToken, EWSRootCAs: opts.rootCAs,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/store"
 )
 
 func TestForgedCallbacksAreRefusedWithoutCallingExchange(t *testing.T) {
@@ -245,4 +246,41 @@ func TestBlockedDeviceGetsNoPushes(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	e.deliver(alice, mailFromCarol)
 	e.waitFor("the unblocked phone's push", func() bool { return len(e.pushes.pushes(tok("phone"))) == 1 })
+}
+
+func TestAdminAPIBlocksAndRemovesDevices(t *testing.T) {
+	e := newEnv(t, envOptions{adminToken: strings.Repeat("A", 40)})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	admin := strings.Repeat("A", 40)
+	if status, body := e.callWith(e.token, "POST", "/api/ens/admin/tenants/contoso/devices/phone/block", nil); status != 401 {
+		t.Errorf("a tenant token opened the admin API: %d %v", status, body)
+	}
+	if status, body := e.callWith(admin, "POST", "/api/ens/admin/tenants/nobody/devices/phone/block", nil); status != 404 {
+		t.Errorf("unknown tenant: %d %v", status, body)
+	}
+	status, body := e.callWith(admin, "POST", "/api/ens/admin/tenants/contoso/devices/phone/block", nil)
+	if status != 200 || body["compliance"] != "blocked" {
+		t.Fatalf("block: %d %v", status, body)
+	}
+	if s, _ := e.store.ComplianceState(context.Background(), store.DeviceKey{TenantID: e.tenant.ID, DeviceID: "phone"}); s != "blocked" {
+		t.Errorf("stored state %q", s)
+	}
+	status, body = e.callWith(admin, "POST", "/api/ens/admin/tenants/contoso/devices/phone/remove", nil)
+	if status != 200 || body["subscriptionEnded"] != true {
+		t.Fatalf("remove: %d %v", status, body)
+	}
+	status, body = e.callWith(admin, "GET", "/api/ens/admin/tenants/contoso/devices", nil)
+	devices, _ := body["devices"].([]any)
+	if status != 200 || len(devices) != 1 || devices[0].(map[string]any)["compliance"] != "wiped" || devices[0].(map[string]any)["state"] != "removed" {
+		t.Fatalf("list: %d %v", status, body)
+	}
+	// Removal ended the registration server-side: Exchange is told to stop.
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("Unsubscribe", func() bool { return e.newestSimState(alice) == "unsubscribed" })
+	if n := len(e.pushes.pushes("")); n != 0 {
+		t.Errorf("%d pushes to a removed device", n)
+	}
+	if status, _ := e.call("GET", "/api/ens/status?deviceId=phone", nil); status != 404 {
+		t.Errorf("status of a removed device: %d", status)
+	}
 }

@@ -44,6 +44,8 @@ type Config struct {
 	// call, so an ENSGate EWS proxy in front of Exchange can check them;
 	// empty: no list is sent.
 	ProxySecret []byte
+	// AdminToken guards the admin API; empty: no admin API.
+	AdminToken string
 }
 
 // DeviceCompliance reports a device's compliance state ("" if unknown).
