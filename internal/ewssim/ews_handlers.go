@@ -83,8 +83,12 @@ func (s *Server) serveEWS(w http.ResponseWriter, r *http.Request) {
 		s.getItem(w, user, op, deleteFirst)
 	case opName == "GetFolder":
 		s.getFolder(w, user, op)
+	case opName == "FindItem":
+		s.findItem(w, user, op)
 	case opName == "Unsubscribe":
 		s.unsubscribe(w)
+	case opName == "ConvertId":
+		s.convertID(w, op)
 	default:
 		s.writeFault(w, "ErrorInvalidRequest", "The request is invalid: the simulator does not implement the operation '"+op.Tag+"'.", 0)
 	}
@@ -199,17 +203,10 @@ func writeMailbox(parent *etree.Element, name, address string) {
 }
 
 // isInbox reports whether a folder id element (DistinguishedFolderId or
-// FolderId) names the user's Inbox, the only folder the simulator has.
+// FolderId) names the user's Inbox.
 func isInbox(m *mailbox, e *etree.Element) bool {
-	switch {
-	case e.NamespaceURI() != nsTypes:
-		return false
-	case e.Tag == "DistinguishedFolderId":
-		return e.SelectAttrValue("Id", "") == "inbox"
-	case e.Tag == "FolderId":
-		return e.SelectAttrValue("Id", "") == m.inboxID
-	}
-	return false
+	f, ok := m.folder(e)
+	return ok && f.id == m.inboxID
 }
 
 func (s *Server) getFolder(w http.ResponseWriter, user string, op *etree.Element) {
@@ -226,33 +223,38 @@ func (s *Server) getFolder(w http.ResponseWriter, user string, op *etree.Element
 	defer s.mu.Unlock()
 	m := s.users[user]
 	for _, fid := range folders.ChildElements() {
-		if !isInbox(m, fid) {
+		f, ok := m.folder(fid)
+		if !ok {
 			s.responseMessage(rms, "m:GetFolderResponseMessage", "ErrorFolderNotFound")
 			continue
 		}
 		rm := s.responseMessage(rms, "m:GetFolderResponseMessage", "NoError")
-		f := rm.CreateElement("m:Folders").CreateElement("t:Folder")
-		idElem(f, "t:FolderId", m.inboxID, m.inboxCK())
-		if props["folder:ParentFolderId"] {
-			idElem(f, "t:ParentFolderId", m.rootID, "AQAAAA==")
-		}
-		if props["folder:FolderClass"] {
-			text(f, "t:FolderClass", "IPF.Note")
-		}
-		if props["folder:DisplayName"] {
-			text(f, "t:DisplayName", "Inbox")
-		}
-		if props["folder:TotalCount"] {
-			text(f, "t:TotalCount", strconv.Itoa(len(m.items)))
-		}
-		if props["folder:ChildFolderCount"] {
-			text(f, "t:ChildFolderCount", "0")
-		}
-		if props["folder:UnreadCount"] {
-			text(f, "t:UnreadCount", strconv.Itoa(m.unread))
-		}
+		writeFolder(rm.CreateElement("m:Folders").CreateElement("t:Folder"), f, props)
 	}
 	writeXML(w, http.StatusOK, doc)
+}
+
+// writeFolder fills a t:Folder in the schema's element order.
+func writeFolder(e *etree.Element, f folder, props map[string]bool) {
+	idElem(e, "t:FolderId", f.id, f.ck)
+	if props["folder:ParentFolderId"] && f.parentID != "" {
+		idElem(e, "t:ParentFolderId", f.parentID, staticCK)
+	}
+	if props["folder:FolderClass"] && f.class != "" {
+		text(e, "t:FolderClass", f.class)
+	}
+	if props["folder:DisplayName"] && f.name != "" {
+		text(e, "t:DisplayName", f.name)
+	}
+	if props["folder:TotalCount"] {
+		text(e, "t:TotalCount", strconv.Itoa(f.total))
+	}
+	if props["folder:ChildFolderCount"] {
+		text(e, "t:ChildFolderCount", strconv.Itoa(f.children))
+	}
+	if props["folder:UnreadCount"] {
+		text(e, "t:UnreadCount", strconv.Itoa(f.unread))
+	}
 }
 
 // unsubscribe answers as Exchange does for a push subscription id: EWS
@@ -262,5 +264,23 @@ func (s *Server) unsubscribe(w http.ResponseWriter) {
 	doc, body := responseEnvelope()
 	rms := body.CreateElement("m:UnsubscribeResponse").CreateElement("m:ResponseMessages")
 	s.responseMessage(rms, "m:UnsubscribeResponseMessage", "ErrorSubscriptionNotFound")
+	writeXML(w, http.StatusOK, doc)
+}
+
+// convertID answers ConvertId, which clients such as exchangelib send with a
+// dummy id only to read ServerVersionInfo from the answer's SOAP header.
+// The simulator converts nothing: each AlternateId gets
+// ErrorInvalidIdMalformed, as Exchange answers for an id it cannot parse.
+func (s *Server) convertID(w http.ResponseWriter, op *etree.Element) {
+	ids := child(op, nsMsgs, "SourceIds").NotNil().ChildElements()
+	if len(ids) == 0 {
+		s.writeFault(w, "ErrorSchemaValidation", "The request failed schema validation: ConvertId needs SourceIds.", 0)
+		return
+	}
+	doc, body := responseEnvelope()
+	rms := body.CreateElement("m:ConvertIdResponse").CreateElement("m:ResponseMessages")
+	for range ids {
+		s.responseMessage(rms, "m:ConvertIdResponseMessage", "ErrorInvalidIdMalformed")
+	}
 	writeXML(w, http.StatusOK, doc)
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/beevik/etree"
 )
 
 // Errors returned by the mailbox methods (and mapped to 404/409 by the
@@ -71,6 +73,7 @@ type mailbox struct {
 	key      uint64 // identifies the mailbox inside watermarks
 	inboxID  string
 	rootID   string // the Inbox's parent, msgfolderroot
+	hierID   string // msgfolderroot's parent, the hierarchy's root ("root")
 	inboxVer uint32
 	items    map[string]*Item
 	unread   int     // items not read, kept rather than counted: benchmarks fill Inboxes
@@ -87,6 +90,7 @@ func newMailbox(u User) *mailbox {
 		key:      binary.BigEndian.Uint64(k[:]),
 		inboxID:  newID("AAMkAGInbox"),
 		rootID:   newID("AAMkAGRoot"),
+		hierID:   newID("AAMkAGHier"),
 		inboxVer: 1,
 		items:    map[string]*Item{},
 		subs:     map[string]*subscription{},
@@ -107,6 +111,58 @@ func changeKey(kind byte, version uint32) string {
 }
 
 func (m *mailbox) inboxCK() string { return changeKey(0x01, m.inboxVer) }
+
+// folder is a folder as GetFolder reports it. The simulator has three:
+// the hierarchy's root, the top of the message store below it, and the
+// Inbox below that (clients such as exchangelib look up "root" before
+// the Inbox).
+type folder struct {
+	id, ck, parentID string // parentID: empty for root
+	class, name      string // FolderClass and DisplayName; empty: none
+	children         int
+	total, unread    int
+}
+
+// staticCK is the change key of the folders that never change.
+const staticCK = "AQAAAA=="
+
+// folder returns the folder a DistinguishedFolderId or FolderId element
+// names, if the simulator has it. A DistinguishedFolderId naming another
+// mailbox is not found: delegate access is not simulated.
+func (m *mailbox) folder(e *etree.Element) (folder, bool) {
+	if e.NamespaceURI() != nsTypes {
+		return folder{}, false
+	}
+	id := e.SelectAttrValue("Id", "")
+	switch {
+	case e.Tag == "DistinguishedFolderId":
+		if mb := child(child(e, nsTypes, "Mailbox"), nsTypes, "EmailAddress"); mb != nil && normAddr(mb.Text()) != m.Address {
+			return folder{}, false
+		}
+		switch id {
+		case "root":
+			id = m.hierID
+		case "msgfolderroot":
+			id = m.rootID
+		case "inbox":
+			id = m.inboxID
+		default:
+			return folder{}, false
+		}
+	case e.Tag != "FolderId":
+		return folder{}, false
+	}
+	switch id {
+	case m.hierID:
+		return folder{id: m.hierID, ck: staticCK, children: 1}, true
+	case m.rootID:
+		return folder{id: m.rootID, ck: staticCK, parentID: m.hierID, name: "Top of Information Store", children: 1}, true
+	case m.inboxID:
+		return folder{id: m.inboxID, ck: m.inboxCK(), parentID: m.rootID, class: "IPF.Note", name: "Inbox",
+			total: len(m.items), unread: m.unread}, true
+	}
+	return folder{}, false
+}
 
 // folderModified is the Inbox's ModifiedEvent, carrying its new unread
 // count.

@@ -3,6 +3,7 @@ package ewssim
 import (
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,6 +48,14 @@ func TestEveryMessageValidates(t *testing.T) {
 	docs["getfolder-all"] = ews(t, ts, `<m:GetFolder><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape>
 <m:FolderIds><t:DistinguishedFolderId Id="inbox"/><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder>`, http.StatusOK)
 
+	docs["getfolder-hierarchy"] = ews(t, ts, `<m:GetFolder><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape>
+<m:FolderIds><t:DistinguishedFolderId Id="root"/><t:DistinguishedFolderId Id="msgfolderroot"/></m:FolderIds></m:GetFolder>`, http.StatusOK)
+	docs["finditem"] = ews(t, ts, `<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape>
+<m:IndexedPageItemView MaxEntriesReturned="10" Offset="0" BasePoint="Beginning"/>
+<m:SortOrder><t:FieldOrder Order="Descending"><t:FieldURI FieldURI="item:DateTimeReceived"/></t:FieldOrder></m:SortOrder>
+<m:ParentFolderIds><t:DistinguishedFolderId Id="inbox"/><t:DistinguishedFolderId Id="calendar"/></m:ParentFolderIds></m:FindItem>`, http.StatusOK)
+	docs["convertid"] = ews(t, ts, `<m:ConvertId DestinationFormat="EntryId"><m:SourceIds><t:AlternateId Id="DUMMY" Format="EwsId" Mailbox="DUMMY"/></m:SourceIds></m:ConvertId>`, http.StatusOK)
+
 	if err := ts.MarkRead(alice, it.ID, true); err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +68,7 @@ func TestEveryMessageValidates(t *testing.T) {
 	docs["unsubscribe"] = ews(t, ts, `<m:Unsubscribe><m:SubscriptionId>`+one(t, docs["subscribe"], "SubscriptionId")+`</m:SubscriptionId></m:Unsubscribe>`, http.StatusOK)
 	docs["subscribe-badurl"] = ews(t, ts, subscribeOp("ftp://example.com/x", 5, ""), http.StatusOK)
 	docs["subscribe-badwatermark"] = ews(t, ts, subscribeOp(l.srv.URL, 5, "AQAAAA=="), http.StatusOK)
-	docs["fault-unknown-op"] = ews(t, ts, `<m:FindItem Traversal="Shallow"/>`, http.StatusInternalServerError)
+	docs["fault-unknown-op"] = ews(t, ts, `<m:CreateItem/>`, http.StatusInternalServerError)
 	docs["fault-schema"] = ews(t, ts, `<m:GetItem/>`, http.StatusInternalServerError)
 	if _, err := ts.InjectFault(Fault{Kind: FaultServerBusy, Count: 1, BackOff: 297749 * time.Millisecond}); err != nil {
 		t.Fatal(err)
@@ -69,6 +78,17 @@ func TestEveryMessageValidates(t *testing.T) {
 	ewsschema.Check(t, docs)
 
 	// Spot checks that the documents say what their names claim.
+	for name, doc := range docs {
+		// Exchange's answers carry ServerVersionInfo (clients read their
+		// server's version from it); its faults and notifications do not.
+		want := 1
+		if strings.HasPrefix(name, "fault-") || strings.HasPrefix(name, "notification-") {
+			want = 0
+		}
+		if got := len(find(t, doc, "ServerVersionInfo")); got != want {
+			t.Errorf("%s: %d ServerVersionInfo headers, want %d", name, got, want)
+		}
+	}
 	if got := eventKinds(t, docs["notification-newmail"]); !slices.Equal(got, []string{"CreatedEvent", "NewMailEvent", "ModifiedEvent"}) {
 		t.Errorf("new mail notification carries %v", got)
 	}
@@ -92,6 +112,12 @@ func TestEveryMessageValidates(t *testing.T) {
 	}
 	if got := find(t, docs["getitem-mixed"], "ResponseCode"); !slices.Equal(got, []string{"NoError", "ErrorItemNotFound"}) {
 		t.Errorf("GetItem of a found and a missing item: %v", got)
+	}
+	if got := find(t, docs["finditem"], "ResponseCode"); !slices.Equal(got, []string{"NoError", "ErrorFolderNotFound"}) {
+		t.Errorf("FindItem in inbox and calendar: %v", got)
+	}
+	if got := find(t, docs["convertid"], "ResponseCode"); !slices.Equal(got, []string{"ErrorInvalidIdMalformed"}) {
+		t.Errorf("ConvertId: %v", got)
 	}
 	if got := find(t, docs["getfolder-all"], "ResponseCode"); !slices.Equal(got, []string{"NoError", "ErrorFolderNotFound"}) {
 		t.Errorf("GetFolder of inbox and calendar: %v", got)

@@ -1,6 +1,6 @@
 // Package ewssim is an Exchange Web Services simulator for tests, local
 // runs and benchmarks: in-memory mailboxes behind EWS (Subscribe with push
-// notifications, GetItem, GetFolder), IIS-like authentication (Basic,
+// notifications, GetItem, GetFolder, FindItem), IIS-like authentication (Basic,
 // Bearer, Negotiate/Kerberos), fault injection, a compressible clock for
 // Exchange's timers, and a JSON control API under /_sim/ mirroring the Go
 // methods. It is written from the EWS schema and sample messages, not from

@@ -127,6 +127,7 @@ func xmlTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05Z")
 // simulator answers with.
 var messageTexts = map[string]string{
 	"ErrorItemNotFound":               "The specified object was not found in the store., The process failed to get the correct properties.",
+	"ErrorInvalidIdMalformed":         "Id is malformed.",
 	"ErrorFolderNotFound":             "The specified folder could not be found in the store.",
 	"ErrorSubscriptionNotFound":       "The specified subscription was not found.",
 	"ErrorExceededSubscriptionCount":  "You have exceeded the available subscriptions for your account. Remove unnecessary subscriptions and try your request again.",

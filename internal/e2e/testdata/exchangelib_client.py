@@ -13,7 +13,8 @@ Usage:
 --url, --user and --password default to $EWS_URL, $EWS_USER and $EWS_PASSWORD
 (so the password need not appear in the process list). --header adds an HTTP
 header to every request exchangelib sends (a proxy identifies devices by one).
-Errors go to stderr with exit status 1 (2 for bad usage).
+Errors go to stderr, one line, with exit status 1 (2 for bad usage).
+For HTTPS with a private CA, set REQUESTS_CA_BUNDLE to its PEM file.
 
 Run it with /usr/bin/python3: the package lives in Debian's dist-packages.
 """
@@ -38,11 +39,14 @@ def parse_args():
     p.add_argument("--count", type=int, default=10, help="how many of the newest messages to list (default 10)")
     p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
                    help="extra HTTP header for every request; repeatable")
-    p.add_argument("--debug", action="store_true", help="log exchangelib's requests and responses to stderr")
+    p.add_argument("--debug", action="store_true",
+                   help="log exchangelib's requests and responses to stderr (credentials included)")
     args = p.parse_args()
     for name in ("url", "user", "password"):
         if not getattr(args, name):
             p.error(f"--{name} (or $EWS_{name.upper()}) is required")
+    if args.count < 1:
+        p.error("--count must be at least 1")
     headers = {}
     for h in args.header:
         name, sep, value = h.partition("=")
@@ -72,8 +76,10 @@ def header_adapter(headers):
 
 def main():
     args = parse_args()
-    if args.debug:
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+    # exchangelib logs a multi-line dump of the failed request (headers
+    # included) as an error before raising; without --debug the one-line
+    # message printed below says enough.
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.CRITICAL, stream=sys.stderr)
     if args.header:
         BaseProtocol.HTTP_ADAPTER_CLS = header_adapter(args.header)
     # No version given: exchangelib detects it with a ConvertId request and
