@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/internal/exchangelib"
 	"github.com/ensgate/ensgate/internal/pgtest"
 )
 
@@ -112,5 +113,44 @@ func TestProxyEnforcesComplianceOnEveryNode(t *testing.T) {
 	t.Logf("block enforced by both gateways %v after the CLI started", took)
 	if took > 1500*time.Millisecond { // the CLI's own start-up is in this figure
 		t.Errorf("block took %v to reach both gateways, want about a second", took)
+	}
+}
+
+// TestExchangelibThroughTheProxy: a real EWS client we did not write reads
+// an Inbox through bin/ensgate's /EWS when its device is compliant, and is
+// refused once the device is blocked.
+func TestExchangelibThroughTheProxy(t *testing.T) {
+	exchangelib.Require(t)
+	dbURL := pgtest.NewDatabase(t)
+	db := []string{"DATABASE_URL=" + dbURL}
+	for _, args := range [][]string{{"ens", "migrate"}, {"ens", "tenant", "create", "--name", "contoso"},
+		{"ens", "device", "unblock", "--tenant", "contoso", "--device", "phone-7"}} {
+		if r := cli(t, db, args...); r.code != 0 {
+			t.Fatalf("%v: %+v", args, r)
+		}
+	}
+	sim := ewssim.Start(t, ewssim.Config{Users: []ewssim.User{{Address: "alice@contoso.test", Password: "pw"}}})
+	sim.Deliver("alice@contoso.test", ewssim.Mail{From: "carol@fabrikam.test", FromName: "Carol", Subject: "Through the gateway", Body: "hello"})
+	env, base := gatewayEnv(t, dbURL, sim.URL)
+	startGateway(t, env)
+	waitFor(t, base+"/api/ens/alive", 200, 30*time.Second).Body.Close()
+
+	inbox, err := exchangelib.Read(t, base+"/EWS/Exchange.asmx", "alice@contoso.test", "pw", "--header", "X-Device-Id=phone-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inbox.Unread != 1 || len(inbox.Messages) != 1 || inbox.Messages[0].Subject != "Through the gateway" {
+		t.Fatalf("inbox through the proxy: %+v", inbox)
+	}
+	if c := sim.Counters().Requests; c["FindItem"] == 0 || c["GetItem"] == 0 {
+		t.Errorf("the client's requests did not reach Exchange: %v", c)
+	}
+
+	if r := cli(t, db, "ens", "device", "block", "--tenant", "contoso", "--device", "phone-7"); r.code != 0 {
+		t.Fatalf("block: %+v", r)
+	}
+	time.Sleep(500 * time.Millisecond) // well over the measured propagation
+	if _, err := exchangelib.Read(t, base+"/EWS/Exchange.asmx", "alice@contoso.test", "pw", "--header", "X-Device-Id=phone-7"); err == nil {
+		t.Fatal("the blocked device still read its Inbox through the proxy")
 	}
 }

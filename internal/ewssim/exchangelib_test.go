@@ -1,16 +1,12 @@
 package ewssim_test
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -18,71 +14,8 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/internal/exchangelib"
 )
-
-// python is Debian's interpreter: python3-exchangelib installs into its
-// dist-packages, which a pyenv or virtualenv python on PATH does not see.
-const python = "/usr/bin/python3"
-
-// exchangelibMissing is why exchangelib cannot be used, or "" if it can;
-// checked once, as starting Python takes a while.
-var exchangelibMissing = sync.OnceValue(func() string {
-	out, err := exec.Command(python, "-I", "-c", "import exchangelib").CombinedOutput()
-	if err == nil {
-		return ""
-	}
-	return "exchangelib is not importable by " + python + " (apt-get install -y python3-exchangelib): " +
-		strings.TrimSpace(err.Error()+" "+string(out))
-})
-
-// requireExchangelib skips the test when exchangelib is not installed,
-// unless CI or ENSGATE_REQUIRE_EXCHANGELIB is set: there a missing client
-// must fail the run rather than silently drop the interoperability check.
-func requireExchangelib(t *testing.T) {
-	t.Helper()
-	msg := exchangelibMissing()
-	if msg == "" {
-		return
-	}
-	for _, v := range []string{"CI", "ENSGATE_REQUIRE_EXCHANGELIB"} {
-		if os.Getenv(v) != "" {
-			t.Fatalf("%s is set, so the exchangelib client is required: %s", v, msg)
-		}
-	}
-	t.Skip(msg)
-}
-
-// moduleRoot walks up from the test's directory to go.mod.
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test's directory")
-		}
-		dir = parent
-	}
-}
-
-// clientCommand prepares the exchangelib client script with args; the
-// password goes in its environment, not on the command line.
-func clientCommand(t *testing.T, password string, args ...string) *exec.Cmd {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	t.Cleanup(cancel)
-	script := filepath.Join(moduleRoot(t), "internal", "e2e", "testdata", "exchangelib_client.py")
-	// -I: ignore PYTHONPATH and user site-packages, which a pyenv setup may point elsewhere.
-	cmd := exec.CommandContext(ctx, python, append([]string{"-I", script}, args...)...)
-	cmd.Env = append(os.Environ(), "EWS_PASSWORD="+password)
-	return cmd
-}
 
 // headerRecorder is a reverse proxy in front of the simulator that keeps
 // one header of every request passing through.
@@ -114,21 +47,12 @@ func (h *headerRecorder) values() []string {
 	return slices.Clone(h.got)
 }
 
-type clientResult struct {
-	Unread   int `json:"unread"`
-	Messages []struct {
-		Subject  string `json:"subject"`
-		From     string `json:"from"`
-		FromName string `json:"fromName"`
-	} `json:"messages"`
-}
-
 // TestExchangelibReadsInbox runs a real third-party EWS client, exchangelib,
 // against the simulator: version probe, folder lookups, FindItem and
 // GetItem must all be answered the way it expects, and the extra header it
 // is told to send must reach the server on every request.
 func TestExchangelibReadsInbox(t *testing.T) {
-	requireExchangelib(t)
+	exchangelib.Require(t)
 	t.Parallel()
 	const (
 		user     = "alice@example.com"
@@ -151,19 +75,11 @@ func TestExchangelibReadsInbox(t *testing.T) {
 	rec := &headerRecorder{name: "X-Device-Id"}
 	base := rec.start(t, sim.URL)
 
-	cmd := clientCommand(t, password, "--url", base+ewssim.EWSPath, "--user", user, "--header", "X-Device-Id="+deviceID)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
 	start := time.Now()
-	out, err := cmd.Output()
+	got, err := exchangelib.Read(t, base+ewssim.EWSPath, user, password, "--header", "X-Device-Id="+deviceID)
 	t.Logf("exchangelib client took %v", time.Since(start).Round(time.Millisecond))
 	if err != nil {
-		t.Fatalf("exchangelib client: %v\nstderr: %s", err, stderr.String())
-	}
-
-	var got clientResult
-	if err := json.Unmarshal(out, &got); err != nil {
-		t.Fatalf("client output is not the expected JSON: %v\n%s", err, out)
+		t.Fatal(err)
 	}
 	if got.Unread != 1 {
 		t.Errorf("unread = %d, want 1", got.Unread)
@@ -199,10 +115,10 @@ func TestExchangelibReadsInbox(t *testing.T) {
 // TestExchangelibWrongPassword checks the client fails clearly, with a
 // non-zero status, when Exchange refuses its credentials.
 func TestExchangelibWrongPassword(t *testing.T) {
-	requireExchangelib(t)
+	exchangelib.Require(t)
 	t.Parallel()
 	sim := ewssim.Start(t, ewssim.Config{Users: []ewssim.User{{Address: "bob@example.com", Password: "right"}}})
-	out, err := clientCommand(t, "wrong", "--url", sim.EWSURL, "--user", "bob@example.com").CombinedOutput()
+	out, err := exchangelib.Command(t, "wrong", "--url", sim.EWSURL, "--user", "bob@example.com").CombinedOutput()
 	if _, exited := errors.AsType[*exec.ExitError](err); !exited {
 		t.Fatalf("want a non-zero exit, got %v\n%s", err, out)
 	}
