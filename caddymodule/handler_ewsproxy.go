@@ -11,6 +11,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"go.uber.org/zap"
+
 	"github.com/ensgate/ensgate/ewsproxy"
 )
 
@@ -81,7 +83,11 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("ews_proxy needs the ens app (the global `ens` option) for device compliance: %w", err)
 	}
 	app := appModule.(*App)
+	if err := ewsproxy.Register(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("ews_proxy: metrics: %w", err)
+	}
 	h.guard = ewsproxy.NewGuard(ewsproxy.Config{
+		Annotate:              annotateAccessLog,
 		DeviceHeader:          h.DeviceIDHeader,
 		DeviceQuery:           h.DeviceIDQuery,
 		AllowUnknown:          h.UnknownDevices == "allow",
@@ -89,6 +95,15 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 		Attestation:           ewsproxy.Attestation{Secret: app.proxySecret},
 	}, app.compliance, ctx.Slogger())
 	return nil
+}
+
+// annotateAccessLog adds the EWS operation and the proxy's decision to
+// Caddy's access log entry for the request.
+func annotateAccessLog(r *http.Request, operation, decision string) {
+	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+		extra.Set(zap.String("ews_operation", operation))
+		extra.Set(zap.String("ews_decision", decision))
+	}
 }
 
 func (h *EWSProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {

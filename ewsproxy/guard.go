@@ -30,8 +30,12 @@ type Config struct {
 	// Kerberos reports whether the proxy does Kerberos for this request's
 	// client (then Negotiate challenges stay); nil: never.
 	Kerberos func(*http.Request) bool
-	// Realm is offered in the Basic challenge to NTLM clients.
+	// Realm is offered in the Basic challenge to NTLM clients; empty: the
+	// request's host.
 	Realm string
+	// Annotate, if set, learns each request's EWS operation and the
+	// decision, e.g. for the access log.
+	Annotate func(r *http.Request, operation, decision string)
 }
 
 // Guard enforces Config in front of an upstream.
@@ -52,33 +56,12 @@ func NewGuard(cfg Config, compliance *Compliance, log *slog.Logger) *Guard {
 // forward.
 func (g *Guard) Serve(w http.ResponseWriter, r *http.Request, forward func(http.ResponseWriter, *http.Request) error) error {
 	op := Operation(r)
-	log := g.log.With(slog.String("operation", op))
-
-	if g.cfg.RemoveUnsupportedAuth && isNTLM(r.Header.Get("Authorization")) {
-		log.Info("EWS request refused: NTLM")
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf("Basic realm=%q", g.cfg.Realm))
-		http.Error(w, "NTLM authentication is not supported through this gateway; use Basic or OAuth (Bearer).", http.StatusUnauthorized)
-		return nil
+	decision := g.decide(w, r, op)
+	requests.WithLabelValues(operationLabel(op), decision).Inc()
+	if g.cfg.Annotate != nil {
+		g.cfg.Annotate(r, op, decision)
 	}
-
-	ids, tenantID, fromENS, err := g.identify(r)
-	if err != nil {
-		log.Warn("EWS request refused: bad device attestation", slog.Any("error", err))
-		writeFault(w, http.StatusForbidden, "ErrorAccessDenied", "The request's device attestation is invalid.")
-		return nil
-	}
-	allowed, accepted, err := g.decide(tenantID, ids)
-	if errors.Is(err, ErrComplianceUnknown) {
-		log.Error("EWS request refused: compliance unknown", slog.Any("error", err))
-		writeFault(w, http.StatusServiceUnavailable, "ErrorServerBusy", "Device compliance cannot be checked right now; retry later.")
-		return nil
-	}
-	if fromENS {
-		w.Header().Set(AcceptedHeader, JoinIDs(accepted))
-	}
-	if !allowed {
-		log.Info("EWS request refused: no compliant device", slog.Any("devices", ids), slog.Bool("ens", fromENS))
-		writeFault(w, http.StatusForbidden, "ErrorAccessDenied", "This device is not allowed to access mail (blocked, wiped, non-compliant or unknown).")
+	if decision != "forwarded" {
 		return nil
 	}
 	r.Header.Del(DevicesHeader)
@@ -87,6 +70,44 @@ func (g *Guard) Serve(w http.ResponseWriter, r *http.Request, forward func(http.
 		w = &challengeFilter{ResponseWriter: w, kerberos: kerberos}
 	}
 	return forward(w, r)
+}
+
+// decide answers refused requests itself and says what it did:
+// forwarded (not answered yet), refused_ntlm, refused_attestation,
+// unavailable or refused_device.
+func (g *Guard) decide(w http.ResponseWriter, r *http.Request, op string) string {
+	log := g.log.With(slog.String("operation", op))
+	if g.cfg.RemoveUnsupportedAuth && isNTLM(r.Header.Get("Authorization")) {
+		log.Info("EWS request refused: NTLM")
+		realm := g.cfg.Realm
+		if realm == "" {
+			realm = r.Host
+		}
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf("Basic realm=%q", realm))
+		http.Error(w, "NTLM authentication is not supported through this gateway; use Basic or OAuth (Bearer).", http.StatusUnauthorized)
+		return "refused_ntlm"
+	}
+	ids, tenantID, fromENS, err := g.identify(r)
+	if err != nil {
+		log.Warn("EWS request refused: bad device attestation", slog.Any("error", err))
+		writeFault(w, http.StatusForbidden, "ErrorAccessDenied", "The request's device attestation is invalid.")
+		return "refused_attestation"
+	}
+	allowed, accepted, err := g.allowed(tenantID, ids)
+	if errors.Is(err, ErrComplianceUnknown) {
+		log.Error("EWS request refused: compliance unknown", slog.Any("error", err))
+		writeFault(w, http.StatusServiceUnavailable, "ErrorServerBusy", "Device compliance cannot be checked right now; retry later.")
+		return "unavailable"
+	}
+	if fromENS {
+		w.Header().Set(AcceptedHeader, JoinIDs(accepted))
+	}
+	if !allowed {
+		log.Info("EWS request refused: no compliant device", slog.Any("devices", ids), slog.Bool("ens", fromENS))
+		writeFault(w, http.StatusForbidden, "ErrorAccessDenied", "This device is not allowed to access mail (blocked, wiped, non-compliant or unknown).")
+		return "refused_device"
+	}
+	return "forwarded"
 }
 
 // identify returns the request's device ids: ENS's attested list, or the
@@ -109,9 +130,9 @@ func (g *Guard) identify(r *http.Request) (ids []string, tenantID int64, fromENS
 	return []string{id}, g.cfg.TenantID, false, nil
 }
 
-// decide returns whether the request may reach Exchange, and which of its
+// allowed returns whether the request may reach Exchange, and which of its
 // devices are accepted. A request naming no device is an unknown device.
-func (g *Guard) decide(tenantID int64, ids []string) (allowed bool, accepted []string, err error) {
+func (g *Guard) allowed(tenantID int64, ids []string) (allowed bool, accepted []string, err error) {
 	if len(ids) == 0 {
 		return g.cfg.AllowUnknown, nil, nil
 	}
