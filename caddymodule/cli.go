@@ -59,6 +59,24 @@ func withStore(cmd *cobra.Command, timeout time.Duration, fn func(ctx context.Co
 	return fn(ctx, s)
 }
 
+// withTenant is withStore for commands about one tenant (--tenant).
+func withTenant(cmd *cobra.Command, fn func(ctx context.Context, s *store.Store, t store.Tenant) error) error {
+	name, _ := cmd.Flags().GetString("tenant")
+	return withStore(cmd, time.Minute, func(ctx context.Context, s *store.Store) error {
+		t, err := s.TenantByName(ctx, name)
+		if err != nil {
+			return err
+		}
+		return fn(ctx, s, t)
+	})
+}
+
+// tenantFlag adds the required --tenant flag.
+func tenantFlag(cmd *cobra.Command) {
+	cmd.Flags().String("tenant", "", "tenant name (required)")
+	cmd.MarkFlagRequired("tenant")
+}
+
 func migrateCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "migrate",
@@ -143,7 +161,6 @@ func endpointCommand() *cobra.Command {
 		Short: "Allows an EWS URL for a tenant's devices, optionally pinned to a certificate",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			name, _ := cmd.Flags().GetString("tenant")
 			rawURL, _ := cmd.Flags().GetString("url")
 			pin, _ := cmd.Flags().GetString("fingerprint")
 			url, err := store.NormalizeEWSURL(rawURL)
@@ -157,11 +174,7 @@ func endpointCommand() *cobra.Command {
 				}
 				pin = fp.String()
 			}
-			return withStore(cmd, time.Minute, func(ctx context.Context, s *store.Store) error {
-				t, err := s.TenantByName(ctx, name)
-				if err != nil {
-					return err
-				}
+			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
 				e, err := s.AddEndpoint(ctx, t.ID, url, pin)
 				if err != nil {
 					return err
@@ -178,10 +191,9 @@ func endpointCommand() *cobra.Command {
 			})
 		},
 	}
-	add.Flags().String("tenant", "", "tenant name (required)")
+	tenantFlag(add)
 	add.Flags().String("url", "", "EWS URL, e.g. https://mail.example.com/EWS/Exchange.asmx (required)")
 	add.Flags().String("fingerprint", "", "pin: sha256:HEX of the certificate or spki-sha256:HEX of its public key")
-	add.MarkFlagRequired("tenant")
 	add.MarkFlagRequired("url")
 
 	list := &cobra.Command{
@@ -189,12 +201,7 @@ func endpointCommand() *cobra.Command {
 		Short: "Lists a tenant's allowed EWS endpoints",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			name, _ := cmd.Flags().GetString("tenant")
-			return withStore(cmd, time.Minute, func(ctx context.Context, s *store.Store) error {
-				t, err := s.TenantByName(ctx, name)
-				if err != nil {
-					return err
-				}
+			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
 				endpoints, err := s.Endpoints(ctx, t.ID)
 				if err != nil {
 					return err
@@ -205,8 +212,7 @@ func endpointCommand() *cobra.Command {
 			})
 		},
 	}
-	list.Flags().String("tenant", "", "tenant name (required)")
-	list.MarkFlagRequired("tenant")
+	tenantFlag(list)
 
 	endpoint.AddCommand(add, list)
 	return endpoint
@@ -219,12 +225,7 @@ func deviceCommand() *cobra.Command {
 		Short: "Lists a tenant's devices: ENS registration and compliance",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			name, _ := cmd.Flags().GetString("tenant")
-			return withStore(cmd, time.Minute, func(ctx context.Context, s *store.Store) error {
-				t, err := s.TenantByName(ctx, name)
-				if err != nil {
-					return err
-				}
+			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
 				devices, err := s.ListDevices(ctx, t.ID)
 				if err != nil {
 					return err
@@ -244,8 +245,7 @@ func deviceCommand() *cobra.Command {
 			})
 		},
 	}
-	list.Flags().String("tenant", "", "tenant name (required)")
-	list.MarkFlagRequired("tenant")
+	tenantFlag(list)
 	device.AddCommand(list,
 		complianceCommand("block", "Blocks a device: the EWS proxy refuses it and ENS stops notifying it", store.Blocked),
 		complianceCommand("unblock", "Marks a device compliant again", store.Compliant),
@@ -261,16 +261,11 @@ func complianceCommand(name, short, state string) *cobra.Command {
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			tenantName, _ := cmd.Flags().GetString("tenant")
 			deviceID, _ := cmd.Flags().GetString("device")
 			if deviceID == "" || len(deviceID) > 256 {
 				return errors.New("--device: a device id of 1 to 256 characters is required")
 			}
-			return withStore(cmd, time.Minute, func(ctx context.Context, s *store.Store) error {
-				t, err := s.TenantByName(ctx, tenantName)
-				if err != nil {
-					return err
-				}
+			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
 				out := cmd.OutOrStdout()
 				if state == store.Wiped {
 					ended, err := s.RemoveDevice(ctx, t.ID, deviceID)
@@ -292,9 +287,8 @@ func complianceCommand(name, short, state string) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().String("tenant", "", "tenant name (required)")
+	tenantFlag(cmd)
 	cmd.Flags().String("device", "", "device id (required)")
-	cmd.MarkFlagRequired("tenant")
 	cmd.MarkFlagRequired("device")
 	return cmd
 }
