@@ -35,25 +35,13 @@ func Unregistered(t time.Time) Reply {
 // Script queues replies for pushes to token ("" for any token). Pushes
 // that pass Apple's checks take the token's queue first, then the global
 // one, then succeed.
-func (s *Server) Script(token string, replies ...Reply) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.scripts[token] = append(s.scripts[token], replies...)
-}
+func (s *Server) Script(token string, replies ...Reply) { s.script.Add(token, replies...) }
 
 // SetLatency delays every answer by d (0: none).
-func (s *Server) SetLatency(d time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.latency = d
-}
+func (s *Server) SetLatency(d time.Duration) { s.script.SetLatency(d) }
 
 // SetOutage makes every request close all connections (true) or not.
-func (s *Server) SetOutage(on bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.outage = on
-}
+func (s *Server) SetOutage(on bool) { s.script.SetOutage(on) }
 
 // ExpireProviderTokens makes every provider token seen so far answer 403
 // ExpiredProviderToken from now on, as if an hour had passed.
@@ -71,19 +59,6 @@ func (s *Server) ProviderTokens() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.bearers)
-}
-
-// next takes the scripted reply for token, if any.
-func (s *Server) next(token string) (Reply, time.Duration, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, key := range []string{token, ""} {
-		if q := s.scripts[key]; len(q) > 0 {
-			s.scripts[key] = q[1:]
-			return q[0], s.latency, true
-		}
-	}
-	return Reply{}, s.latency, false
 }
 
 // Pushes returns every push received so far, answered or not by success.

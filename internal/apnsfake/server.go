@@ -22,6 +22,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ensgate/ensgate/internal/scripted"
 )
 
 // MaxPayload is Apple's payload limit for non-VoIP pushes.
@@ -65,9 +67,7 @@ type Server struct {
 	keys map[string]*Key
 
 	mu        sync.Mutex
-	scripts   map[string][]Reply
-	latency   time.Duration
-	outage    bool
+	script    scripted.Script[Reply]
 	bearers   map[string]providerToken // verified provider tokens
 	pushes    []Push
 	active    int
@@ -83,7 +83,6 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:     cfg,
 		keys:    map[string]*Key{},
-		scripts: map[string][]Reply{},
 		bearers: map[string]providerToken{},
 	}
 	for _, k := range cfg.Keys {
@@ -116,14 +115,14 @@ func (s *Server) Close() { s.srv.Close() }
 func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	s.enter()
 	defer s.leave()
-	if s.isOutage() {
+	if s.script.Outage() {
 		s.drop()
 		return
 	}
 	p := Push{Received: time.Now(), ApnsID: r.Header.Get("apns-id")}
 	status, reason := s.check(r, &p)
 	if status == 0 {
-		reply, latency, scripted := s.next(p.Token)
+		reply, latency, wasScripted := s.script.Next(p.Token)
 		if !sleep(r, latency+reply.Delay) {
 			return
 		}
@@ -131,7 +130,7 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 			s.drop()
 			return
 		}
-		if scripted {
+		if wasScripted {
 			status, reason = cmp.Or(reply.Status, http.StatusBadRequest), reply.Reason
 			if status == http.StatusOK {
 				reason = ""
@@ -267,12 +266,6 @@ func (s *Server) respond(w http.ResponseWriter, p *Push, status int, reason stri
 // drop closes every client connection, as an outage or a network cut.
 func (s *Server) drop() {
 	s.srv.CloseClientConnections()
-}
-
-func (s *Server) isOutage() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.outage
 }
 
 func (s *Server) enter() {

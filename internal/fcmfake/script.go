@@ -34,37 +34,13 @@ func QuotaExceeded(retryAfter time.Duration) Reply {
 
 // Script queues replies for sends to token ("" for any token). Valid sends
 // take the token's queue first, then the global one, then succeed.
-func (s *Server) Script(token string, replies ...Reply) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.scripts[token] = append(s.scripts[token], replies...)
-}
+func (s *Server) Script(token string, replies ...Reply) { s.script.Add(token, replies...) }
 
 // SetLatency delays every answer by d (0: none).
-func (s *Server) SetLatency(d time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.latency = d
-}
+func (s *Server) SetLatency(d time.Duration) { s.script.SetLatency(d) }
 
 // SetOutage makes every request close all connections (true) or not.
-func (s *Server) SetOutage(on bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.outage = on
-}
-
-func (s *Server) next(token string) (Reply, time.Duration, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, key := range []string{token, ""} {
-		if q := s.scripts[key]; len(q) > 0 {
-			s.scripts[key] = q[1:]
-			return q[0], s.latency, true
-		}
-	}
-	return Reply{}, s.latency, false
-}
+func (s *Server) SetOutage(on bool) { s.script.SetOutage(on) }
 
 // Messages returns every send received so far, however it was answered.
 func (s *Server) Messages() []Message {

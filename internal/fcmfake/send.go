@@ -40,7 +40,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	m := Message{Project: r.PathValue("project"), Raw: body, Received: time.Now()}
 	reply, message := s.check(r, body, &m)
 	if reply.Status == 0 {
-		scripted, latency, ok := s.next(m.Token)
+		scripted, latency, ok := s.script.Next(m.Token)
 		if !sleep(r, latency+scripted.Delay) {
 			return
 		}

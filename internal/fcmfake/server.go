@@ -20,6 +20,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/ensgate/ensgate/internal/scripted"
 )
 
 // Config configures a Server.
@@ -63,9 +65,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	tokens    map[string]time.Time // access token → expiry
-	scripts   map[string][]Reply
-	latency   time.Duration
-	outage    bool
+	script    scripted.Script[Reply]
 	messages  []Message
 	active    int
 	maxActive int
@@ -89,7 +89,6 @@ func New(cfg Config) (*Server, error) {
 		email:   "ensgate-push@" + project + ".iam.gserviceaccount.com",
 		project: project,
 		tokens:  map[string]time.Time{},
-		scripts: map[string][]Reply{},
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /token", s.token)
@@ -123,14 +122,13 @@ func (s *Server) track(next http.Handler) http.Handler {
 		s.mu.Lock()
 		s.active++
 		s.maxActive = max(s.maxActive, s.active)
-		outage := s.outage
 		s.mu.Unlock()
 		defer func() {
 			s.mu.Lock()
 			s.active--
 			s.mu.Unlock()
 		}()
-		if outage {
+		if s.script.Outage() {
 			s.srv.CloseClientConnections()
 			return
 		}
