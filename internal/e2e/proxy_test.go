@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -152,5 +154,47 @@ func TestExchangelibThroughTheProxy(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // well over the measured propagation
 	if _, err := exchangelib.Read(t, base+"/EWS/Exchange.asmx", "alice@contoso.test", "pw", "--header", "X-Device-Id=phone-7"); err == nil {
 		t.Fatal("the blocked device still read its Inbox through the proxy")
+	}
+}
+
+// Large and compressed bodies pass the proxy byte for byte, both ways.
+func TestProxyPassesLargeAndCompressedBodiesUntouched(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	for _, args := range [][]string{{"ens", "migrate"}, {"ens", "tenant", "create", "--name", "contoso"},
+		{"ens", "device", "unblock", "--tenant", "contoso", "--device", "phone"}} {
+		if r := cli(t, []string{"DATABASE_URL=" + dbURL}, args...); r.code != 0 {
+			t.Fatalf("%v: %+v", args, r)
+		}
+	}
+	answer := bytes.Repeat([]byte("\x1f\x8b compressed-looking bytes "), 400_000) // ~11 MB, sent as-is
+	var upload []byte
+	exchange := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		upload, _ = io.ReadAll(r.Body)
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+		w.Write(answer)
+	}))
+	defer exchange.Close()
+	env, base := gatewayEnv(t, dbURL, exchange.URL)
+	startGateway(t, env)
+	waitFor(t, base+"/api/ens/alive", 200, 30*time.Second).Body.Close()
+
+	body := getFolder[:len(getFolder)-len("</s:Body></s:Envelope>")] + strings.Repeat("<attachment>0123456789abcdef</attachment>", 150_000) + "</s:Body></s:Envelope>"
+	req, _ := http.NewRequest("POST", base+"/EWS/Exchange.asmx", strings.NewReader(body))
+	req.Header.Set("X-Device-Id", "phone")
+	req.Header.Set("Accept-Encoding", "gzip")
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "gzip" || !bytes.Equal(got, answer) {
+		t.Errorf("answer: %d, encoding %q, %d of %d bytes equal=%v", resp.StatusCode, resp.Header.Get("Content-Encoding"),
+			len(got), len(answer), bytes.Equal(got, answer))
+	}
+	if string(upload) != body {
+		t.Errorf("the %d-byte request reached Exchange as %d bytes", len(body), len(upload))
 	}
 }
