@@ -205,3 +205,49 @@ func logMessages(logs string) string {
 	}
 	return strings.Join(msgs, "\n")
 }
+
+// A config reload (caddy reload via the admin endpoint) keeps serving and
+// keeps the database pool: the new config is provisioned before the old
+// one lets go of it.
+func TestReloadKeepsServing(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	for _, args := range [][]string{{"ens", "migrate"}, {"ens", "tenant", "create", "--name", "contoso"}} {
+		if r := cli(t, []string{"DATABASE_URL=" + dbURL}, args...); r.code != 0 {
+			t.Fatalf("%v: %+v", args, r)
+		}
+	}
+	env, base := gatewayEnv(t, dbURL, "http://127.0.0.1:1")
+	startGateway(t, env)
+	waitFor(t, base+"/api/ens/alive", 200, 30*time.Second).Body.Close()
+	token := lastLine(cli(t, []string{"DATABASE_URL=" + dbURL}, "ens", "tenant", "create", "--name", "fabrikam").stdout)
+	status := func() int {
+		req, _ := http.NewRequest("GET", base+"/api/ens/status?deviceId=x", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if s := status(); s != 404 {
+		t.Fatalf("status before the reload: %d, want 404 unknown_device (the database answered)", s)
+	}
+	for i := range 3 {
+		if r := cli(t, env, "reload", "--config", "Caddyfile.example", "--address", adminAddr(env), "--force"); r.code != 0 {
+			t.Fatalf("reload %d: %+v", i, r)
+		}
+		if s := status(); s != 404 {
+			t.Fatalf("status after reload %d: %d", i, s)
+		}
+	}
+}
+
+func adminAddr(env []string) string {
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "ENS_CADDY_ADMIN="); ok {
+			return v
+		}
+	}
+	return ""
+}
