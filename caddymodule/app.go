@@ -127,6 +127,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := push.Register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("ens: push metrics: %w", err)
 	}
+	if err := ens.Register(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("ens: metrics: %w", err)
+	}
 	sender, err := a.pushSender(ctx.Slogger())
 	if err != nil {
 		return err

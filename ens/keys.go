@@ -47,6 +47,9 @@ func randomID() string {
 // waits for a key to be generated.
 func (s *Service) fillKeyPool(ctx context.Context) {
 	added, err := s.store.FillKeyPool(ctx, s.cfg.KeyPoolSize, s.newKeyPair)
+	if free, err := s.store.FreeKeyPairs(ctx); err == nil {
+		keyPoolFree.Set(float64(free))
+	}
 	if err != nil && ctx.Err() == nil {
 		s.log.Warn("filling the key pool", slog.Int("added", added), slog.Any("error", err))
 	} else if added > 0 {

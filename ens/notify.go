@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/ensgate/ensgate/ens/seal"
 	"github.com/ensgate/ensgate/ews"
@@ -53,11 +54,13 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	sub, creds, err := s.openCallback(ctx, q.Get("id"), q.Get("f"))
 	if errors.Is(err, errForgedCallback) {
+		notifications.WithLabelValues("forged").Inc()
 		s.log.Debug("callback refused: unknown subscription or wrong key")
 		http.Error(w, "forbidden", http.StatusForbidden)
 		return
 	}
 	if err != nil {
+		notifications.WithLabelValues("retry").Inc()
 		s.log.Error("callback: cannot load the subscription", slog.Any("error", err))
 		http.Error(w, "try again later", http.StatusServiceUnavailable)
 		return
@@ -69,6 +72,7 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, ews.ErrTooLarge) {
 			status = http.StatusRequestEntityTooLarge
 		}
+		notifications.WithLabelValues("malformed").Inc()
 		log.Warn("callback: unreadable SendNotification", slog.Any("error", err))
 		http.Error(w, "malformed SendNotification", status)
 		return
@@ -77,6 +81,7 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 	if sub.State == store.SubscriptionActive && n.SubscriptionID == sub.EWSSubscriptionID {
 		result, err = s.handleNotification(ctx, log, sub, creds, n)
 		if err != nil {
+			notifications.WithLabelValues("retry").Inc()
 			log.Warn("notification not handled; Exchange will retry", slog.Any("error", err))
 			http.Error(w, "try again later", http.StatusServiceUnavailable)
 			return
@@ -84,6 +89,7 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 	} else {
 		log.Info("ending a subscription that is over", slog.String("state", sub.State), slog.String("reason", sub.StateReason))
 	}
+	notifications.WithLabelValues(strings.ToLower(string(result))).Inc()
 	body, err := ews.BuildSendNotificationResult(result)
 	if err != nil {
 		log.Error("building SendNotificationResult", slog.Any("error", err))

@@ -11,6 +11,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/internal/deviceclient"
 	"github.com/ensgate/ensgate/internal/ewssim"
@@ -51,11 +55,16 @@ func TestNoSecretOrPersonalDataInLogsOrDatabase(t *testing.T) {
 		"Mallory Sender", "Merger codename", "Bluebird", "Confidential preview", e.token}
 	dump := pgDump(t, e.dbURL)
 	logs := e.logs.String()
+	metrics := gatherMetrics(t)
+	if !strings.Contains(metrics, `ensgate_ens_notifications_total{result="ok"}`) ||
+		!strings.Contains(metrics, `ensgate_ens_registrations_total{result="active"}`) {
+		t.Errorf("the run left no metrics:\n%s", metrics)
+	}
 	if !strings.Contains(logs, "device registered") || !strings.Contains(dump, "CREATE TABLE public.subscriptions") {
 		t.Fatalf("nothing to search: %d bytes of logs, %d of dump", len(logs), len(dump))
 	}
 	for _, s := range private {
-		for name, text := range map[string]string{"logs": logs, "pg_dump": dump} {
+		for name, text := range map[string]string{"logs": logs, "pg_dump": dump, "metrics": metrics} {
 			if strings.Contains(strings.ToLower(text), strings.ToLower(s)) {
 				t.Errorf("%s contain %q", name, s)
 			}
@@ -100,4 +109,25 @@ func pgDump(t *testing.T, dbURL string) string {
 		t.Fatalf("pg_dump: %v", err)
 	}
 	return string(out)
+}
+
+// gatherMetrics renders ENS's and the push layer's metrics as text.
+func gatherMetrics(t *testing.T) string {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	if err := ens.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	if err := push.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, f := range families {
+		expfmt.MetricFamilyToText(&b, f)
+	}
+	return b.String()
 }

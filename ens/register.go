@@ -62,6 +62,20 @@ func (req *registerRequest) check() error {
 // with them and stores the subscription, superseding the mailbox's previous
 // one. The plaintext credentials exist only during this request.
 func (s *Service) register(w http.ResponseWriter, r *http.Request, t store.Tenant) error {
+	err := s.registerDevice(w, r, t)
+	result := "active"
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+		result = ae.code
+	case err != nil:
+		result = "internal"
+	}
+	registrations.WithLabelValues(result).Inc()
+	return err
+}
+
+func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store.Tenant) error {
 	var req registerRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		return err

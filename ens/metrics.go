@@ -1,0 +1,37 @@
+package ens
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics carry outcomes only: never an address, a token or content.
+var (
+	notifications = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ensgate", Subsystem: "ens", Name: "notifications_total",
+		Help: "SendNotification callbacks from Exchange by result (ok, unsubscribe, retry, forged, malformed).",
+	}, []string{"result"})
+	registrations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ensgate", Subsystem: "ens", Name: "registrations_total",
+		Help: "registerdevicev2 calls by result (active, or the error code answered).",
+	}, []string{"result"})
+	keyPoolFree = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "ensgate", Subsystem: "ens", Name: "key_pool_free",
+		Help: "Pre-generated key pairs ready for publickey, as last counted by this node.",
+	})
+)
+
+// Register adds ENS's metrics to reg; registering twice (a config reload)
+// is fine.
+func Register(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{notifications, registrations, keyPoolFree} {
+		if err := reg.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
