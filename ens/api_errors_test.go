@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -262,5 +263,46 @@ func TestCertificateRegistrationUsesMutualTLS(t *testing.T) {
 	status, body := e.call("POST", "/api/ens/registerdevicev2", e.registerBody(d))
 	if status != http.StatusBadRequest || !strings.Contains(fmt.Sprint(body["message"]), "does not belong") {
 		t.Errorf("mismatched key: %d %v", status, body)
+	}
+}
+
+// A slow Exchange holds up only its own tenant: another tenant's
+// registration on another Exchange completes meanwhile.
+func TestSlowExchangeDoesNotBlockOtherTenants(t *testing.T) {
+	e := newEnv(t, envOptions{rateLimit: 1000, keyPool: 12})
+	if _, err := e.sim.InjectFault(ewssim.Fault{Kind: ewssim.FaultDelay, Delay: 3 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	fast := ewssim.Start(t, ewssim.Config{Users: []ewssim.User{{Address: bob, Password: bobPW}}})
+	other, _, _ := e.store.CreateTenant(context.Background(), "fabrikam", 0)
+	if _, err := e.store.AddEndpoint(context.Background(), other.ID, fast.EWSURL, ""); err != nil {
+		t.Fatal(err)
+	}
+	otherToken := e.newToken(other.ID)
+
+	slowBodies := make([]map[string]any, 8)
+	for i := range slowBodies {
+		slowBodies[i] = e.registerBody(e.basicDevice(fmt.Sprintf("slow-%d", i), alice, alicePW, 0))
+	}
+	d := e.basicDevice("fast-phone", bob, bobPW, 0)
+	d.EWSURL = fast.EWSURL
+	contosoToken := e.token
+	e.token = otherToken
+	fastBody := e.registerBody(d)
+
+	var wg sync.WaitGroup
+	for _, b := range slowBodies {
+		wg.Go(func() { e.callWith(contosoToken, "POST", "/api/ens/registerdevicev2", b) })
+	}
+	time.Sleep(200 * time.Millisecond) // the slow registrations are in flight
+	start := time.Now()
+	status, body := e.callWith(otherToken, "POST", "/api/ens/registerdevicev2", fastBody)
+	took := time.Since(start)
+	wg.Wait()
+	if status != 200 {
+		t.Fatalf("the other tenant's registration: %d %v", status, body)
+	}
+	if took > time.Second {
+		t.Errorf("the other tenant waited %v behind a slow Exchange", took)
 	}
 }
