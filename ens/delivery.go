@@ -138,7 +138,9 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 	if err != nil {
 		return "", errors.Join(err, d.s.store.ReleasePushes(context.WithoutCancel(ctx), d.sub.ID, hash, claimed))
 	}
-	targets = d.acceptedByProxy(targets)
+	// Devices the proxy did not accept are done with for this item.
+	var finished, failed []int64
+	targets, finished = d.acceptedByProxy(targets)
 	results := make([]push.Result, len(targets))
 	var wg sync.WaitGroup
 	for i, dev := range targets {
@@ -146,7 +148,6 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 	}
 	wg.Wait()
 
-	var finished, failed []int64
 	status := ews.SubscriptionOK
 	for i, res := range results {
 		dev := targets[i]
@@ -204,24 +205,23 @@ func refusedByProxy(err error) bool {
 	return errors.As(err, &he) && he.StatusCode == http.StatusForbidden
 }
 
-// acceptedByProxy keeps the devices an ENSGate EWS proxy in front of
-// Exchange accepted; without a proxy's answer, all of them.
-func (d *delivery) acceptedByProxy(devs []store.Device) []store.Device {
+// acceptedByProxy splits devs into those an ENSGate EWS proxy in front of
+// Exchange accepted (all of them without a proxy's answer) and the ids of
+// the others.
+func (d *delivery) acceptedByProxy(devs []store.Device) (accepted []store.Device, refused []int64) {
 	v, ok := d.headers.Response[http.CanonicalHeaderKey(ewsproxy.AcceptedHeader)]
 	if !ok || len(v) == 0 {
-		return devs
+		return devs, nil
 	}
 	ids, err := ewsproxy.SplitIDs(v[0])
-	if err != nil {
-		return nil
-	}
-	var kept []store.Device
 	for _, dev := range devs {
-		if slices.Contains(ids, dev.DeviceID) {
-			kept = append(kept, dev)
+		if err == nil && slices.Contains(ids, dev.DeviceID) {
+			accepted = append(accepted, dev)
+		} else {
+			refused = append(refused, dev.ID)
 		}
 	}
-	return kept
+	return accepted, refused
 }
 
 func (d *delivery) claimedDevices(claimed []int64) []store.Device {

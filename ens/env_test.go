@@ -101,8 +101,9 @@ type envOptions struct {
 	// whose callbacks fail for longer.
 	statusFrequency int
 	// compliance runs the EWS proxy's compliance cache for ENS to consult.
-	compliance bool
-	adminToken string
+	compliance  bool
+	adminToken  string
+	proxySecret []byte
 }
 
 func newEnv(t testing.TB, opts envOptions) *env {
@@ -161,7 +162,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	}
 	e.svc, err = ens.New(ens.Config{
 		Store: e.store, MasterKey: bytes.Repeat([]byte{7}, 32), PublicURL: public, Push: sender,
-		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, StatusFrequency: max(opts.statusFrequency, 1), Compliance: compliance, AdminToken: opts.adminToken, EWSRootCAs: opts.rootCAs,
+		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, StatusFrequency: max(opts.statusFrequency, 1), Compliance: compliance, AdminToken: opts.adminToken, ProxySecret: opts.proxySecret, EWSRootCAs: opts.rootCAs,
 	})
 	if err != nil {
 		t.Fatal(err)

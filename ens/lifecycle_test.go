@@ -2,13 +2,17 @@ package ens_test
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ensgate/ensgate/ens/push"
+	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/internal/ewssim"
 	"github.com/ensgate/ensgate/store"
 )
@@ -282,5 +286,52 @@ func TestAdminAPIBlocksAndRemovesDevices(t *testing.T) {
 	}
 	if status, _ := e.call("GET", "/api/ens/status?deviceId=phone", nil); status != 404 {
 		t.Errorf("status of a removed device: %d", status)
+	}
+}
+
+// Behind an ENSGate EWS proxy, ENS pushes only to the devices the proxy
+// accepted, and is done with the others for that item.
+func TestPushesOnlyToDevicesTheProxyAccepted(t *testing.T) {
+	secret := []byte(strings.Repeat("s", 32))
+	e := newEnv(t, envOptions{proxySecret: secret})
+	compliance := ewsproxy.NewCompliance(e.store, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { compliance.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	guard := ewsproxy.NewGuard(ewsproxy.Config{Attestation: ewsproxy.Attestation{Secret: secret}}, compliance, slog.New(slog.DiscardHandler))
+	upstream, _ := url.Parse(e.sim.URL)
+	rp := httputil.NewSingleHostReverseProxy(upstream)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request) error { rp.ServeHTTP(w, r); return nil })
+	}))
+	t.Cleanup(proxy.Close)
+	ewsURL := proxy.URL + ewssim.EWSPath
+	if _, err := e.store.AddEndpoint(context.Background(), e.tenant.ID, ewsURL, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"phone", "tablet"} {
+		e.store.SetCompliance(context.Background(), e.tenant.ID, id, "compliant")
+	}
+	time.Sleep(200 * time.Millisecond)
+	for _, id := range []string{"phone", "tablet"} {
+		d := e.basicDevice(id, alice, alicePW, 0)
+		d.EWSURL = ewsURL
+		e.register(d)
+	}
+	// The proxy's copy blocks the tablet; ENS itself does not consult
+	// compliance in this setup, so only the proxy's answer can stop it.
+	e.store.SetCompliance(context.Background(), e.tenant.ID, "tablet", "blocked")
+	time.Sleep(200 * time.Millisecond)
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("the phone's push", func() bool { return len(e.pushes.pushes(tok("phone"))) == 1 })
+	e.settle()
+	if n := len(e.pushes.pushes(tok("tablet"))); n != 0 {
+		t.Errorf("the tablet the proxy refused got %d pushes", n)
+	}
+	var open int
+	e.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM push_claims WHERE done_at IS NULL`).Scan(&open)
+	if open != 0 {
+		t.Errorf("%d push claims left open", open)
 	}
 }
