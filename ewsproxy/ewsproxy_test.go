@@ -3,6 +3,9 @@ package ewsproxy_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"log/slog"
@@ -271,5 +274,69 @@ func TestAttestationExpiresAndBindsEverything(t *testing.T) {
 	later := ewsproxy.Attestation{Secret: []byte("s"), Now: func() time.Time { return now.Add(6 * time.Minute) }}
 	if _, _, err := later.Verify(v); err == nil {
 		t.Error("a 6-minute-old attestation verified")
+	}
+}
+
+// delegator answers as configured and records the certificates it saw.
+type delegator struct {
+	header string
+	err    error
+	seen   []string
+}
+
+func (d *delegator) Authorization(_ context.Context, cert *x509.Certificate) (string, error) {
+	d.seen = append(d.seen, cert.Subject.CommonName)
+	return d.header, d.err
+}
+
+type statusError int
+
+func (e statusError) Error() string   { return "no such user" }
+func (e statusError) HTTPStatus() int { return int(e) }
+
+func TestCertificateClientsGetKerberosInsteadOfTheirCredentials(t *testing.T) {
+	cert := &x509.Certificate{Subject: pkix.Name{CommonName: "alice"}}
+	for _, tc := range []struct {
+		name       string
+		withCert   bool
+		d          *delegator
+		status     int
+		auth       string
+		challenges string
+	}{
+		{"certificate", true, &delegator{header: "Negotiate YIIkerberos"}, 401, "Negotiate YIIkerberos",
+			`Negotiate|Basic realm="mail"|Bearer authorization_uri="https://login.example"`},
+		{"no certificate", false, &delegator{header: "Negotiate YII"}, 401, "Basic Y2xpZW50",
+			`Basic realm="mail"|Bearer authorization_uri="https://login.example"`},
+		{"unknown user", true, &delegator{err: statusError(403)}, 403, "", ""},
+		{"KDC down", true, &delegator{err: errors.New("kdc unreachable")}, 502, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := ewsproxy.NewGuard(ewsproxy.Config{AllowUnknown: true, RemoveUnsupportedAuth: true, Delegator: tc.d}, nil, quiet)
+			r := httptest.NewRequest("POST", "/EWS/Exchange.asmx", strings.NewReader(getItem))
+			r.Header.Set("Authorization", "Basic Y2xpZW50")
+			if tc.withCert {
+				r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}}
+			}
+			w := httptest.NewRecorder()
+			up := &upstream{}
+			g.Serve(w, r, up.forward)
+			if w.Code != tc.status {
+				t.Fatalf("status %d, want %d: %s", w.Code, tc.status, w.Body)
+			}
+			if tc.status >= 403 {
+				if up.calls != 0 {
+					t.Fatal("a failed delegation still reached Exchange")
+				}
+				checkFault(t, w.Body.Bytes())
+				return
+			}
+			if got := up.headers.Get("Authorization"); got != tc.auth {
+				t.Errorf("Exchange got Authorization %q, want %q", got, tc.auth)
+			}
+			if got := strings.Join(w.Header().Values("WWW-Authenticate"), "|"); got != tc.challenges {
+				t.Errorf("challenges %q, want %q", got, tc.challenges)
+			}
+		})
 	}
 }

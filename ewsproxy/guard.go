@@ -1,6 +1,8 @@
 package ewsproxy
 
 import (
+	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,15 +29,25 @@ type Config struct {
 	// Attestation verifies ENS's signed device lists; an empty secret
 	// refuses them.
 	Attestation Attestation
-	// Kerberos reports whether the proxy does Kerberos for this request's
-	// client (then Negotiate challenges stay); nil: never.
-	Kerberos func(*http.Request) bool
+	// Delegator, if set, does Kerberos for clients that present a
+	// certificate (verified by the TLS layer): their Authorization is
+	// replaced by the Negotiate header it returns, and Negotiate challenges
+	// stay visible to them.
+	Delegator Delegator
 	// Realm is offered in the Basic challenge to NTLM clients; empty: the
 	// request's host.
 	Realm string
 	// Annotate, if set, learns each request's EWS operation and the
 	// decision, e.g. for the access log.
 	Annotate func(r *http.Request, operation, decision string)
+}
+
+// Delegator turns a client certificate into an Authorization header for
+// Exchange (Kerberos Constrained Delegation). Its errors may carry the HTTP
+// status to answer with (an HTTPStatus() int method: 403 for a certificate
+// that names no known user); otherwise the client gets 502.
+type Delegator interface {
+	Authorization(ctx context.Context, cert *x509.Certificate) (string, error)
 }
 
 // Guard enforces Config in front of an upstream.
@@ -56,7 +68,7 @@ func NewGuard(cfg Config, compliance *Compliance, log *slog.Logger) *Guard {
 // forward.
 func (g *Guard) Serve(w http.ResponseWriter, r *http.Request, forward func(http.ResponseWriter, *http.Request) error) error {
 	op := Operation(r)
-	decision := g.decide(w, r, op)
+	decision, kerberos := g.decide(w, r, op)
 	requests.WithLabelValues(operationLabel(op), decision).Inc()
 	if g.cfg.Annotate != nil {
 		g.cfg.Annotate(r, op, decision)
@@ -64,18 +76,18 @@ func (g *Guard) Serve(w http.ResponseWriter, r *http.Request, forward func(http.
 	if decision != "forwarded" {
 		return nil
 	}
-	r.Header.Del(DevicesHeader)
 	if g.cfg.RemoveUnsupportedAuth {
-		kerberos := g.cfg.Kerberos != nil && g.cfg.Kerberos(r)
 		w = &challengeFilter{ResponseWriter: w, kerberos: kerberos}
 	}
 	return forward(w, r)
 }
 
 // decide answers refused requests itself and says what it did:
-// forwarded (not answered yet), refused_ntlm, refused_attestation,
-// unavailable or refused_device.
-func (g *Guard) decide(w http.ResponseWriter, r *http.Request, op string) string {
+// forwarded (not answered yet; the request is ready for Exchange, and
+// kerberos tells whether the proxy authenticated it with Kerberos),
+// refused_ntlm, refused_attestation, unavailable, refused_device or
+// refused_kerberos.
+func (g *Guard) decide(w http.ResponseWriter, r *http.Request, op string) (decision string, kerberos bool) {
 	log := g.log.With(slog.String("operation", op))
 	if g.cfg.RemoveUnsupportedAuth && isNTLM(r.Header.Get("Authorization")) {
 		log.Info("EWS request refused: NTLM")
@@ -85,19 +97,19 @@ func (g *Guard) decide(w http.ResponseWriter, r *http.Request, op string) string
 		}
 		w.Header().Set("WWW-Authenticate", fmt.Sprintf("Basic realm=%q", realm))
 		http.Error(w, "NTLM authentication is not supported through this gateway; use Basic or OAuth (Bearer).", http.StatusUnauthorized)
-		return "refused_ntlm"
+		return "refused_ntlm", false
 	}
 	ids, tenantID, fromENS, err := g.identify(r)
 	if err != nil {
 		log.Warn("EWS request refused: bad device attestation", slog.Any("error", err))
 		writeFault(w, http.StatusForbidden, "ErrorAccessDenied", "The request's device attestation is invalid.")
-		return "refused_attestation"
+		return "refused_attestation", false
 	}
 	allowed, accepted, err := g.allowed(tenantID, ids)
 	if errors.Is(err, ErrComplianceUnknown) {
 		log.Error("EWS request refused: compliance unknown", slog.Any("error", err))
 		writeFault(w, http.StatusServiceUnavailable, "ErrorServerBusy", "Device compliance cannot be checked right now; retry later.")
-		return "unavailable"
+		return "unavailable", false
 	}
 	if fromENS {
 		w.Header().Set(AcceptedHeader, JoinIDs(accepted))
@@ -105,9 +117,21 @@ func (g *Guard) decide(w http.ResponseWriter, r *http.Request, op string) string
 	if !allowed {
 		log.Info("EWS request refused: no compliant device", slog.Any("devices", ids), slog.Bool("ens", fromENS))
 		writeFault(w, http.StatusForbidden, "ErrorAccessDenied", "This device is not allowed to access mail (blocked, wiped, non-compliant or unknown).")
-		return "refused_device"
+		return "refused_device", false
 	}
-	return "forwarded"
+	r.Header.Del(DevicesHeader)
+	kerberos, err = g.delegate(r)
+	if err != nil {
+		status := http.StatusBadGateway
+		var se interface{ HTTPStatus() int }
+		if errors.As(err, &se) {
+			status = se.HTTPStatus()
+		}
+		log.Warn("EWS request refused: Kerberos delegation failed", slog.Any("error", err))
+		writeFault(w, status, "ErrorAccessDenied", "The gateway could not obtain a Kerberos ticket for this certificate.")
+		return "refused_kerberos", false
+	}
+	return "forwarded", kerberos
 }
 
 // identify returns the request's device ids: ENS's attested list, or the
@@ -160,4 +184,18 @@ func writeFault(w http.ResponseWriter, status int, code, message string) {
 		`<e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">%s</e:ResponseCode>`+
 		`<e:Message xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">%s</e:Message>`+
 		`</detail></s:Fault></s:Body></s:Envelope>`, code, message, code, message)
+}
+
+// delegate replaces the client's credentials with a Kerberos ticket for a
+// client that presented a certificate, and reports whether it did.
+func (g *Guard) delegate(r *http.Request) (bool, error) {
+	if g.cfg.Delegator == nil || r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return false, nil
+	}
+	header, err := g.cfg.Delegator.Authorization(r.Context(), r.TLS.PeerCertificates[0])
+	if err != nil {
+		return false, err
+	}
+	r.Header.Set("Authorization", header)
+	return true, nil
 }

@@ -11,7 +11,7 @@ var requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Namespace: "ensgate",
 	Subsystem: "ews",
 	Name:      "requests_total",
-	Help:      "EWS requests through the proxy, by operation and decision (forwarded, refused_device, refused_ntlm, refused_attestation, unavailable).",
+	Help:      "EWS requests through the proxy, by operation and decision (forwarded, refused_device, refused_ntlm, refused_attestation, refused_kerberos, unavailable).",
 }, []string{"operation", "decision"})
 
 // Register adds the proxy's metrics to reg; registering twice (a config
