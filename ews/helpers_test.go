@@ -49,7 +49,7 @@ func sample(tb testing.TB, name string) []byte {
 // documents differing only in prefixes and whitespace compare equal.
 func canonical(tb testing.TB, data []byte) string {
 	tb.Helper()
-	root, err := parseDocument(data)
+	root, err := ParseDocument(data)
 	if err != nil {
 		tb.Fatalf("canonical: %v", err)
 	}

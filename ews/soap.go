@@ -49,6 +49,9 @@ func readLimited(r io.Reader, limit int64) ([]byte, error) {
 	return data, nil
 }
 
+// ParseDocument parses an untrusted XML document (an EWS message) and
+// returns its root element.
+//
 // parseDocument parses data into an element tree, refusing DTDs.
 //
 // encoding/xml (under etree) never expands external entities and, with a nil
@@ -57,7 +60,7 @@ func readLimited(r io.Reader, limit int64) ([]byte, error) {
 // document that carries a DOCTYPE, so the caller gets a clear ErrDTD rather
 // than an obscure syntax error, and so the guarantee does not rest on a
 // decoder setting someone might change later.
-func parseDocument(data []byte) (*etree.Element, error) {
+func ParseDocument(data []byte) (*etree.Element, error) {
 	if err := checkProlog(data); err != nil {
 		return nil, err
 	}
@@ -128,7 +131,7 @@ func hasDirective(e *etree.Element) bool {
 
 // parseEnvelope parses a SOAP 1.1 envelope and returns its Body.
 func parseEnvelope(data []byte) (*etree.Element, error) {
-	root, err := parseDocument(data)
+	root, err := ParseDocument(data)
 	if err != nil {
 		return nil, err
 	}

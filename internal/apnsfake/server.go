@@ -123,7 +123,7 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	status, reason := s.check(r, &p)
 	if status == 0 {
 		reply, latency, wasScripted := s.script.Next(p.Token)
-		if !sleep(r, latency+reply.Delay) {
+		if !scripted.Sleep(r, latency+reply.Delay) {
 			return
 		}
 		if reply.Drop {
@@ -279,21 +279,6 @@ func (s *Server) leave() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.active--
-}
-
-// sleep waits d unless the client gives up first.
-func sleep(r *http.Request, d time.Duration) bool {
-	if d <= 0 {
-		return true
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-r.Context().Done():
-		return false
-	}
 }
 
 func uuid() string {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/beevik/etree"
+
+	"github.com/ensgate/ensgate/ews"
 )
 
 // serveEWS handles /EWS/Exchange.asmx: authentication as IIS does it,
@@ -33,7 +35,7 @@ func (s *Server) serveEWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var op *etree.Element
-	doc, perr := parseXML(raw)
+	doc, perr := ews.ParseDocument(raw)
 	if perr == nil {
 		if body := soapBody(doc); body != nil && len(body.ChildElements()) > 0 {
 			op = body.ChildElements()[0]

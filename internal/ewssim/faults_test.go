@@ -17,17 +17,17 @@ func TestFaultServerBusyForAnOperationAndUser(t *testing.T) {
 	if _, err := ts.InjectFault(Fault{Kind: FaultServerBusy, User: "Alice@Example.com", Operation: "GetItem", Count: 2, BackOff: 5 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	ews(t, ts, getInboxOp, http.StatusOK) // another operation is unaffected
+	callEWS(t, ts, getInboxOp, http.StatusOK) // another operation is unaffected
 	if resp, b := post(t, ts.EWSURL, bob, bobPW, soapRequest(getItemOp("x"))); resp.StatusCode != http.StatusOK {
 		t.Errorf("another user is affected: HTTP %d %s", resp.StatusCode, b)
 	}
 	for i := range 2 {
-		b := ews(t, ts, getItemOp(it.ID), http.StatusInternalServerError)
+		b := callEWS(t, ts, getItemOp(it.ID), http.StatusInternalServerError)
 		if one(t, b, "ResponseCode") != "ErrorServerBusy" || one(t, b, "Value") != "5000" {
 			t.Errorf("busy %d: %s", i, b)
 		}
 	}
-	if got := one(t, ews(t, ts, getItemOp(it.ID), http.StatusOK), "Subject"); got != "s" {
+	if got := one(t, callEWS(t, ts, getItemOp(it.ID), http.StatusOK), "Subject"); got != "s" {
 		t.Errorf("after the fault: Subject %q", got)
 	}
 	if len(ts.Faults()) != 0 {
@@ -49,7 +49,7 @@ func TestFaultUnavailableUntilCleared(t *testing.T) {
 		}
 	}
 	ts.ClearFaults()
-	ews(t, ts, getInboxOp, http.StatusOK)
+	callEWS(t, ts, getInboxOp, http.StatusOK)
 }
 
 func TestFaultDelay(t *testing.T) {
@@ -58,7 +58,7 @@ func TestFaultDelay(t *testing.T) {
 	ts.InjectFault(Fault{Kind: FaultDelay, Operation: "GetFolder", Count: 2, Delay: delay})
 
 	start := time.Now()
-	ews(t, ts, getInboxOp, http.StatusOK)
+	callEWS(t, ts, getInboxOp, http.StatusOK)
 	if took := time.Since(start); took < delay {
 		t.Errorf("delayed reply after %v, want at least %v", took, delay)
 	}
@@ -71,7 +71,7 @@ func TestFaultDelay(t *testing.T) {
 		t.Errorf("short client timeout: %v", err)
 	}
 	start = time.Now()
-	ews(t, ts, getInboxOp, http.StatusOK)
+	callEWS(t, ts, getInboxOp, http.StatusOK)
 	if took := time.Since(start); took > delay/2 {
 		t.Errorf("third request delayed (%v) though the fault was for two", took)
 	}
@@ -85,8 +85,8 @@ func TestFaultDeleteBeforeGetItem(t *testing.T) {
 	l.next(2 * time.Second)
 	ts.InjectFault(Fault{Kind: FaultDeleteBeforeGetItem, Count: 1})
 
-	ews(t, ts, getInboxOp, http.StatusOK) // not a GetItem: the fault waits
-	b := ews(t, ts, getItemOp(it.ID), http.StatusOK)
+	callEWS(t, ts, getInboxOp, http.StatusOK) // not a GetItem: the fault waits
+	b := callEWS(t, ts, getItemOp(it.ID), http.StatusOK)
 	if got := one(t, b, "ResponseCode"); got != "ErrorItemNotFound" {
 		t.Fatalf("GetItem after the race: %s", got)
 	}
@@ -105,7 +105,7 @@ func TestDeletedItemNotFound(t *testing.T) {
 	if err := ts.DeleteItem(alice, it.ID); !errors.Is(err, ErrNoSuchItem) {
 		t.Errorf("second delete: %v", err)
 	}
-	got := ews(t, ts, getItemOp(it.ID), http.StatusOK)
+	got := callEWS(t, ts, getItemOp(it.ID), http.StatusOK)
 	want := sample(t, "14-getitem-error-itemnotfound.response.xml")
 	for _, local := range []string{"MessageText", "ResponseCode", "DescriptiveLinkKey", "Items"} {
 		if g, w := find(t, got, local), find(t, want, local); !slices.Equal(g, w) {
@@ -119,7 +119,7 @@ func TestDeletedItemNotFound(t *testing.T) {
 
 func TestPasswordChangeExpiresCredentials(t *testing.T) {
 	ts := Start(t, Config{Users: testUsers()})
-	ews(t, ts, getInboxOp, http.StatusOK)
+	callEWS(t, ts, getInboxOp, http.StatusOK)
 	if err := ts.SetPassword(alice, "new-password"); err != nil {
 		t.Fatal(err)
 	}

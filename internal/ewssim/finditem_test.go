@@ -56,7 +56,7 @@ func TestFindItemSortsAndPages(t *testing.T) {
 		{"from the end, next", indexedView(2, 2, "End"), "Descending", []string{"3"}, "3", "true"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := ews(t, ts, findItemOp(inboxID, tc.view, tc.order), http.StatusOK)
+			b := callEWS(t, ts, findItemOp(inboxID, tc.view, tc.order), http.StatusOK)
 			if code := one(t, b, "ResponseCode"); code != "NoError" {
 				t.Fatalf("ResponseCode %s", code)
 			}
@@ -81,7 +81,7 @@ func TestFindItemFoldersAndRefusals(t *testing.T) {
 	deliverThree(t, ts)
 
 	// The Inbox's parent has no items; another folder is not found.
-	b := ews(t, ts, findItemOp(`<t:DistinguishedFolderId Id="msgfolderroot"/><t:DistinguishedFolderId Id="calendar"/>`, "", ""), http.StatusOK)
+	b := callEWS(t, ts, findItemOp(`<t:DistinguishedFolderId Id="msgfolderroot"/><t:DistinguishedFolderId Id="calendar"/>`, "", ""), http.StatusOK)
 	if got := find(t, b, "ResponseCode"); !slices.Equal(got, []string{"NoError", "ErrorFolderNotFound"}) {
 		t.Errorf("msgfolderroot and calendar: %v", got)
 	}
@@ -89,7 +89,7 @@ func TestFindItemFoldersAndRefusals(t *testing.T) {
 		t.Errorf("msgfolderroot TotalItemsInView %v, want [0]", got)
 	}
 	// The simulator has no associated (hidden) items.
-	assoc := ews(t, ts, `<m:FindItem Traversal="Associated"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape>
+	assoc := callEWS(t, ts, `<m:FindItem Traversal="Associated"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape>
 <m:ParentFolderIds>`+inboxID+`</m:ParentFolderIds></m:FindItem>`, http.StatusOK)
 	if got := find(t, assoc, "ItemId"); len(got) != 0 {
 		t.Errorf("associated items: %d", len(got))
@@ -101,7 +101,7 @@ func TestFindItemFoldersAndRefusals(t *testing.T) {
 		"sort by subject": `<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape>
 <m:SortOrder><t:FieldOrder Order="Ascending"><t:FieldURI FieldURI="item:Subject"/></t:FieldOrder></m:SortOrder><m:ParentFolderIds>` + inboxID + `</m:ParentFolderIds></m:FindItem>`,
 	} {
-		if got := one(t, ews(t, ts, op, http.StatusInternalServerError), "ResponseCode"); got != "ErrorInvalidRequest" {
+		if got := one(t, callEWS(t, ts, op, http.StatusInternalServerError), "ResponseCode"); got != "ErrorInvalidRequest" {
 			t.Errorf("%s: %s, want ErrorInvalidRequest", name, got)
 		}
 	}
@@ -111,7 +111,7 @@ func TestFindItemFoldersAndRefusals(t *testing.T) {
 		"zero max":        findItemOp(inboxID, indexedView(0, 0, "Beginning"), ""),
 		"bad base point":  findItemOp(inboxID, indexedView(2, 0, "Middle"), ""),
 	} {
-		if got := one(t, ews(t, ts, op, http.StatusInternalServerError), "ResponseCode"); got != "ErrorSchemaValidation" {
+		if got := one(t, callEWS(t, ts, op, http.StatusInternalServerError), "ResponseCode"); got != "ErrorSchemaValidation" {
 			t.Errorf("%s: %s, want ErrorSchemaValidation", name, got)
 		}
 	}
@@ -122,7 +122,7 @@ func TestFindItemFoldersAndRefusals(t *testing.T) {
 func TestFolderHierarchy(t *testing.T) {
 	ts := Start(t, Config{Users: testUsers()})
 	getAll := func(ids string) []byte {
-		return ews(t, ts, `<m:GetFolder><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape>
+		return callEWS(t, ts, `<m:GetFolder><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape>
 <m:FolderIds>`+ids+`</m:FolderIds></m:GetFolder>`, http.StatusOK)
 	}
 	b := getAll(`<t:DistinguishedFolderId Id="root"/><t:DistinguishedFolderId Id="msgfolderroot"/>` + inboxID)
@@ -148,7 +148,7 @@ func TestFolderHierarchy(t *testing.T) {
 		t.Errorf("root by id, own inbox, bob's inbox: %v", got)
 	}
 	// Only the Inbox can be subscribed to.
-	b = ews(t, ts, `<m:Subscribe><m:PushSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="msgfolderroot"/></t:FolderIds>
+	b = callEWS(t, ts, `<m:Subscribe><m:PushSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="msgfolderroot"/></t:FolderIds>
 <t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes><t:StatusFrequency>5</t:StatusFrequency><t:URL>http://127.0.0.1:1/</t:URL>
 </m:PushSubscriptionRequest></m:Subscribe>`, http.StatusOK)
 	if got := one(t, b, "ResponseCode"); got != "ErrorFolderNotFound" {
@@ -160,7 +160,7 @@ func TestFolderHierarchy(t *testing.T) {
 // an error per id, and ServerVersionInfo in the header.
 func TestConvertIdVersionProbe(t *testing.T) {
 	ts := Start(t, Config{Users: testUsers()})
-	b := ews(t, ts, `<m:ConvertId DestinationFormat="EntryId"><m:SourceIds>
+	b := callEWS(t, ts, `<m:ConvertId DestinationFormat="EntryId"><m:SourceIds>
 <t:AlternateId Id="DUMMY" Format="EwsId" Mailbox="DUMMY"/><t:AlternateId Id="X" Format="EwsId" Mailbox="`+alice+`"/>
 </m:SourceIds></m:ConvertId>`, http.StatusOK)
 	if got := find(t, b, "ResponseCode"); !slices.Equal(got, []string{"ErrorInvalidIdMalformed", "ErrorInvalidIdMalformed"}) {
@@ -169,7 +169,7 @@ func TestConvertIdVersionProbe(t *testing.T) {
 	if got := findAttr(t, b, "ServerVersionInfo", "MajorVersion"); !slices.Equal(got, []string{"15"}) {
 		t.Errorf("ServerVersionInfo MajorVersion %v", got)
 	}
-	if got := one(t, ews(t, ts, `<m:ConvertId DestinationFormat="EntryId"/>`, http.StatusInternalServerError), "ResponseCode"); got != "ErrorSchemaValidation" {
+	if got := one(t, callEWS(t, ts, `<m:ConvertId DestinationFormat="EntryId"/>`, http.StatusInternalServerError), "ResponseCode"); got != "ErrorSchemaValidation" {
 		t.Errorf("ConvertId without ids: %s", got)
 	}
 }

@@ -115,8 +115,8 @@ func do(t testing.TB, req *http.Request) (*http.Response, []byte) {
 	return resp, b
 }
 
-// ews posts op as alice and expects HTTP status want.
-func ews(t testing.TB, ts *TestServer, op string, want int) []byte {
+// callEWS posts op as alice and expects HTTP status want.
+func callEWS(t testing.TB, ts *TestServer, op string, want int) []byte {
 	t.Helper()
 	resp, b := post(t, ts.EWSURL, alice, alicePW, soapRequest(op))
 	if resp.StatusCode != want {
@@ -224,7 +224,7 @@ func (l *listener) none(d time.Duration) {
 // subscribe creates a push subscription for alice and returns its id.
 func subscribe(t testing.TB, ts *TestServer, callback string, freq int) string {
 	t.Helper()
-	b := ews(t, ts, subscribeOp(callback, freq, ""), http.StatusOK)
+	b := callEWS(t, ts, subscribeOp(callback, freq, ""), http.StatusOK)
 	if code := one(t, b, "ResponseCode"); code != "NoError" {
 		t.Fatalf("Subscribe: %s\n%s", code, b)
 	}

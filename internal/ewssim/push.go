@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/beevik/etree"
+
+	"github.com/ensgate/ensgate/ews"
 )
 
 const (
@@ -419,7 +421,7 @@ func (s *Server) sendNotification(callback string, body []byte) (string, error) 
 	if len(raw) > maxResultBytes {
 		return "", errors.New("listener answer too large")
 	}
-	doc, err := parseXML(raw)
+	doc, err := ews.ParseDocument(raw)
 	if err != nil {
 		return "", fmt.Errorf("listener answer: %w", err)
 	}

@@ -12,7 +12,7 @@ import (
 func TestDeliveryNotifiesCreatedAndNewMail(t *testing.T) {
 	ts := Start(t, Config{Users: testUsers()})
 	l := newListener(t, answerOK)
-	resp := ews(t, ts, subscribeOp(l.srv.URL+"/notify?id=1", 30, ""), http.StatusOK)
+	resp := callEWS(t, ts, subscribeOp(l.srv.URL+"/notify?id=1", 30, ""), http.StatusOK)
 	subID, wm0 := one(t, resp, "SubscriptionId"), one(t, resp, "Watermark")
 
 	it, err := ts.Deliver(alice, Mail{From: "carol@example.net", FromName: "Carol", Subject: "Hello", Body: "Body"})
@@ -280,12 +280,12 @@ func TestNotificationsInOrderAndBatched(t *testing.T) {
 func TestSeveralSubscriptionsAndResume(t *testing.T) {
 	ts := Start(t, Config{Users: testUsers()})
 	first, second := newListener(t, answerOK), newListener(t, answerOK)
-	wm0 := one(t, ews(t, ts, subscribeOp(first.srv.URL, 30, ""), http.StatusOK), "Watermark")
+	wm0 := one(t, callEWS(t, ts, subscribeOp(first.srv.URL, 30, ""), http.StatusOK), "Watermark")
 	missed, _ := ts.Deliver(alice, Mail{Subject: "while the second was away"})
 	first.next(2 * time.Second)
 
 	// Subscribing again from wm0 replays what happened since.
-	resp := ews(t, ts, subscribeOp(second.srv.URL, 30, wm0), http.StatusOK)
+	resp := callEWS(t, ts, subscribeOp(second.srv.URL, 30, wm0), http.StatusOK)
 	if got := one(t, resp, "Watermark"); got != wm0 {
 		t.Errorf("resumed subscription starts at %s, want %s", got, wm0)
 	}
@@ -321,12 +321,12 @@ func TestSubscribeRefusals(t *testing.T) {
 <t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes><t:Timeout>10</t:Timeout></m:PullSubscriptionRequest></m:Subscribe>`, "ErrorInvalidSubscriptionRequest"},
 		{"calendar", strings.Replace(subscribeOp(l.srv.URL, 30, ""), `Id="inbox"`, `Id="calendar"`, 1), "ErrorFolderNotFound"},
 	} {
-		if got := one(t, ews(t, ts, tc.op, http.StatusOK), "ResponseCode"); got != tc.code {
+		if got := one(t, callEWS(t, ts, tc.op, http.StatusOK), "ResponseCode"); got != tc.code {
 			t.Errorf("%s: %s, want %s", tc.name, got, tc.code)
 		}
 	}
 	for _, freq := range []int{0, 1441} {
-		if got := one(t, ews(t, ts, subscribeOp(l.srv.URL, freq, ""), http.StatusInternalServerError), "ResponseCode"); got != "ErrorSchemaValidation" {
+		if got := one(t, callEWS(t, ts, subscribeOp(l.srv.URL, freq, ""), http.StatusInternalServerError), "ResponseCode"); got != "ErrorSchemaValidation" {
 			t.Errorf("StatusFrequency %d: %s", freq, got)
 		}
 	}

@@ -24,7 +24,7 @@ func TestEveryMessageValidates(t *testing.T) {
 <t:EventType>DeletedEvent</t:EventType><t:EventType>ModifiedEvent</t:EventType></t:EventTypes>
 <t:StatusFrequency>1</t:StatusFrequency><t:URL>` + l.srv.URL + `/notify</t:URL>
 </m:PushSubscriptionRequest></m:Subscribe>`
-	docs["subscribe"] = ews(t, ts, allEvents, http.StatusOK)
+	docs["subscribe"] = callEWS(t, ts, allEvents, http.StatusOK)
 
 	status := l.next(2 * time.Second)
 	if got := eventKinds(t, status.body); !slices.Equal(got, []string{"StatusEvent"}) {
@@ -39,22 +39,22 @@ func TestEveryMessageValidates(t *testing.T) {
 	newMail := l.nextEvents(2 * time.Second)
 	docs["notification-newmail"] = newMail.body
 
-	docs["getitem"] = ews(t, ts, getItemOp(it.ID), http.StatusOK)
-	docs["getitem-all"] = ews(t, ts, `<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape>
+	docs["getitem"] = callEWS(t, ts, getItemOp(it.ID), http.StatusOK)
+	docs["getitem-all"] = callEWS(t, ts, `<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape>
 <m:ItemIds><t:ItemId Id="`+it.ID+`" ChangeKey="`+it.ChangeKey+`"/></m:ItemIds></m:GetItem>`, http.StatusOK)
-	docs["getitem-notfound"] = ews(t, ts, getItemOp("AAMkAGUnknown="), http.StatusOK)
-	docs["getitem-mixed"] = ews(t, ts, getItemOp(it.ID, "AAMkAGUnknown="), http.StatusOK)
-	docs["getfolder"] = ews(t, ts, getInboxOp, http.StatusOK)
-	docs["getfolder-all"] = ews(t, ts, `<m:GetFolder><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape>
+	docs["getitem-notfound"] = callEWS(t, ts, getItemOp("AAMkAGUnknown="), http.StatusOK)
+	docs["getitem-mixed"] = callEWS(t, ts, getItemOp(it.ID, "AAMkAGUnknown="), http.StatusOK)
+	docs["getfolder"] = callEWS(t, ts, getInboxOp, http.StatusOK)
+	docs["getfolder-all"] = callEWS(t, ts, `<m:GetFolder><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape>
 <m:FolderIds><t:DistinguishedFolderId Id="inbox"/><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder>`, http.StatusOK)
 
-	docs["getfolder-hierarchy"] = ews(t, ts, `<m:GetFolder><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape>
+	docs["getfolder-hierarchy"] = callEWS(t, ts, `<m:GetFolder><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape>
 <m:FolderIds><t:DistinguishedFolderId Id="root"/><t:DistinguishedFolderId Id="msgfolderroot"/></m:FolderIds></m:GetFolder>`, http.StatusOK)
-	docs["finditem"] = ews(t, ts, `<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape>
+	docs["finditem"] = callEWS(t, ts, `<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape>
 <m:IndexedPageItemView MaxEntriesReturned="10" Offset="0" BasePoint="Beginning"/>
 <m:SortOrder><t:FieldOrder Order="Descending"><t:FieldURI FieldURI="item:DateTimeReceived"/></t:FieldOrder></m:SortOrder>
 <m:ParentFolderIds><t:DistinguishedFolderId Id="inbox"/><t:DistinguishedFolderId Id="calendar"/></m:ParentFolderIds></m:FindItem>`, http.StatusOK)
-	docs["convertid"] = ews(t, ts, `<m:ConvertId DestinationFormat="EntryId"><m:SourceIds><t:AlternateId Id="DUMMY" Format="EwsId" Mailbox="DUMMY"/></m:SourceIds></m:ConvertId>`, http.StatusOK)
+	docs["convertid"] = callEWS(t, ts, `<m:ConvertId DestinationFormat="EntryId"><m:SourceIds><t:AlternateId Id="DUMMY" Format="EwsId" Mailbox="DUMMY"/></m:SourceIds></m:ConvertId>`, http.StatusOK)
 
 	if err := ts.MarkRead(alice, it.ID, true); err != nil {
 		t.Fatal(err)
@@ -65,15 +65,15 @@ func TestEveryMessageValidates(t *testing.T) {
 	}
 	docs["notification-deleted"] = l.nextEvents(2 * time.Second).body
 
-	docs["unsubscribe"] = ews(t, ts, `<m:Unsubscribe><m:SubscriptionId>`+one(t, docs["subscribe"], "SubscriptionId")+`</m:SubscriptionId></m:Unsubscribe>`, http.StatusOK)
-	docs["subscribe-badurl"] = ews(t, ts, subscribeOp("ftp://example.com/x", 5, ""), http.StatusOK)
-	docs["subscribe-badwatermark"] = ews(t, ts, subscribeOp(l.srv.URL, 5, "AQAAAA=="), http.StatusOK)
-	docs["fault-unknown-op"] = ews(t, ts, `<m:CreateItem/>`, http.StatusInternalServerError)
-	docs["fault-schema"] = ews(t, ts, `<m:GetItem/>`, http.StatusInternalServerError)
+	docs["unsubscribe"] = callEWS(t, ts, `<m:Unsubscribe><m:SubscriptionId>`+one(t, docs["subscribe"], "SubscriptionId")+`</m:SubscriptionId></m:Unsubscribe>`, http.StatusOK)
+	docs["subscribe-badurl"] = callEWS(t, ts, subscribeOp("ftp://example.com/x", 5, ""), http.StatusOK)
+	docs["subscribe-badwatermark"] = callEWS(t, ts, subscribeOp(l.srv.URL, 5, "AQAAAA=="), http.StatusOK)
+	docs["fault-unknown-op"] = callEWS(t, ts, `<m:CreateItem/>`, http.StatusInternalServerError)
+	docs["fault-schema"] = callEWS(t, ts, `<m:GetItem/>`, http.StatusInternalServerError)
 	if _, err := ts.InjectFault(Fault{Kind: FaultServerBusy, Count: 1, BackOff: 297749 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
-	docs["fault-serverbusy"] = ews(t, ts, getInboxOp, http.StatusInternalServerError)
+	docs["fault-serverbusy"] = callEWS(t, ts, getInboxOp, http.StatusInternalServerError)
 
 	ewsschema.Check(t, docs)
 
@@ -129,7 +129,7 @@ func TestEveryMessageValidates(t *testing.T) {
 func TestServerBusyMatchesSample(t *testing.T) {
 	ts := Start(t, Config{Users: testUsers()})
 	ts.InjectFault(Fault{Kind: FaultServerBusy, Count: 1, BackOff: 1234 * time.Millisecond})
-	got := ews(t, ts, getInboxOp, http.StatusInternalServerError)
+	got := callEWS(t, ts, getInboxOp, http.StatusInternalServerError)
 	want := sample(t, "13-error-serverbusy.soapfault-http500.xml")
 	for _, local := range []string{"faultcode", "faultstring", "ResponseCode", "Message"} {
 		if g, w := find(t, got, local), find(t, want, local); !slices.Equal(g, w) {

@@ -1,7 +1,6 @@
 package ewssim
 
 import (
-	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -15,37 +14,6 @@ const (
 	nsTypes  = "http://schemas.microsoft.com/exchange/services/2006/types"
 	nsErrors = "http://schemas.microsoft.com/exchange/services/2006/errors"
 )
-
-var errDirective = errors.New("DOCTYPE and other markup declarations are not accepted")
-
-// parseXML parses an untrusted document. etree's decoder (encoding/xml in
-// strict mode, no entity map) refuses undeclared entities and never fetches
-// anything; a DOCTYPE is refused outright so no internal subset can sneak
-// entity declarations in.
-func parseXML(b []byte) (*etree.Document, error) {
-	doc := etree.NewDocument()
-	if err := doc.ReadFromBytes(b); err != nil {
-		return nil, err
-	}
-	if hasDirective(&doc.Element) {
-		return nil, errDirective
-	}
-	return doc, nil
-}
-
-func hasDirective(e *etree.Element) bool {
-	for _, t := range e.Child {
-		switch t := t.(type) {
-		case *etree.Directive:
-			return true
-		case *etree.Element:
-			if hasDirective(t) {
-				return true
-			}
-		}
-	}
-	return false
-}
 
 // child returns e's first child element with the namespace and local name,
 // whatever prefix the sender chose.
@@ -75,8 +43,7 @@ func children(e *etree.Element, ns, local string) []*etree.Element {
 }
 
 // soapBody returns the Body element of a SOAP 1.1 envelope.
-func soapBody(doc *etree.Document) *etree.Element {
-	env := doc.Root()
+func soapBody(env *etree.Element) *etree.Element {
 	if env == nil || env.Tag != "Envelope" || env.NamespaceURI() != nsSOAP {
 		return nil
 	}

@@ -36,7 +36,7 @@ func TestBodyLimit(t *testing.T) {
 	if resp, _ := post(t, ts.EWSURL, alice, alicePW, big); resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Errorf("oversized body: HTTP %d", resp.StatusCode)
 	}
-	ews(t, ts, getInboxOp, http.StatusOK)
+	callEWS(t, ts, getInboxOp, http.StatusOK)
 }
 
 func TestRoutingAndNamespaces(t *testing.T) {

@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/ensgate/ensgate/internal/scripted"
 )
 
 // MaxData is FCM's limit on a data payload (keys and values).
@@ -40,16 +42,16 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	m := Message{Project: r.PathValue("project"), Raw: body, Received: time.Now()}
 	reply, message := s.check(r, body, &m)
 	if reply.Status == 0 {
-		scripted, latency, ok := s.script.Next(m.Token)
-		if !sleep(r, latency+scripted.Delay) {
+		next, latency, ok := s.script.Next(m.Token)
+		if !scripted.Sleep(r, latency+next.Delay) {
 			return
 		}
-		if scripted.Drop {
+		if next.Drop {
 			s.srv.CloseClientConnections()
 			return
 		}
-		if ok && scripted.Status != http.StatusOK {
-			reply, message = scripted, "scripted failure"
+		if ok && next.Status != http.StatusOK {
+			reply, message = next, "scripted failure"
 		}
 	}
 	m.Status = cmp.Or(reply.Status, http.StatusOK)
@@ -123,19 +125,4 @@ func (s *Server) check(r *http.Request, body []byte, m *Message) (Reply, string)
 
 func invalid(field string) Reply {
 	return Reply{Status: http.StatusBadRequest, Code: "INVALID_ARGUMENT", ErrorCode: "INVALID_ARGUMENT", Field: field}
-}
-
-// sleep waits d unless the client gives up first.
-func sleep(r *http.Request, d time.Duration) bool {
-	if d <= 0 {
-		return true
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-r.Context().Done():
-		return false
-	}
 }

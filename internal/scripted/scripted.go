@@ -4,6 +4,7 @@
 package scripted
 
 import (
+	"net/http"
 	"sync"
 	"time"
 )
@@ -59,4 +60,20 @@ func (s *Script[R]) Next(key string) (reply R, latency time.Duration, ok bool) {
 		}
 	}
 	return reply, s.latency, false
+}
+
+// Sleep waits d before an answer unless the client gives up first; it
+// reports whether to answer.
+func Sleep(r *http.Request, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
 }
