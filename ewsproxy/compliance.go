@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,13 +23,19 @@ type Compliance struct {
 	log   *slog.Logger
 
 	mu     sync.RWMutex
-	states map[string]map[int64]string // device id → tenant id → state
-	loaded bool                        // false until the first full load, and after a lost listener
+	states map[string][]tenantState // by device id; one entry per tenant that knows the device
+	loaded bool                     // false until the first full load, and after a lost listener
+}
+
+// tenantState is kept small: a node holds one per known device.
+type tenantState struct {
+	tenant int64
+	state  string // one of store's constants, so all share their bytes
 }
 
 // NewCompliance returns an empty cache; Run fills and follows it.
 func NewCompliance(s *store.Store, log *slog.Logger) *Compliance {
-	return &Compliance{store: s, log: log, states: map[string]map[int64]string{}}
+	return &Compliance{store: s, log: log, states: map[string][]tenantState{}}
 }
 
 // ErrComplianceUnknown means the states could not be loaded (the database
@@ -43,13 +50,13 @@ func (c *Compliance) State(k store.DeviceKey) (string, error) {
 	if !c.loaded {
 		return "", ErrComplianceUnknown
 	}
-	if k.TenantID != 0 {
-		return c.states[k.DeviceID][k.TenantID], nil
-	}
 	worst := ""
-	for _, state := range c.states[k.DeviceID] {
-		if restrictiveness[state] > restrictiveness[worst] {
-			worst = state
+	for _, ts := range c.states[k.DeviceID] {
+		if ts.tenant == k.TenantID {
+			return ts.state, nil
+		}
+		if k.TenantID == 0 && restrictiveness[ts.state] > restrictiveness[worst] {
+			worst = ts.state
 		}
 	}
 	return worst, nil
@@ -74,7 +81,7 @@ func (c *Compliance) reload(ctx context.Context) {
 	for ctx.Err() == nil {
 		rows, err := c.store.ComplianceStates(ctx)
 		if err == nil {
-			states := map[string]map[int64]string{}
+			states := make(map[string][]tenantState, len(rows))
 			for k, state := range rows {
 				set(states, k, state)
 			}
@@ -106,16 +113,25 @@ func (c *Compliance) refresh(ctx context.Context, k store.DeviceKey) error {
 }
 
 // set records state ("" forgets the device) for k in states.
-func set(states map[string]map[int64]string, k store.DeviceKey, state string) {
-	if state == "" {
-		delete(states[k.DeviceID], k.TenantID)
-		if len(states[k.DeviceID]) == 0 {
-			delete(states, k.DeviceID)
-		}
+func set(states map[string][]tenantState, k store.DeviceKey, state string) {
+	list := slices.DeleteFunc(states[k.DeviceID], func(ts tenantState) bool { return ts.tenant == k.TenantID })
+	if state != "" {
+		list = append(list, tenantState{tenant: k.TenantID, state: intern(state)})
+	}
+	if len(list) == 0 {
+		delete(states, k.DeviceID)
 		return
 	}
-	if states[k.DeviceID] == nil {
-		states[k.DeviceID] = map[int64]string{}
+	states[k.DeviceID] = list
+}
+
+// intern returns store's constant for a state read from the database, so
+// that 100,000 devices do not hold 100,000 copies of "compliant".
+func intern(state string) string {
+	for _, c := range []string{store.Compliant, store.NonCompliant, store.Blocked, store.Wiped} {
+		if state == c {
+			return c
+		}
 	}
-	states[k.DeviceID][k.TenantID] = state
+	return state
 }
