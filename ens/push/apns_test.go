@@ -3,6 +3,7 @@ package push_test
 import (
 	"context"
 	"crypto/x509"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,7 +53,7 @@ func TestAPNsPayloadPerLevel(t *testing.T) {
 				t.Errorf("thread-id = %v", got)
 			}
 			alert, _ := aps["alert"].(map[string]any)
-			if !equalMaps(alert, tt.alert) {
+			if !maps.Equal(alert, tt.alert) {
 				t.Errorf("alert = %v, want %v", alert, tt.alert)
 			}
 			if (aps["sound"] == "default") != tt.withSound || (aps["mutable-content"] == 1.0) != tt.withSound {
@@ -338,16 +339,4 @@ func lastPush(t testing.TB, fake *apnsfake.Server, token string) apnsfake.Push {
 	}
 	t.Fatalf("no push for the token")
 	return apnsfake.Push{}
-}
-
-func equalMaps(a, b map[string]any) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }

@@ -2,6 +2,7 @@ package push_test
 
 import (
 	"context"
+	"maps"
 	"strings"
 	"sync"
 	"testing"
@@ -49,7 +50,7 @@ func TestFCMPayloadPerLevel(t *testing.T) {
 			m.Platform, m.Token, m.Badge, m.ThreadID = push.Android, fcmToken(), 7, "mbx-1"
 			checkResult(t, env.sender.Send(context.Background(), m), push.Delivered, "", 1)
 			got := lastMessage(t, env.fake, m.Token)
-			if !equalStrings(got.Data, tt.data) {
+			if !maps.Equal(got.Data, tt.data) {
 				t.Errorf("data = %v, want %v", got.Data, tt.data)
 			}
 			if a := got.Android; a.Priority != tt.priority || a.TTL != tt.ttl || a.CollapseKey != tt.collapse {
@@ -219,16 +220,4 @@ func lastMessage(t testing.TB, fake *fcmfake.Server, token string) fcmfake.Messa
 	}
 	t.Fatalf("no message for the token")
 	return fcmfake.Message{}
-}
-
-func equalStrings(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
