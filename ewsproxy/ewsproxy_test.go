@@ -299,17 +299,20 @@ func TestCertificateClientsGetKerberosInsteadOfTheirCredentials(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		withCert   bool
+		unverified bool
 		d          *delegator
 		status     int
 		auth       string
 		challenges string
 	}{
-		{"certificate", true, &delegator{header: "Negotiate YIIkerberos"}, 401, "Negotiate YIIkerberos",
+		{"certificate", true, false, &delegator{header: "Negotiate YIIkerberos"}, 401, "Negotiate YIIkerberos",
 			`Negotiate|Basic realm="mail"|Bearer authorization_uri="https://login.example"`},
-		{"no certificate", false, &delegator{header: "Negotiate YII"}, 401, "Basic Y2xpZW50",
+		{"no certificate", false, false, &delegator{header: "Negotiate YII"}, 401, "Basic Y2xpZW50",
 			`Basic realm="mail"|Bearer authorization_uri="https://login.example"`},
-		{"unknown user", true, &delegator{err: statusError(403)}, 403, "", ""},
-		{"KDC down", true, &delegator{err: errors.New("kdc unreachable")}, 502, "", ""},
+		{"unverified certificate", true, true, &delegator{header: "Negotiate YII"}, 401, "Basic Y2xpZW50",
+			`Basic realm="mail"|Bearer authorization_uri="https://login.example"`},
+		{"unknown user", true, false, &delegator{err: statusError(403)}, 403, "", ""},
+		{"KDC down", true, false, &delegator{err: errors.New("kdc unreachable")}, 502, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := ewsproxy.NewGuard(ewsproxy.Config{AllowUnknown: true, RemoveUnsupportedAuth: true, Delegator: tc.d}, nil, quiet)
@@ -317,6 +320,9 @@ func TestCertificateClientsGetKerberosInsteadOfTheirCredentials(t *testing.T) {
 			r.Header.Set("Authorization", "Basic Y2xpZW50")
 			if tc.withCert {
 				r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}}
+				if !tc.unverified {
+					r.TLS.VerifiedChains = [][]*x509.Certificate{{cert}}
+				}
 			}
 			w := httptest.NewRecorder()
 			up := &upstream{}

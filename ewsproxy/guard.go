@@ -187,12 +187,14 @@ func writeFault(w http.ResponseWriter, status int, code, message string) {
 }
 
 // delegate replaces the client's credentials with a Kerberos ticket for a
-// client that presented a certificate, and reports whether it did.
+// client that presented a certificate, and reports whether it did. Only a
+// certificate the TLS layer verified counts: with client_auth mode
+// `request`, PeerCertificates holds whatever the client sent.
 func (g *Guard) delegate(r *http.Request) (bool, error) {
-	if g.cfg.Delegator == nil || r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+	if g.cfg.Delegator == nil || r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
 		return false, nil
 	}
-	header, err := g.cfg.Delegator.Authorization(r.Context(), r.TLS.PeerCertificates[0])
+	header, err := g.cfg.Delegator.Authorization(r.Context(), r.TLS.VerifiedChains[0][0])
 	if err != nil {
 		return false, err
 	}
