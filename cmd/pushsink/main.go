@@ -30,6 +30,7 @@ import (
 
 	"github.com/ensgate/ensgate/internal/apnsfake"
 	"github.com/ensgate/ensgate/internal/fcmfake"
+	"github.com/ensgate/ensgate/internal/testca"
 )
 
 func main() {
@@ -58,7 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	envFile := filepath.Join(*dir, "env")
 	_ = os.Remove(envFile) // a stale one would announce a sink that is not up yet
 
-	ca, err := apnsfake.NewCA()
+	ca, err := testca.NewCA()
 	if err != nil {
 		return err
 	}

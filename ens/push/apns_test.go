@@ -13,6 +13,7 @@ import (
 
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/internal/apnsfake"
+	"github.com/ensgate/ensgate/internal/testca"
 )
 
 // TestAPNsPayloadPerLevel checks what each privacy level (and the silent
@@ -227,11 +228,11 @@ func TestAPNsExpiredProviderToken(t *testing.T) {
 }
 
 func TestAPNsCertificateAuth(t *testing.T) {
-	ca, err := apnsfake.NewCA()
+	ca, err := testca.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	certFile, err := ca.IssueClient(t.TempDir(), topic)
+	certFile, err := apnsfake.IssueClient(ca, t.TempDir(), topic)
 	if err != nil {
 		t.Fatal(err)
 	}

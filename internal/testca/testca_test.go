@@ -1,0 +1,34 @@
+package testca_test
+
+import (
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"testing"
+
+	"github.com/ensgate/ensgate/internal/testca"
+	"github.com/ensgate/ensgate/kcd"
+)
+
+func TestClientCertificateCarriesTheUPN(t *testing.T) {
+	ca, err := testca.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, upn := range []string{"alice@corp.example.test", ""} {
+		tc, err := ca.IssueClient(pkix.Name{CommonName: "Alice"}, upn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := x509.ParseCertificate(tc.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: ca.Pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			t.Fatalf("does not verify against the CA: %v", err)
+		}
+		got, ok := kcd.UPNFromCertificate(cert)
+		if got != upn || ok != (upn != "") {
+			t.Errorf("UPN %q (%v), want %q", got, ok, upn)
+		}
+	}
+}
