@@ -192,7 +192,13 @@ func (s *Server) negotiate(cred string) (string, error) {
 		}
 		return "", errBadCredentials
 	}
-	principal := strings.ToLower(creds.UserName() + "@" + creds.Domain())
+	// An enterprise name (a UPN as the client name, as Heimdal leaves it
+	// after S4U2Self) already is user@domain.
+	principal := creds.UserName()
+	if !strings.Contains(principal, "@") {
+		principal += "@" + creds.Domain()
+	}
+	principal = strings.ToLower(principal)
 	addr, mapped := s.principals[principal]
 	if !mapped {
 		addr = principal

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -176,6 +177,11 @@ func TestNegotiate(t *testing.T) {
 	if got := one(t, body, "UnreadCount"); got != "0" {
 		t.Errorf("UnreadCount %s", got)
 	}
+	// An enterprise name (the UPN as the client name) is the address.
+	resp, body = ewsWith(t, ts, negotiateHeader(t, kt, strings.ToUpper(alice), testRealm))
+	if resp.StatusCode != http.StatusOK || one(t, body, "UnreadCount") != "0" {
+		t.Errorf("enterprise name: HTTP %d, body %s", resp.StatusCode, body)
+	}
 	// The principal map: the mailbox is bob's, whatever the UPN says.
 	ts.Deliver(bob, Mail{From: "x@example.net", Subject: "s", Body: "b"})
 	resp, body = ewsWith(t, ts, negotiateHeader(t, kt, "svc-bob", "CORP.EXAMPLE"))
@@ -199,7 +205,7 @@ func TestNegotiate(t *testing.T) {
 		}
 	}
 	c := ts.Counters().Auth
-	if c["negotiate_ok"] != 2 || c["negotiate_failed"] != 3 || c["ntlm_refused"] != 2 {
+	if c["negotiate_ok"] != 3 || c["negotiate_failed"] != 3 || c["ntlm_refused"] != 2 {
 		t.Errorf("auth counters %v", c)
 	}
 }
