@@ -7,6 +7,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ensgate/ensgate/ewsproxy"
+	"github.com/ensgate/ensgate/kcd"
 )
 
 func init() {
@@ -33,6 +35,7 @@ func init() {
 //		device_id_query  <parameter>
 //		unknown_devices  allow|deny      # default deny
 //		remove_unsupported_auth on|off   # default on
+//		kerberos { ... }                 # KCD for certificate clients, see Kerberos
 //		<reverse_proxy subdirectives>
 //	}
 type EWSProxy struct {
@@ -47,6 +50,9 @@ type EWSProxy struct {
 	UnknownDevices string `json:"unknown_devices,omitempty"`
 	// Remove NTLM/Negotiate challenges and refuse NTLM (default true).
 	RemoveUnsupportedAuth *bool `json:"remove_unsupported_auth,omitempty"`
+	// Kerberos Constrained Delegation for clients with a certificate that
+	// the site's tls client_auth verified.
+	Kerberos *Kerberos `json:"kerberos,omitempty"`
 
 	proxy *reverseproxy.Handler
 	guard *ewsproxy.Guard
@@ -86,7 +92,20 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 	if err := ewsproxy.Register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("ews_proxy: metrics: %w", err)
 	}
+	// A typed nil in the interface would count as a delegator.
+	var delegator ewsproxy.Delegator
+	if h.Kerberos != nil {
+		if err := kcd.Register(ctx.GetMetricsRegistry()); err != nil {
+			return fmt.Errorf("ews_proxy: kerberos metrics: %w", err)
+		}
+		d, err := h.Kerberos.delegator(ctx.Slogger())
+		if err != nil {
+			return err
+		}
+		delegator = d
+	}
 	h.guard = ewsproxy.NewGuard(ewsproxy.Config{
+		Delegator:             delegator,
 		Annotate:              annotateAccessLog,
 		DeviceHeader:          h.DeviceIDHeader,
 		DeviceQuery:           h.DeviceIDQuery,
@@ -131,6 +150,19 @@ func parseEWSProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 				dst = &p.DeviceIDQuery
 			case "unknown_devices":
 				dst = &p.UnknownDevices
+			case "kerberos":
+				// Parsed from its own copy, then removed so that
+				// reverse_proxy's parser never sees it.
+				seg := d.NextSegment()
+				kd := caddyfile.NewDispenser(seg)
+				kd.Next()
+				k, err := parseKerberos(kd)
+				if err != nil {
+					return nil, err
+				}
+				p.Kerberos = k
+				d.DeleteN(len(seg))
+				continue
 			case "remove_unsupported_auth":
 				var v string
 				if err := oneArg(d, &v); err != nil {

@@ -1,0 +1,159 @@
+package caddymodule
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/jcmturner/gokrb5/v8/keytab"
+
+	"github.com/ensgate/ensgate/kcd"
+)
+
+// Kerberos configures Kerberos Constrained Delegation for clients that
+// authenticate with a certificate: the ews_proxy replaces their
+// credentials with a Negotiate header for the user the certificate names.
+// String fields accept placeholders such as {env.ENS_KCD_REALM}.
+//
+// Caddyfile, inside ews_proxy:
+//
+//	kerberos {
+//		realm        CORP.EXAMPLE.TEST
+//		kdc          dc1.corp.example.test dc2.corp.example.test:88
+//		keytab       /etc/ensgate/ensgate.keytab
+//		principal    HTTP/ensgate.corp.example.test
+//		spn          HTTP/mail.corp.example.test
+//		identity     upn email            # certificate fields tried in order
+//		identity_template {user}@corp.example.test
+//		timeout      3s                   # per KDC attempt
+//		renew_before 5m
+//		negative_ttl 1m
+//	}
+type Kerberos struct {
+	Realm     string   `json:"realm,omitempty"`
+	KDCs      []string `json:"kdcs,omitempty"`
+	Keytab    string   `json:"keytab,omitempty"`    // file path
+	Principal string   `json:"principal,omitempty"` // the proxy's, without realm
+	SPN       string   `json:"spn,omitempty"`       // Exchange's
+	// Identity lists the certificate fields to take the user from, in
+	// order: upn (SAN otherName), email (SAN rfc822Name), cn. Default upn.
+	Identity []string `json:"identity,omitempty"`
+	// IdentityTemplate maps the value found, e.g. {user}@corp.example.test.
+	IdentityTemplate string         `json:"identity_template,omitempty"`
+	Timeout          caddy.Duration `json:"timeout,omitempty"`
+	RenewBefore      caddy.Duration `json:"renew_before,omitempty"`
+	NegativeTTL      caddy.Duration `json:"negative_ttl,omitempty"`
+}
+
+// delegator builds the certificate-to-Kerberos delegator, reporting every
+// problem at once.
+func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, error) {
+	repl := caddy.NewReplacer()
+	get := func(v string) string { return strings.TrimSpace(repl.ReplaceKnown(v, "")) }
+	var problems []string
+	var kdcs []string
+	for _, kdc := range k.KDCs {
+		kdcs = append(kdcs, strings.Fields(get(kdc))...)
+	}
+	var kt *keytab.Keytab
+	if path := get(k.Keytab); path == "" {
+		problems = append(problems, "keytab: the path of the proxy principal's keytab is required")
+	} else if loaded, err := keytab.Load(path); err != nil {
+		problems = append(problems, fmt.Sprintf("keytab: %v", err))
+	} else {
+		kt = loaded
+	}
+	sources := k.Identity
+	if len(sources) == 0 {
+		sources = []string{kcd.SourceUPN}
+	}
+	// The template is not a Caddy placeholder: {user} is ours.
+	mapper, err := kcd.NewIdentityMapper(sources, k.IdentityTemplate)
+	if err != nil {
+		problems = append(problems, fmt.Sprintf("identity: %v", err))
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("ews_proxy: kerberos: %s", strings.Join(problems, "; "))
+	}
+	d, err := kcd.New(kcd.Config{
+		Realm:       get(k.Realm),
+		KDCs:        kdcs,
+		Principal:   get(k.Principal),
+		Keytab:      kt,
+		SPN:         get(k.SPN),
+		Timeout:     time.Duration(k.Timeout),
+		RenewBefore: time.Duration(k.RenewBefore),
+		NegativeTTL: time.Duration(k.NegativeTTL),
+		Logger:      log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ews_proxy: kerberos: %w", err)
+	}
+	return &kcd.CertificateDelegator{Identity: mapper, KCD: d}, nil
+}
+
+// parseKerberos reads a kerberos block; d is on the word kerberos.
+func parseKerberos(d *caddyfile.Dispenser) (*Kerberos, error) {
+	k := new(Kerberos)
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return nil, d.Errf("kerberos %s needs a value", option)
+		}
+		single := func(dst *string) error {
+			if len(args) != 1 {
+				return d.Errf("kerberos %s takes one value, got %d", option, len(args))
+			}
+			*dst = args[0]
+			return nil
+		}
+		duration := func(dst *caddy.Duration) error {
+			var v string
+			if err := single(&v); err != nil {
+				return err
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return d.Errf("kerberos %s: %v", option, err)
+			}
+			*dst = caddy.Duration(dur)
+			return nil
+		}
+		var err error
+		switch option {
+		case "realm":
+			err = single(&k.Realm)
+		case "kdc":
+			k.KDCs = append(k.KDCs, args...)
+		case "keytab":
+			err = single(&k.Keytab)
+		case "principal":
+			err = single(&k.Principal)
+		case "spn":
+			err = single(&k.SPN)
+		case "identity":
+			k.Identity = append(k.Identity, args...)
+		case "identity_template":
+			err = single(&k.IdentityTemplate)
+		case "timeout":
+			err = duration(&k.Timeout)
+		case "renew_before":
+			err = duration(&k.RenewBefore)
+		case "negative_ttl":
+			err = duration(&k.NegativeTTL)
+		default:
+			return nil, d.Errf("unrecognized kerberos option %q (realm, kdc, keytab, principal, spn, identity, identity_template, timeout, renew_before, negative_ttl)", option)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return k, nil
+}
