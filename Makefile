@@ -6,7 +6,7 @@ TOOLS     := $(CURDIR)/.tools
 CADDY_VERSION := v2.11.9
 # Fuzz targets that `make test` runs briefly: package:target. A count, not a
 # duration: a timed run can end in "context deadline exceeded" on a busy machine.
-FUZZ_TARGETS ?= ./ews:FuzzParseSendNotification ./ews:FuzzParseResponses ./ews:FuzzParseFingerprint
+FUZZ_TARGETS ?= ./ews:FuzzParseSendNotification ./ews:FuzzParseResponses ./ews:FuzzParseFingerprint ./kcd:FuzzUPNFromSAN
 FUZZ_TIME    ?= 40000x
 
 .PHONY: build demo-tools run test unit fuzz lint bench xcaddy tools clean
@@ -26,7 +26,7 @@ demo-tools:
 test: lint build demo-tools unit fuzz
 
 unit:
-	ENSGATE_BIN=$(CURDIR)/$(BIN) ENSGATE_REQUIRE_POSTGRES=1 $(GO) test -race -count=1 ./...
+	ENSGATE_BIN=$(CURDIR)/$(BIN) ENSGATE_REQUIRE_POSTGRES=1 ENSGATE_REQUIRE_KDC=1 $(GO) test -race -count=1 ./...
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
