@@ -1,0 +1,346 @@
+package kdctest
+
+import (
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jcmturner/gokrb5/v8/keytab"
+)
+
+//go:embed samba_setup.py
+var sambaSetupScript string
+
+// userAccountControl flags (MS-ADTS 2.2.16).
+const (
+	ufNotDelegated                     = 0x100000   // "account is sensitive and cannot be delegated"
+	ufTrustedToAuthenticateForDelegate = 0x1000000  // protocol transition ("use any authentication protocol")
+	aesOnly                            = 0x8 | 0x10 // msDS-SupportedEncryptionTypes: AES128, AES256
+)
+
+var (
+	mainUsed atomic.Bool
+	sambaMu  sync.Mutex
+	sambaDC  *sambaServer
+	sambaErr error
+)
+
+// Run runs the tests and stops the Samba DC they started. Call it from the
+// package's TestMain: func TestMain(m *testing.M) { os.Exit(kdctest.Run(m)) }.
+func Run(m *testing.M) int { return RunFunc(m.Run) }
+
+// RunFunc is Run for a TestMain that already wraps m.Run, e.g. with pgtest:
+//
+//	os.Exit(kdctest.RunFunc(func() int { return pgtest.Run(m) }))
+func RunFunc(run func() int) int {
+	mainUsed.Store(true)
+	defer func() {
+		sambaMu.Lock()
+		defer sambaMu.Unlock()
+		if sambaDC != nil {
+			sambaDC.stop()
+			sambaDC = nil
+		}
+	}()
+	return run()
+}
+
+// Samba returns this test's view of a Samba AD DC shared by the test
+// binary: the DC is provisioned and started on first use (about 4 s) and
+// stopped by Run; each call gets its own counting relay, so Requests counts
+// this test's messages only. Accounts (sAMAccountName, SPNs):
+//
+//   - svc_proxy (HTTP/proxy.corp.example.test): trusted to authenticate for
+//     delegation (protocol transition), msDS-AllowedToDelegateTo
+//     ExchangeSPN; ProxyPrincipal is "svc_proxy";
+//   - svc_untrusted (HTTP/untrusted.corp.example.test):
+//     msDS-AllowedToDelegateTo ExchangeSPN, no protocol transition;
+//   - svc_exchange (ExchangeSPN), svc_other (OtherSPN);
+//   - alice, and bob with "account is sensitive and cannot be delegated";
+//     their UPNs are alice@corp.example.test and bob@corp.example.test.
+//
+// Service accounts have msDS-SupportedEncryptionTypes 24 (AES only). Samba
+// canonicalises enterprise names: S4U2Self for alice@corp.example.test
+// (name type 10) yields tickets for "alice".
+//
+// The DC must run as root. Each one binds its KDC to a loopback address of
+// its own (127.x.y.z) and free ports, and runs only the kdc service, so the
+// DCs of test binaries running in parallel do not meet.
+func Samba(t testing.TB) *Realm {
+	t.Helper()
+	if err := sambaMissing(); err != nil {
+		unavailable(t, err)
+	}
+	if !mainUsed.Load() {
+		t.Fatal("kdctest: call kdctest.Run(m) from TestMain so the Samba DC is stopped")
+	}
+	sambaMu.Lock()
+	if sambaDC == nil && sambaErr == nil {
+		sambaDC, sambaErr = startSamba()
+		if sambaErr == nil {
+			t.Logf("kdctest: Samba AD DC at %s: provisioned in %v, accounts in %v, KDC listening after %v",
+				sambaDC.addr, sambaDC.provisionTime.Round(time.Millisecond),
+				sambaDC.setupTime.Round(time.Millisecond), sambaDC.startTime.Round(time.Millisecond))
+		}
+	}
+	s, err := sambaDC, sambaErr
+	sambaMu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := s.realm // a copy: the keytabs are shared, read-only
+	r.addUser = s.addUser
+	withRelay(t, &r, s.addr, t.TempDir())
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("kdctest: the end of Samba's log\n%s", tail(s.proc.logPath, 40))
+		}
+	})
+	return &r
+}
+
+// sambaMissing says what is missing to run a Samba AD DC, if anything.
+func sambaMissing() error {
+	const install = "apt-get install samba samba-ad-provision samba-dsdb-modules samba-vfs-modules (as .ci/run does)"
+	if os.Geteuid() != 0 {
+		return errors.New("kdctest: a Samba AD DC must run as root")
+	}
+	for _, p := range []string{sambaBin(), "/usr/bin/samba-tool", "/usr/bin/python3", "/usr/share/samba/setup/ad-schema"} {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("kdctest: Samba AD DC is not installed (%v): %s", err, install)
+		}
+	}
+	for _, glob := range []string{"/usr/lib/*/samba/ldb/samba_dsdb.so", "/usr/lib/*/samba/vfs/acl_xattr.so"} {
+		if m, _ := filepath.Glob(glob); len(m) == 0 {
+			return fmt.Errorf("kdctest: Samba AD DC is not installed (no %s): %s", glob, install)
+		}
+	}
+	return nil
+}
+
+func sambaBin() string {
+	if p, err := exec.LookPath("samba"); err == nil {
+		return p
+	}
+	return "/usr/sbin/samba"
+}
+
+type sambaServer struct {
+	dir     string // the provision's target directory, removed by stop
+	smbConf string
+	addr    string // the KDC's own "ip:port" (TCP and UDP)
+	proc    *daemon
+	owner   *os.File // locked while this process lives (see sweepSamba)
+	realm   Realm    // without relay
+
+	mu sync.Mutex // one setup script at a time
+
+	provisionTime, setupTime, startTime time.Duration
+}
+
+// startSamba provisions a domain in a new directory, creates the accounts
+// and starts the DC's KDC.
+func startSamba() (s *sambaServer, err error) {
+	sweepSamba()
+	dir, err := os.MkdirTemp("", sambaDirPrefix) // short: Samba's sockets live below it
+	if err != nil {
+		return nil, err
+	}
+	s = &sambaServer{dir: dir, smbConf: filepath.Join(dir, "etc/smb.conf")}
+	defer func() {
+		if err != nil {
+			s.stop()
+		}
+	}()
+	if s.owner, err = lockOwner(filepath.Join(dir, "owner.lock")); err != nil {
+		return s, err
+	}
+
+	// Every path Samba writes is below dir (the defaults are shared with any
+	// other Samba on the machine: /run/samba/samba.pid would stop a second
+	// DC), and only the kdc service runs.
+	t0 := time.Now()
+	options := map[string]string{
+		"server services":            "kdc",
+		"log file":                   filepath.Join(dir, "log"),
+		"pid directory":              filepath.Join(dir, "run"),
+		"ncalrpc dir":                filepath.Join(dir, "run/ncalrpc"),
+		"winbindd socket directory":  filepath.Join(dir, "run/winbindd"),
+		"ntp signd socket directory": filepath.Join(dir, "run/ntp_signd"),
+	}
+	args := []string{"domain", "provision", "--realm=" + RealmName, "--domain=CORP", "--server-role=dc",
+		"--dns-backend=NONE", "--host-name=kdc", "--targetdir=" + dir, "--adminpass=" + randomPassword()}
+	for k, v := range options {
+		args = append(args, "--option="+k+"="+v)
+	}
+	if err := run(dir, nil, "", "/usr/bin/samba-tool", args...); err != nil {
+		return s, fmt.Errorf("kdctest: Samba provisioning: %w", err)
+	}
+	s.provisionTime = time.Since(t0)
+
+	t0 = time.Now()
+	s.realm = Realm{
+		Kind:                     "samba",
+		Name:                     RealmName,
+		ProxyPrincipal:           "svc_proxy",
+		ProxyKeytabPath:          filepath.Join(dir, "proxy.keytab"),
+		ExchangeSPN:              ExchangeSPN,
+		ExchangeKeytabPath:       filepath.Join(dir, "exchange.keytab"),
+		OtherSPN:                 OtherSPN,
+		User:                     "alice@" + DNSDomain,
+		UserPrincipal:            "alice",
+		UserPassword:             userPassword,
+		SensitiveUser:            "bob@" + DNSDomain,
+		UntrustedProxyPrincipal:  "svc_untrusted",
+		UntrustedProxyKeytabPath: filepath.Join(dir, "untrusted.keytab"),
+	}
+	exchange := []string{ExchangeSPN}
+	err = s.setup(sambaSpec{
+		Accounts: []sambaAccount{
+			{Name: "svc_proxy", Password: randomPassword(), UAC: ufTrustedToAuthenticateForDelegate,
+				SPNs: []string{"HTTP/proxy." + DNSDomain}, DelegateTo: exchange, Enctypes: aesOnly},
+			{Name: "svc_untrusted", Password: randomPassword(),
+				SPNs: []string{"HTTP/untrusted." + DNSDomain}, DelegateTo: exchange, Enctypes: aesOnly},
+			{Name: "svc_exchange", Password: randomPassword(), SPNs: exchange, Enctypes: aesOnly},
+			{Name: "svc_other", Password: randomPassword(), SPNs: []string{OtherSPN}, Enctypes: aesOnly},
+			{Name: "alice", Password: userPassword},
+			{Name: "bob", Password: userPassword, UAC: ufNotDelegated},
+		},
+		Keytabs: []sambaKeytab{
+			{Principal: "svc_proxy", Path: s.realm.ProxyKeytabPath},
+			{Principal: "svc_untrusted", Path: s.realm.UntrustedProxyKeytabPath},
+			// By SPN: the entries are named as the tickets Exchange gets,
+			// with the enctypes msDS-SupportedEncryptionTypes allows.
+			{Principal: ExchangeSPN, Path: s.realm.ExchangeKeytabPath},
+		},
+	})
+	if err != nil {
+		return s, err
+	}
+	for _, kt := range []struct {
+		path string
+		dst  **keytab.Keytab
+	}{{s.realm.ProxyKeytabPath, &s.realm.ProxyKeytab}, {s.realm.UntrustedProxyKeytabPath, &s.realm.UntrustedProxyKeytab}, {s.realm.ExchangeKeytabPath, &s.realm.ExchangeKeytab}} {
+		if *kt.dst, err = loadKeytab(kt.path); err != nil {
+			return s, err
+		}
+	}
+	s.setupTime = time.Since(t0)
+
+	// A loopback address of its own and free ports on it: two DCs (two
+	// test binaries) never want the same socket, and nothing already
+	// listening on a wildcard address (a system smbd, a KDC on *:88) is in
+	// the way. Retried in case another process took a port meanwhile.
+	t0 = time.Now()
+	logPath := filepath.Join(dir, "samba.out")
+	for attempt := 0; ; attempt++ {
+		ip := fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(254), rand.IntN(256), 1+rand.IntN(254))
+		krb5, err1 := freePort(ip)
+		kpasswd, err2 := freePort(ip)
+		if err := errors.Join(err1, err2); err != nil {
+			return s, err
+		}
+		s.addr = fmt.Sprintf("%s:%d", ip, krb5)
+		// -i: foreground, logs to stdout, and exits when stdin closes (when
+		// this process dies); -M single: one process.
+		s.proc, err = startDaemon(logPath, dir, nil, sambaBin(), "-s", s.smbConf, "-i", "-M", "single", "-d", "1",
+			"--option=interfaces="+ip+"/8", "--option=bind interfaces only=yes",
+			fmt.Sprintf("--option=krb5 port=%d", krb5), fmt.Sprintf("--option=kpasswd port=%d", kpasswd))
+		if err != nil {
+			return s, fmt.Errorf("kdctest: start samba: %w", err)
+		}
+		if err = s.proc.waitListening(s.addr, 60*time.Second); err == nil {
+			break
+		}
+		s.proc.stop(5 * time.Second)
+		if attempt == 2 {
+			return s, fmt.Errorf("kdctest: samba %w", err)
+		}
+	}
+	s.startTime = time.Since(t0)
+	return s, nil
+}
+
+type sambaSpec struct {
+	SMBConf  string         `json:"smbconf"`
+	Accounts []sambaAccount `json:"accounts"`
+	Keytabs  []sambaKeytab  `json:"keytabs"`
+}
+
+type sambaAccount struct {
+	Name       string   `json:"name"`
+	Password   string   `json:"password"`
+	UAC        int      `json:"uac,omitempty"`
+	SPNs       []string `json:"spns,omitempty"`
+	DelegateTo []string `json:"delegate_to,omitempty"`
+	Enctypes   int      `json:"enctypes,omitempty"`
+}
+
+type sambaKeytab struct {
+	Principal string `json:"principal"`
+	Path      string `json:"path"`
+}
+
+// setup runs samba_setup.py on the domain's database (the running DC sees
+// the changes at once).
+func (s *sambaServer) setup(spec sambaSpec) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	spec.SMBConf = s.smbConf
+	in, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	script := filepath.Join(s.dir, "setup.py")
+	if err := os.WriteFile(script, []byte(sambaSetupScript), 0o644); err != nil {
+		return err
+	}
+	if err := run(s.dir, nil, string(in), "/usr/bin/python3", script); err != nil {
+		return fmt.Errorf("kdctest: Samba setup: %w", err)
+	}
+	return nil
+}
+
+func (s *sambaServer) addUser(t testing.TB, name string) {
+	t.Helper()
+	if err := s.setup(sambaSpec{Accounts: []sambaAccount{{Name: name, Password: userPassword}}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// stop ends samba and removes its files.
+func (s *sambaServer) stop() {
+	if s.proc != nil {
+		s.proc.stop(10 * time.Second)
+	}
+	if err := os.RemoveAll(s.dir); err != nil {
+		fmt.Fprintf(os.Stderr, "kdctest: %v\n", err)
+	}
+	if s.owner != nil {
+		s.owner.Close()
+	}
+}
+
+const sambaDirPrefix = "kdctest-samba-"
+
+// sweepSamba removes what DCs of test binaries that died without calling
+// stop (a test timeout, a kill) left in the temporary directory; their
+// samba exited with them (its stdin closed). A DC's directory holds the lock
+// of owner.lock while its test binary lives.
+func sweepSamba() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), sambaDirPrefix+"*"))
+	for _, dir := range dirs {
+		if ownerGone(filepath.Join(dir, "owner.lock")) {
+			os.RemoveAll(dir)
+		}
+	}
+}
