@@ -60,7 +60,7 @@ func (e *Error) Error() string {
 		msg += " [KDC error " + errorcode.Lookup(e.Code) + "]"
 	}
 	if e.KDC != "" {
-		msg += " from " + e.KDC
+		msg += " (KDC " + e.KDC + ")"
 	}
 	if e.Err != nil && !errors.Is(e.Err, e.Kind) {
 		msg += ": " + e.Err.Error()
