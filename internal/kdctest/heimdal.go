@@ -55,9 +55,10 @@ const (
 //     forwardable (Heimdal's counterpart of AD's "sensitive" flag).
 //
 // S4U2Self by enterprise name (alice@corp.example.test, name type 10)
-// works through the alias, but Heimdal 7.8 names the user in the resulting
-// tickets as requested (the enterprise name), not as "alice"; requested by
-// NT-PRINCIPAL name "alice" the tickets name "alice".
+// finds alice through the alias; the tickets keep the name as requested
+// (the enterprise name), and carry no PAC. The AS exchange takes "alice"
+// (NT-PRINCIPAL) or the UPN as an enterprise name, not the UPN as an
+// NT-PRINCIPAL; the proxy logs in as HTTP/proxy.corp.example.test.
 func Heimdal(t testing.TB) *Realm {
 	t.Helper()
 	kdc := filepath.Join(HeimdalDir(), "usr/lib/heimdal-servers/kdc")

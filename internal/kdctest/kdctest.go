@@ -2,7 +2,7 @@
 //
 // Heimdal gives each test a KDC of its own (about 0.3 s). Samba provisions
 // one domain controller per test binary, started on first use and stopped
-// by Run (call it from TestMain). Either way the KDC is reached through a
+// by Run or RunFunc (call one from TestMain). Either way the KDC is reached through a
 // counting relay owned by the test, so Requests tells what the KDC was asked.
 //
 // Both realms are CORP.EXAMPLE.TEST with the same cast: a proxy trusted for
@@ -20,6 +20,11 @@
 //	S4U2Proxy to OtherSPN                KDC_ERR_BADOPTION (13)      KDC_ERR_BADOPTION (13)
 //	S4U2Self by the untrusted proxy      ticket NOT forwardable      ticket NOT forwardable
 //	S4U2Proxy by the untrusted proxy     KDC_ERR_BADOPTION (13)      KDC_ERR_BADOPTION (13)
+//	S4U2Self for an unknown user         KDC_ERR_C_PRINCIPAL_UNKNOWN (6), both
+//
+// S4U tickets requested by UPN (enterprise name, type 10) name the user
+// alice@corp.example.test (type 10) on both KDCs; requested by the name
+// "alice" (NT-PRINCIPAL) they name "alice".
 //
 // Without Heimdal (scripts/install-heimdal.sh) or Samba (see .ci/run), or
 // when not root for Samba, tests are skipped, unless ENSGATE_REQUIRE_KDC is
@@ -78,7 +83,7 @@ type Realm struct {
 	OtherSPN           string // exists, but is NOT in the proxy's delegation list
 
 	User          string // UPN of a normal delegable user, "alice@corp.example.test"
-	UserPrincipal string // its name as the KDC canonicalises it, "alice"
+	UserPrincipal string // its account name, "alice" (AS-REQ; S4U by NT-PRINCIPAL name; Samba's PAC logon name)
 	UserPassword  string // for a password login (the same for every user, AddUser's too)
 	SensitiveUser string // UPN of a user that cannot be delegated, "bob@corp.example.test"
 
@@ -95,7 +100,9 @@ type Realm struct {
 }
 
 // Requests returns how many AS-REQ and TGS-REQ messages went through this
-// realm's relay so far (TCP and UDP).
+// realm's relay so far, TCP and UDP (gokrb5 uses TCP only with Krb5Conf;
+// Heimdal's tools try UDP first, and Samba answers big replies there with
+// KRB_ERR_RESPONSE_TOO_BIG, so they count twice).
 func (r *Realm) Requests() (as, tgs int64) {
 	return r.relay.as.Load(), r.relay.tgs.Load()
 }

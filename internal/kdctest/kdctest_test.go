@@ -245,6 +245,15 @@ func forwardable(c *credentials.Credential) bool {
 	return types.IsFlagSet(&c.TicketFlags, flags.Forwardable)
 }
 
+// describe summarises a ticket from kgetcred for failure messages.
+func describe(c *credentials.Credential) string {
+	if c == nil {
+		return "no ticket (the KDC refused)"
+	}
+	return fmt.Sprintf("a ticket for %s to %s, forwardable %v", c.Client.PrincipalName.PrincipalNameString(),
+		c.Server.PrincipalName.PrincipalNameString(), forwardable(c))
+}
+
 // TestDelegation checks the KDCs' constrained delegation setup with
 // Heimdal's kgetcred (S4U2Self, then S4U2Proxy), the positive case down to
 // Exchange's SPNEGO check, and every negative case with its error code.
@@ -264,7 +273,7 @@ func TestDelegation(t *testing.T) {
 		// in her name that Exchange accepts.
 		self := h.s4u2self("proxy", r.ProxyPrincipal, r.UserPrincipal, "alice-self")
 		if self == nil || !forwardable(self) {
-			t.Fatalf("S4U2Self for %s: want a forwardable ticket, got %+v", r.UserPrincipal, self)
+			t.Fatalf("S4U2Self for %s: want a forwardable ticket, got %s", r.UserPrincipal, describe(self))
 		}
 		_, tgs0 := r.Requests()
 		c := h.s4u2proxy("proxy", "alice-self", r.ExchangeSPN, "alice-exchange")
@@ -305,7 +314,7 @@ func TestDelegation(t *testing.T) {
 		sensitive := strings.TrimSuffix(r.SensitiveUser, "@"+DNSDomain)
 		self = h.s4u2self("proxy", r.ProxyPrincipal, sensitive, "bob-self")
 		if self == nil || forwardable(self) {
-			t.Fatalf("S4U2Self for %s (sensitive): want a ticket that is not forwardable, got %+v", sensitive, self)
+			t.Fatalf("S4U2Self for %s (sensitive): want a ticket that is not forwardable, got %s", sensitive, describe(self))
 		}
 		if c := h.s4u2proxy("proxy", "bob-self", r.ExchangeSPN, "bob-exchange"); c != nil {
 			t.Errorf("S4U2Proxy for the sensitive user %s succeeded", sensitive)
@@ -317,7 +326,7 @@ func TestDelegation(t *testing.T) {
 		h.kinit("untrusted", r.UntrustedProxyPrincipal, r.UntrustedProxyKeytabPath)
 		self = h.s4u2self("untrusted", r.UntrustedProxyPrincipal, r.UserPrincipal, "untrusted-self")
 		if self == nil || forwardable(self) {
-			t.Fatalf("S4U2Self by %s: want a ticket that is not forwardable, got %+v", r.UntrustedProxyPrincipal, self)
+			t.Fatalf("S4U2Self by %s: want a ticket that is not forwardable, got %s", r.UntrustedProxyPrincipal, describe(self))
 		}
 		if c := h.s4u2proxy("untrusted", "untrusted-self", r.ExchangeSPN, "untrusted-exchange"); c != nil {
 			t.Errorf("S4U2Proxy by %s succeeded", r.UntrustedProxyPrincipal)
@@ -350,7 +359,7 @@ func TestAddUser(t *testing.T) {
 		h.kinit("proxy", r.ProxyPrincipal, r.ProxyKeytabPath)
 		self := h.s4u2self("proxy", r.ProxyPrincipal, name, "self")
 		if self == nil || !forwardable(self) {
-			t.Fatalf("S4U2Self for the new user: want a forwardable ticket, got %+v", self)
+			t.Fatalf("S4U2Self for the new user: want a forwardable ticket, got %s", describe(self))
 		}
 		if h.s4u2proxy("proxy", "self", r.ExchangeSPN, "exchange") == nil {
 			t.Fatal("S4U2Proxy for the new user failed")

@@ -68,9 +68,13 @@ func RunFunc(run func() int) int {
 //   - alice, and bob with "account is sensitive and cannot be delegated";
 //     their UPNs are alice@corp.example.test and bob@corp.example.test.
 //
-// Service accounts have msDS-SupportedEncryptionTypes 24 (AES only). Samba
-// canonicalises enterprise names: S4U2Self for alice@corp.example.test
-// (name type 10) yields tickets for "alice".
+// Service accounts have msDS-SupportedEncryptionTypes 24 (AES only).
+// S4U2Self by enterprise name (alice@corp.example.test, name type 10)
+// yields tickets that keep that client name, with a PAC whose logon name is
+// "alice" (gokrb5's service side reports UserName "alice" from it). AS-REQs
+// take "svc_proxy", "svc_proxy@corp.example.test" (UPN as NT-PRINCIPAL),
+// "alice", "ALICE", "alice@corp.example.test", but not an SPN such as
+// "HTTP/proxy.corp.example.test" as the client name.
 //
 // The DC must run as root. Each one binds its KDC to a loopback address of
 // its own (127.x.y.z) and free ports, and runs only the kdc service, so the
@@ -81,7 +85,7 @@ func Samba(t testing.TB) *Realm {
 		unavailable(t, err)
 	}
 	if !mainUsed.Load() {
-		t.Fatal("kdctest: call kdctest.Run(m) from TestMain so the Samba DC is stopped")
+		t.Fatal("kdctest: call kdctest.Run(m) (or RunFunc) from TestMain so the Samba DC is stopped")
 	}
 	sambaMu.Lock()
 	if sambaDC == nil && sambaErr == nil {
@@ -102,7 +106,7 @@ func Samba(t testing.TB) *Realm {
 	withRelay(t, &r, s.addr, t.TempDir())
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("kdctest: the end of Samba's log\n%s", tail(s.proc.logPath, 40))
+			t.Logf("kdctest: the end of Samba's log (shared by the tests)\n%s", tail(s.proc.logPath, 60))
 		}
 	})
 	return &r
@@ -251,8 +255,9 @@ func startSamba() (s *sambaServer, err error) {
 		}
 		s.addr = fmt.Sprintf("%s:%d", ip, krb5)
 		// -i: foreground, logs to stdout, and exits when stdin closes (when
-		// this process dies); -M single: one process.
-		s.proc, err = startDaemon(logPath, dir, nil, sambaBin(), "-s", s.smbConf, "-i", "-M", "single", "-d", "1",
+		// this process dies); -M single: one process; -d 3 logs each KDC
+		// request and its outcome.
+		s.proc, err = startDaemon(logPath, dir, nil, sambaBin(), "-s", s.smbConf, "-i", "-M", "single", "-d", "3",
 			"--option=interfaces="+ip+"/8", "--option=bind interfaces only=yes",
 			fmt.Sprintf("--option=krb5 port=%d", krb5), fmt.Sprintf("--option=kpasswd port=%d", kpasswd))
 		if err != nil {
