@@ -103,7 +103,7 @@ func trustedBy(t *testing.T, bundle string) []*x509.Certificate {
 			certs = append(certs, c)
 		}
 	}
-	if len(certs) < 2 || certs[len(certs)-1].Subject.CommonName != "apnsfake test CA" {
+	if len(certs) < 2 || certs[len(certs)-1].Subject.CommonName != "ensgate test CA" {
 		t.Fatalf("bundle of %d certificates: want the system roots, then the sinks' CA", len(certs))
 	}
 	return certs[len(certs)-1:]
