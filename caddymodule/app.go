@@ -320,6 +320,15 @@ func (a *App) Start() error {
 		defer close(a.cacheDone)
 		a.compliance.Run(cacheCtx)
 	}()
+	// With the database up, serve /EWS only once compliance is known, so a
+	// node joining the load balancer does not answer 503 meanwhile.
+	if err == nil {
+		select {
+		case <-a.compliance.Loaded():
+		case <-ctx.Done():
+			a.logger.Warn("device compliance not loaded yet; /EWS answers 503 until it is")
+		}
+	}
 	return nil
 }
 

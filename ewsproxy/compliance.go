@@ -25,6 +25,9 @@ type Compliance struct {
 	mu     sync.RWMutex
 	states map[string][]tenantState // by device id; one entry per tenant that knows the device
 	loaded bool                     // false until the first full load, and after a lost listener
+
+	firstLoad     chan struct{} // closed by the first full load
+	firstLoadOnce sync.Once
 }
 
 // tenantState is kept small: a node holds one per known device.
@@ -35,8 +38,12 @@ type tenantState struct {
 
 // NewCompliance returns an empty cache; Run fills and follows it.
 func NewCompliance(s *store.Store, log *slog.Logger) *Compliance {
-	return &Compliance{store: s, log: log, states: map[string][]tenantState{}}
+	return &Compliance{store: s, log: log, states: map[string][]tenantState{}, firstLoad: make(chan struct{})}
 }
+
+// Loaded is closed once the states have been loaded for the first time, so
+// a node can wait for it before serving (until then it answers 503).
+func (c *Compliance) Loaded() <-chan struct{} { return c.firstLoad }
 
 // ErrComplianceUnknown means the states could not be loaded (the database
 // is unreachable): the proxy fails closed rather than guess.
@@ -88,6 +95,7 @@ func (c *Compliance) reload(ctx context.Context) {
 			c.mu.Lock()
 			c.states, c.loaded = states, true
 			c.mu.Unlock()
+			c.firstLoadOnce.Do(func() { close(c.firstLoad) })
 			return
 		}
 		c.log.Warn("loading device compliance", slog.Any("error", err))

@@ -45,10 +45,14 @@ func runCompliance(t *testing.T, s *store.Store) *ewsproxy.Compliance {
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	waitUntil(t, "the first load", func() bool {
-		_, err := c.State(store.DeviceKey{DeviceID: "x"})
-		return err == nil
-	})
+	select {
+	case <-c.Loaded():
+	case <-time.After(5 * time.Second):
+		t.Fatal("timed out waiting for the first load")
+	}
+	if _, err := c.State(store.DeviceKey{DeviceID: "x"}); err != nil {
+		t.Fatalf("loaded, yet: %v", err)
+	}
 	return c
 }
 
