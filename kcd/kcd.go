@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jcmturner/gokrb5/v8/credentials"
+	"github.com/jcmturner/gokrb5/v8/iana/errorcode"
 	"github.com/jcmturner/gokrb5/v8/keytab"
 	"github.com/jcmturner/gokrb5/v8/types"
 	"golang.org/x/sync/singleflight"
@@ -230,9 +231,14 @@ func (d *Delegator) delegate(ctx context.Context, user string) (*serviceTicket, 
 }
 
 // staleTGT reports KDC errors that a fresh TGT cures: the TGT expired, or
-// the krbtgt key changed since it was issued.
+// the krbtgt key changed since it was issued (the KDC cannot read it).
 func staleTGT(code int32) bool {
-	return code == 32 || code == 41 || code == 44 // KRB_AP_ERR_TKT_EXPIRED, _MODIFIED, _BADKEYVER
+	switch code {
+	case errorcode.KRB_AP_ERR_BAD_INTEGRITY, errorcode.KRB_AP_ERR_TKT_EXPIRED,
+		errorcode.KRB_AP_ERR_MODIFIED, errorcode.KRB_AP_ERR_BADKEYVER:
+		return true
+	}
+	return false
 }
 
 // loginTGT returns the proxy's TGT, logging in when it is missing or in

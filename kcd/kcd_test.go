@@ -1,0 +1,483 @@
+package kcd
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jcmturner/gokrb5/v8/credentials"
+	"github.com/jcmturner/gokrb5/v8/keytab"
+	"github.com/jcmturner/gokrb5/v8/service"
+	"github.com/jcmturner/gokrb5/v8/spnego"
+
+	"github.com/ensgate/ensgate/internal/kdctest"
+)
+
+func TestMain(m *testing.M) { os.Exit(kdctest.Run(m)) }
+
+// eachKDC runs f against Heimdal and against a Samba AD DC.
+func eachKDC(t *testing.T, f func(t *testing.T, r *kdctest.Realm)) {
+	t.Run("heimdal", func(t *testing.T) { f(t, kdctest.Heimdal(t)) })
+	t.Run("samba", func(t *testing.T) { f(t, kdctest.Samba(t)) })
+}
+
+func newDelegator(t *testing.T, r *kdctest.Realm, change func(*Config)) *Delegator {
+	t.Helper()
+	cfg := Config{
+		Realm:     r.Name,
+		KDCs:      r.KDCs,
+		Principal: r.ProxyPrincipal,
+		Keytab:    r.ProxyKeytab,
+		SPN:       r.ExchangeSPN,
+		Logger:    slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+	}
+	if change != nil {
+		change(&cfg)
+	}
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+// exchange verifies a Negotiate header as Exchange would, with its service
+// keytab (and gokrb5's replay cache), and returns the authenticated client.
+func exchange(t testing.TB, r *kdctest.Realm, header string) (*credentials.Credentials, error) {
+	t.Helper()
+	b64, ok := strings.CutPrefix(header, "Negotiate ")
+	if !ok {
+		t.Fatalf("not a Negotiate header: %.20q", header)
+	}
+	raw, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok spnego.SPNEGOToken
+	if err := tok.Unmarshal(raw); err != nil || !tok.Init {
+		t.Fatalf("not a SPNEGO NegTokenInit: %v", err)
+	}
+	var mech spnego.KRB5Token
+	if err := mech.Unmarshal(tok.NegTokenInit.MechTokenBytes); err != nil || !mech.IsAPReq() {
+		t.Fatalf("no Kerberos AP-REQ: %v", err)
+	}
+	settings := service.NewSettings(r.ExchangeKeytab, service.DecodePAC(false), service.KeytabPrincipal(r.ExchangeSPN))
+	ok, creds, err := service.VerifyAPREQ(&mech.APReq, settings)
+	if err == nil && !ok {
+		err = errors.New("not verified")
+	}
+	return creds, err
+}
+
+// requests counts the KDC requests made by f.
+func requests(r *kdctest.Realm, f func()) (as, tgs int64) {
+	as0, tgs0 := r.Requests()
+	f()
+	as1, tgs1 := r.Requests()
+	return as1 - as0, tgs1 - tgs0
+}
+
+func TestDelegatedTicketAuthenticatesTheUser(t *testing.T) {
+	eachKDC(t, func(t *testing.T, r *kdctest.Realm) {
+		d := newDelegator(t, r, nil)
+		for _, name := range []string{r.User, r.UserPrincipal} {
+			h, err := d.Negotiate(context.Background(), name)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			creds, err := exchange(t, r, h)
+			if err != nil {
+				t.Fatalf("Exchange refused the header: %v", err)
+			}
+			// Active Directory canonicalises an enterprise name to the
+			// account name; Heimdal keeps the UPN as the client name.
+			user := creds.UserName()
+			if !strings.EqualFold(creds.Domain(), r.Name) || !strings.EqualFold(user, r.UserPrincipal) && !strings.EqualFold(user, r.User) {
+				t.Errorf("Exchange sees %s in %s, want %s or %s in %s", user, creds.Domain(), r.UserPrincipal, r.User, r.Name)
+			}
+		}
+	})
+}
+
+func TestOneS4UPairPerUserPerTicketLifetime(t *testing.T) {
+	eachKDC(t, func(t *testing.T, r *kdctest.Realm) {
+		d := newDelegator(t, r, nil)
+		ctx := context.Background()
+		var mu sync.Mutex
+		headers := map[string]bool{}
+		as, tgs := requests(r, func() {
+			var wg sync.WaitGroup
+			for range 16 {
+				wg.Go(func() {
+					for range 8 {
+						h, err := d.Negotiate(ctx, r.User)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						mu.Lock()
+						headers[h] = true
+						mu.Unlock()
+					}
+				})
+			}
+			wg.Wait()
+		})
+		// One AS exchange (two requests: the first learns the
+		// pre-authentication type) and one S4U2Self + S4U2Proxy pair.
+		if tgs != 2 || as < 1 || as > 2 {
+			t.Errorf("128 requests for one user made %d AS-REQ and %d TGS-REQ, want 1-2 and 2", as, tgs)
+		}
+		if len(headers) != 128 {
+			t.Errorf("%d distinct headers for 128 requests: authenticators must be fresh", len(headers))
+		}
+		for h := range headers {
+			if _, err := exchange(t, r, h); err != nil {
+				t.Fatalf("Exchange refused a header from the cache: %v", err)
+			}
+		}
+
+		// Another user costs one more pair, not a login.
+		other := r.AddUser(t, "carol")
+		as, tgs = requests(r, func() {
+			if _, err := d.Negotiate(ctx, other); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if as != 0 || tgs != 2 {
+			t.Errorf("a second user made %d AS-REQ and %d TGS-REQ, want 0 and 2", as, tgs)
+		}
+
+		// When a ticket is due for renewal, the next request gets a new one.
+		d.mu.Lock()
+		for _, e := range d.tickets {
+			e.refresh = time.Now().Add(-time.Second)
+		}
+		d.mu.Unlock()
+		_, tgs = requests(r, func() {
+			h, err := d.Negotiate(ctx, r.User)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := exchange(t, r, h); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if tgs != 2 {
+			t.Errorf("renewing a ticket made %d TGS-REQ, want 2", tgs)
+		}
+	})
+}
+
+func TestRefreshTime(t *testing.T) {
+	d := &Delegator{cfg: Config{RenewBefore: 5 * time.Minute}}
+	start := time.Date(2026, 1, 1, 8, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		life, want time.Duration
+	}{
+		{10 * time.Hour, 10*time.Hour - 5*time.Minute},
+		{10 * time.Minute, 5 * time.Minute},
+		{4 * time.Minute, 2 * time.Minute},
+	} {
+		got := d.refreshTime(&credential{start: start, end: start.Add(tc.life)})
+		if got.Sub(start) != tc.want {
+			t.Errorf("lifetime %v: refreshed after %v, want %v", tc.life, got.Sub(start), tc.want)
+		}
+	}
+}
+
+func TestDelegationErrors(t *testing.T) {
+	eachKDC(t, func(t *testing.T, r *kdctest.Realm) {
+		ctx := context.Background()
+		for _, tc := range []struct {
+			name   string
+			change func(*Config)
+			user   string
+			want   error
+			status int
+		}{
+			{"unknown user", nil, "nobody@" + strings.ToLower(r.Name), ErrUnknownPrincipal, 403},
+			{"SPN not in the delegation list", func(c *Config) { c.SPN = r.OtherSPN }, r.User, ErrBadOption, 502},
+			{"sensitive user", nil, r.SensitiveUser, ErrNotForwardable, 403},
+			{"proxy not trusted for protocol transition", func(c *Config) {
+				c.Principal, c.Keytab = r.UntrustedProxyPrincipal, r.UntrustedProxyKeytab
+			}, r.User, ErrNotForwardable, 403},
+			{"clock skew", func(c *Config) { c.now = func() time.Time { return time.Now().Add(time.Hour) } }, r.User, ErrClockSkew, 502},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				d := newDelegator(t, r, tc.change)
+				_, err := d.Negotiate(ctx, tc.user)
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("error %v, want %v", err, tc.want)
+				}
+				var e *Error
+				if !errors.As(err, &e) || e.HTTPStatus() != tc.status {
+					t.Fatalf("error %#v: want an *Error with HTTP status %d", err, tc.status)
+				}
+				if strings.Contains(strings.ToLower(err.Error()), strings.ToLower(strings.Split(tc.user, "@")[0])) {
+					t.Errorf("the error names the user: %v", err)
+				}
+				// Users the KDC refused are answered from the cache for a
+				// while; gateway-side failures are retried.
+				as, tgs := requests(r, func() {
+					if _, err := d.Negotiate(ctx, tc.user); !errors.Is(err, tc.want) {
+						t.Errorf("second attempt: %v", err)
+					}
+				})
+				cached := tc.status == 403
+				if cached && as+tgs != 0 {
+					t.Errorf("a refused user was asked again: %d AS-REQ, %d TGS-REQ", as, tgs)
+				}
+				if !cached && as+tgs == 0 {
+					t.Error("a gateway-side failure was cached")
+				}
+			})
+		}
+	})
+}
+
+// silentKDC accepts connections and never answers.
+func silentKDC(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return l.Addr().String()
+}
+
+// closedPort is an address nothing listens on.
+func closedPort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+func TestKDCFailoverAndOutages(t *testing.T) {
+	r := kdctest.Heimdal(t)
+	ctx := context.Background()
+
+	t.Run("first KDC down, second answers", func(t *testing.T) {
+		d := newDelegator(t, r, func(c *Config) {
+			c.KDCs = append([]string{closedPort(t), silentKDC(t)}, r.KDCs...)
+			c.Timeout = 200 * time.Millisecond
+		})
+		h, err := d.Negotiate(ctx, r.User)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := exchange(t, r, h); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("all KDCs down", func(t *testing.T) {
+		d := newDelegator(t, r, func(c *Config) { c.KDCs = []string{closedPort(t), silentKDC(t)}; c.Timeout = 200 * time.Millisecond })
+		start := time.Now()
+		_, err := d.Negotiate(ctx, r.User)
+		if !errors.Is(err, ErrKDCUnreachable) {
+			t.Fatalf("error %v, want ErrKDCUnreachable", err)
+		}
+		var e *Error
+		if !errors.As(err, &e) || e.HTTPStatus() != http.StatusBadGateway || e.Step != StepLogin {
+			t.Fatalf("error %#v, want a 502 at the login step", err)
+		}
+		// Bounded by the per-KDC timeout, not a hang (generous for CI).
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("took %v with a 200 ms timeout per KDC", took)
+		}
+	})
+
+	t.Run("the caller's deadline wins", func(t *testing.T) {
+		d := newDelegator(t, r, func(c *Config) { c.KDCs = []string{silentKDC(t)}; c.Timeout = time.Minute })
+		ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		if _, err := d.Negotiate(ctx, r.User); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("error %v, want the context's", err)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("took %v with a 100 ms deadline", took)
+		}
+	})
+
+	t.Run("cached tickets outlive a KDC outage", func(t *testing.T) {
+		d := newDelegator(t, r, nil)
+		if _, err := d.Negotiate(ctx, r.User); err != nil {
+			t.Fatal(err)
+		}
+		d.x.kdc.kdcs = []string{closedPort(t)}
+		h, err := d.Negotiate(ctx, r.User)
+		if err != nil {
+			t.Fatalf("cached ticket not used while the KDC is down: %v", err)
+		}
+		if _, err := exchange(t, r, h); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestNewReportsEveryProblem(t *testing.T) {
+	_, err := New(Config{KDCs: []string{"[::1"}, Principal: "HTTP/proxy@REALM", SPN: "exchange"})
+	if err == nil {
+		t.Fatal("accepted an empty configuration")
+	}
+	for _, want := range []string{"realm", "KDC", "principal", "SPN", "keytab"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+// BenchmarkNegotiate splits a cached request's Kerberos cost: the
+// gateway's share (a fresh authenticator, encrypted, in a SPNEGO token),
+// and that plus Exchange's share (gokrb5's ticket and authenticator check
+// with the service keytab, and its replay cache), as the simulator does it;
+// and measures a cache miss (S4U2Self + S4U2Proxy with a local Heimdal).
+func BenchmarkNegotiate(b *testing.B) {
+	r := kdctest.Heimdal(b)
+	d, err := New(Config{Realm: r.Name, KDCs: r.KDCs, Principal: r.ProxyPrincipal, Keytab: r.ProxyKeytab, SPN: r.ExchangeSPN})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := d.Negotiate(ctx, r.User); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("cached", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := d.Negotiate(ctx, r.User); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("cached_and_verified", func(b *testing.B) {
+		for b.Loop() {
+			h, err := d.Negotiate(ctx, r.User)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := exchange(b, r, h); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("miss", func(b *testing.B) {
+		for b.Loop() {
+			d.mu.Lock()
+			clear(d.tickets)
+			d.mu.Unlock()
+			if _, err := d.Negotiate(ctx, r.User); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func TestTheProxysTGT(t *testing.T) {
+	r := kdctest.Heimdal(t)
+	ctx := context.Background()
+	d := newDelegator(t, r, nil)
+	if _, err := d.Negotiate(ctx, r.User); err != nil {
+		t.Fatal(err)
+	}
+	// age moves the TGT's lifetime back by the given share of it.
+	age := func(share float64) {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		by := time.Duration(share * float64(d.tgt.end.Sub(d.tgt.start)))
+		d.tgt.start, d.tgt.end = d.tgt.start.Add(-by), d.tgt.end.Add(-by)
+	}
+	newUser := func(name string) (as, tgs int64) {
+		user := r.AddUser(t, name)
+		return requests(r, func() {
+			h, err := d.Negotiate(ctx, user)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := exchange(t, r, h); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+
+	t.Run("used for its first two thirds", func(t *testing.T) {
+		age(0.6)
+		if as, tgs := newUser("dave"); as != 0 || tgs != 2 {
+			t.Errorf("%d AS-REQ, %d TGS-REQ; want 0 and 2", as, tgs)
+		}
+	})
+	t.Run("renewed in its last third", func(t *testing.T) {
+		age(0.1)
+		if as, tgs := newUser("erin"); as == 0 || tgs != 2 {
+			t.Errorf("%d AS-REQ, %d TGS-REQ; want a login and 2", as, tgs)
+		}
+	})
+	t.Run("kept while a login fails and it is still valid", func(t *testing.T) {
+		age(0.7)
+		wrong := keytab.New() // as after the account's password changed
+		if err := wrong.AddEntry(r.ProxyPrincipal, r.Name, "not the password", time.Now(), 1, 18); err != nil {
+			t.Fatal(err)
+		}
+		good := d.x.creds
+		d.x.creds = credentials.New(r.ProxyPrincipal, r.Name).WithKeytab(wrong)
+		defer func() { d.x.creds = good }()
+		if as, tgs := newUser("frank"); as == 0 || tgs != 2 {
+			t.Errorf("%d AS-REQ, %d TGS-REQ; want a failed login, then 2 with the old TGT", as, tgs)
+		}
+	})
+	t.Run("replaced when the KDC cannot read it", func(t *testing.T) {
+		// A TGT from another KDC of the same realm name, as after a
+		// krbtgt key change.
+		other := newDelegator(t, kdctest.Heimdal(t), nil)
+		foreign, err := other.loginTGT(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.mu.Lock()
+		d.tgt = foreign
+		d.mu.Unlock()
+		if as, tgs := newUser("grace"); as == 0 || tgs != 3 {
+			t.Errorf("%d AS-REQ, %d TGS-REQ; want a login and 3 (one refused)", as, tgs)
+		}
+	})
+}
