@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ensgate/ensgate/internal/kdctest"
 	"github.com/ensgate/ensgate/internal/pgtest"
 )
 
@@ -43,7 +44,9 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
-	return pgtest.Run(m)
+	// The Samba DC (started by the first KCD test) and PostgreSQL are
+	// both stopped when the tests end.
+	return kdctest.RunFunc(func() int { return pgtest.Run(m) })
 }
 
 // repoRoot is where Caddyfile.example and scripts/ live.

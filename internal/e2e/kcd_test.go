@@ -1,0 +1,273 @@
+package e2e
+
+import (
+	"crypto/tls"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/internal/kdctest"
+	"github.com/ensgate/ensgate/internal/pgtest"
+	"github.com/ensgate/ensgate/internal/syncbuf"
+	"github.com/ensgate/ensgate/internal/testca"
+)
+
+// kcdGateway is bin/ensgate serving HTTPS with optional client certificates
+// (tls client_auth verify_if_given) and ews_proxy with a kerberos block,
+// in front of sim.
+type kcdGateway struct {
+	base string     // https://127.0.0.1:port
+	ca   *testca.CA // issued the server's and the clients' certificates
+	logs *syncbuf.Buffer
+}
+
+func startKCDGateway(t testing.TB, r *kdctest.Realm, sim *ewssim.TestServer) *kcdGateway {
+	t.Helper()
+	dbURL := pgtest.NewDatabase(t)
+	if res := cli(t, []string{"DATABASE_URL=" + dbURL}, "ens", "migrate"); res.code != 0 {
+		t.Fatalf("migrate: %+v", res)
+	}
+	ca, err := testca.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	server, err := ca.IssueServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverPEM, err := testca.WritePEM(dir, "server", server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caPEM, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A host name, not an IP: with client_auth, Caddy requires the TLS
+	// server name to match the Host header (strict SNI), and IPs send none.
+	_, port, _ := strings.Cut(freeAddr(t), ":")
+	listen := "localhost:" + port
+	caddyfile := fmt.Sprintf(`{
+	admin %s
+	auto_https disable_redirects
+	ens {
+		database_url {env.DATABASE_URL}
+		master_key {env.ENS_MASTER_KEY}
+		public_url https://%s
+	}
+}
+https://%s {
+	bind 127.0.0.1
+	tls %s %s {
+		client_auth {
+			mode verify_if_given
+			trust_pool file %s
+		}
+	}
+	log_skip
+	handle /EWS/* {
+		ews_proxy %s {
+			unknown_devices allow
+			kerberos {
+				realm %s
+				kdc %s
+				keytab %s
+				principal %s
+				spn %s
+				identity upn
+			}
+		}
+	}
+}
+`, freeAddr(t), listen, listen, serverPEM, serverPEM, caPEM, sim.URL,
+		r.Name, strings.Join(r.KDCs, " "), r.ProxyKeytabPath, r.ProxyPrincipal, r.ExchangeSPN)
+	file := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(file, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(ensgate, "run", "--config", file, "--adapter", "caddyfile")
+	cmd.Env = append(baseEnv(), "DATABASE_URL="+dbURL, "ENS_MASTER_KEY="+randomKey(t))
+	g := &kcdGateway{base: "https://" + listen, ca: ca, logs: new(syncbuf.Buffer)}
+	cmd.Stdout, cmd.Stderr = g.logs, g.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("ensgate output:\n%s", g.logs.String())
+		}
+	})
+	client := g.client(t, nil)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := client.Get(g.base + "/EWS/Exchange.asmx")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway not up after 30 s: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return g
+}
+
+// client trusts the gateway and presents cert, if any.
+func (g *kcdGateway) client(t testing.TB, cert *tls.Certificate) *http.Client {
+	cfg := &tls.Config{RootCAs: g.ca.Pool}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 16}, Timeout: 30 * time.Second}
+}
+
+// clientCert is a certificate for the given UPN (none if empty) with CN name.
+func (g *kcdGateway) clientCert(t testing.TB, name, upn string) *tls.Certificate {
+	c, err := g.ca.IssueClient(pkix.Name{CommonName: name}, upn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &c
+}
+
+func postGetFolder(t testing.TB, c *http.Client, url, authorization string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(getFolder))
+	req.Header.Set("Content-Type", "text/xml; charset=utf-8")
+	if authorization != "" {
+		req.Header.Set("Authorization", authorization)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(body)
+}
+
+// TestCertificateClientsReachExchangeAsTheirUser: a client certificate with
+// a UPN, through bin/ensgate, becomes a Kerberos ticket from a real KDC
+// that the simulator (with Exchange's keytab) accepts as that user.
+func TestCertificateClientsReachExchangeAsTheirUser(t *testing.T) {
+	for _, kdc := range []struct {
+		name  string
+		start func(testing.TB) *kdctest.Realm
+	}{{"heimdal", kdctest.Heimdal}, {"samba", kdctest.Samba}} {
+		t.Run(kdc.name, func(t *testing.T) {
+			r := kdc.start(t)
+			alice, bob := strings.ToLower(r.User), "bob@"+strings.ToLower(r.Name)
+			sim := ewssim.Start(t, ewssim.Config{
+				Keytab: r.ExchangeKeytab,
+				SPN:    r.ExchangeSPN,
+				Users:  []ewssim.User{{Address: alice, Password: "alice-pw"}, {Address: bob, Password: "bob-pw"}},
+			})
+			// Alice's Inbox is told apart from Bob's by its unread count.
+			for i := range 3 {
+				if _, err := sim.Deliver(alice, ewssim.Mail{From: "carol@example.test", Subject: fmt.Sprint("mail ", i)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			g := startKCDGateway(t, r, sim)
+			ews := g.base + "/EWS/Exchange.asmx"
+			cba := g.client(t, g.clientCert(t, "Alice", r.User))
+
+			as0, tgs0 := r.Requests()
+			negotiated := sim.Counters().Auth["negotiate_ok"]
+			for i := range 20 {
+				// The client's own credentials are replaced, whatever they are.
+				resp, body := postGetFolder(t, cba, ews, "Basic Ym9iQGV4YW1wbGU6Ym9iLXB3")
+				if resp.StatusCode != 200 || !strings.Contains(body, "<t:UnreadCount>3</t:UnreadCount>") {
+					t.Fatalf("request %d with Alice's certificate: %d %.300s", i, resp.StatusCode, body)
+				}
+			}
+			if n := sim.Counters().Auth["negotiate_ok"] - negotiated; n != 20 {
+				t.Errorf("Exchange authenticated %d of 20 requests by Kerberos", n)
+			}
+			as1, tgs1 := r.Requests()
+			// One login (AS, two requests with pre-authentication) and one
+			// S4U2Self + S4U2Proxy pair for 20 requests.
+			if tgs1-tgs0 != 2 || as1-as0 > 2 {
+				t.Errorf("20 requests made %d AS-REQ and %d TGS-REQ, want at most 2 and exactly 2", as1-as0, tgs1-tgs0)
+			}
+
+			// Without a certificate, Basic passes and no Negotiate is offered.
+			plain := g.client(t, nil)
+			resp, body := postGetFolder(t, plain, ews, "Basic "+basicAuth(bob, "bob-pw"))
+			if resp.StatusCode != 200 || !strings.Contains(body, "<t:UnreadCount>0</t:UnreadCount>") {
+				t.Errorf("Bob with Basic: %d %.300s", resp.StatusCode, body)
+			}
+			resp, _ = postGetFolder(t, plain, ews, "")
+			if got := resp.Header.Values("WWW-Authenticate"); resp.StatusCode != 401 || len(got) != 1 || !strings.HasPrefix(got[0], "Basic ") {
+				t.Errorf("no credentials: %d, challenges %q (Negotiate is only for certificate clients)", resp.StatusCode, got)
+			}
+
+			// Certificates that name nobody the KDC can delegate get 403
+			// and never reach Exchange.
+			before := sim.Counters().Requests["GetFolder"]
+			for _, tc := range []struct{ name, upn string }{
+				{"no UPN", ""},
+				{"unknown user", "nobody@" + strings.ToLower(r.Name)},
+				{"sensitive user", r.SensitiveUser},
+			} {
+				resp, body := postGetFolder(t, g.client(t, g.clientCert(t, tc.name, tc.upn)), ews, "")
+				if resp.StatusCode != 403 || !strings.Contains(body, "ErrorAccessDenied") {
+					t.Errorf("%s: %d %.300s", tc.name, resp.StatusCode, body)
+				}
+			}
+			if n := sim.Counters().Requests["GetFolder"] - before; n != 0 {
+				t.Errorf("refused certificates reached Exchange %d times", n)
+			}
+			// Each cause has its own log line, and no line names a user.
+			// (The gateway's output reaches the buffer through a pipe.)
+			var logs string
+			for _, want := range []string{"the certificate names no user", "the KDC does not know the user", "the S4U2Self ticket is not forwardable"} {
+				for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+					if logs = g.logs.String(); strings.Contains(logs, want) {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Errorf("no log line says %q", want)
+						break
+					}
+				}
+			}
+			for _, user := range []string{"alice@", "bob@", "nobody@"} {
+				if strings.Contains(strings.ToLower(logs), user) {
+					t.Errorf("the gateway's log names a user (%s…)", user)
+				}
+			}
+			// A certificate from another CA is not verified: no delegation.
+			other, err := testca.NewCA()
+			if err != nil {
+				t.Fatal(err)
+			}
+			foreign, err := other.IssueClient(pkix.Name{CommonName: "Mallory"}, r.User)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req, _ := http.NewRequest("POST", ews, strings.NewReader(getFolder))
+			if resp, err := g.client(t, &foreign).Do(req); err == nil {
+				resp.Body.Close()
+				t.Errorf("a certificate from an untrusted CA was accepted: %d", resp.StatusCode)
+			}
+		})
+	}
+}
+
+func basicAuth(user, password string) string {
+	return base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
+}
