@@ -1,9 +1,9 @@
 package ens
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ensgate/ensgate/internal/promreg"
 )
 
 // Metrics carry outcomes only: never an address, a token or content.
@@ -25,13 +25,5 @@ var (
 // Register adds ENS's metrics to reg; registering twice (a config reload)
 // is fine.
 func Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{notifications, registrations, keyPoolFree} {
-		if err := reg.Register(c); err != nil {
-			var already prometheus.AlreadyRegisteredError
-			if !errors.As(err, &already) {
-				return err
-			}
-		}
-	}
-	return nil
+	return promreg.Register(reg, notifications, registrations, keyPoolFree)
 }

@@ -1,9 +1,9 @@
 package ewsproxy
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ensgate/ensgate/internal/promreg"
 )
 
 // requests counts EWS requests by operation and by what the proxy did.
@@ -17,13 +17,7 @@ var requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 // Register adds the proxy's metrics to reg; registering twice (a config
 // reload) is fine.
 func Register(reg prometheus.Registerer) error {
-	if err := reg.Register(requests); err != nil {
-		var already prometheus.AlreadyRegisteredError
-		if !errors.As(err, &already) {
-			return err
-		}
-	}
-	return nil
+	return promreg.Register(reg, requests)
 }
 
 // operationLabel keeps the label set bounded: known EWS operations by

@@ -1,11 +1,12 @@
 package kcd
 
 import (
-	"errors"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ensgate/ensgate/internal/promreg"
 )
 
 var (
@@ -27,15 +28,7 @@ var (
 // Register adds the delegation metrics to reg; registering twice (a config
 // reload) is fine.
 func Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{cacheLookups, kdcRequests, kdcErrors} {
-		if err := reg.Register(c); err != nil {
-			var already prometheus.AlreadyRegisteredError
-			if !errors.As(err, &already) {
-				return err
-			}
-		}
-	}
-	return nil
+	return promreg.Register(reg, cacheLookups, kdcRequests, kdcErrors)
 }
 
 // observeKDC records how long one KDC exchange took.

@@ -1,9 +1,9 @@
 package push
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ensgate/ensgate/internal/promreg"
 )
 
 // The collectors are created once, for the process: Caddy hands out a new
@@ -36,11 +36,5 @@ var (
 // Register adds the push metrics to reg. Registering them again (the same
 // registry after a reload) is not an error.
 func Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{pushesTotal, pushDuration, pushInFlight, pushRetries, tokensDeactivated} {
-		var are prometheus.AlreadyRegisteredError
-		if err := reg.Register(c); err != nil && !errors.As(err, &are) {
-			return err
-		}
-	}
-	return nil
+	return promreg.Register(reg, pushesTotal, pushDuration, pushInFlight, pushRetries, tokensDeactivated)
 }
