@@ -35,7 +35,7 @@ func BenchmarkKCDOverhead(b *testing.B) {
 
 	call := func(c *http.Client, auth string) time.Duration {
 		start := time.Now()
-		if resp, body := postGetFolder(b, c, ews, auth); resp.StatusCode != 200 {
+		if resp, body := postGetFolder(b, c, ews, "", auth); resp.StatusCode != 200 {
 			b.Fatalf("%d %.200s", resp.StatusCode, body)
 		}
 		return time.Since(start)

@@ -5,7 +5,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -143,22 +142,6 @@ func (g *kcdGateway) clientCert(t testing.TB, name, upn string) *tls.Certificate
 	return &c
 }
 
-func postGetFolder(t testing.TB, c *http.Client, url, authorization string) (*http.Response, string) {
-	t.Helper()
-	req, _ := http.NewRequest("POST", url, strings.NewReader(getFolder))
-	req.Header.Set("Content-Type", "text/xml; charset=utf-8")
-	if authorization != "" {
-		req.Header.Set("Authorization", authorization)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	return resp, string(body)
-}
-
 // TestCertificateClientsReachExchangeAsTheirUser: a client certificate with
 // a UPN, through bin/ensgate, becomes a Kerberos ticket from a real KDC
 // that the simulator (with Exchange's keytab) accepts as that user.
@@ -189,7 +172,7 @@ func TestCertificateClientsReachExchangeAsTheirUser(t *testing.T) {
 			negotiated := sim.Counters().Auth["negotiate_ok"]
 			for i := range 20 {
 				// The client's own credentials are replaced, whatever they are.
-				resp, body := postGetFolder(t, cba, ews, "Basic Ym9iQGV4YW1wbGU6Ym9iLXB3")
+				resp, body := postGetFolder(t, cba, ews, "", "Basic Ym9iQGV4YW1wbGU6Ym9iLXB3")
 				if resp.StatusCode != 200 || !strings.Contains(body, "<t:UnreadCount>3</t:UnreadCount>") {
 					t.Fatalf("request %d with Alice's certificate: %d %.300s", i, resp.StatusCode, body)
 				}
@@ -206,11 +189,11 @@ func TestCertificateClientsReachExchangeAsTheirUser(t *testing.T) {
 
 			// Without a certificate, Basic passes and no Negotiate is offered.
 			plain := g.client(t, nil)
-			resp, body := postGetFolder(t, plain, ews, "Basic "+basicAuth(bob, "bob-pw"))
+			resp, body := postGetFolder(t, plain, ews, "", "Basic "+basicAuth(bob, "bob-pw"))
 			if resp.StatusCode != 200 || !strings.Contains(body, "<t:UnreadCount>0</t:UnreadCount>") {
 				t.Errorf("Bob with Basic: %d %.300s", resp.StatusCode, body)
 			}
-			resp, _ = postGetFolder(t, plain, ews, "")
+			resp, _ = postGetFolder(t, plain, ews, "", "")
 			if got := resp.Header.Values("WWW-Authenticate"); resp.StatusCode != 401 || len(got) != 1 || !strings.HasPrefix(got[0], "Basic ") {
 				t.Errorf("no credentials: %d, challenges %q (Negotiate is only for certificate clients)", resp.StatusCode, got)
 			}
@@ -223,7 +206,7 @@ func TestCertificateClientsReachExchangeAsTheirUser(t *testing.T) {
 				{"unknown user", "nobody@" + strings.ToLower(r.Name)},
 				{"sensitive user", r.SensitiveUser},
 			} {
-				resp, body := postGetFolder(t, g.client(t, g.clientCert(t, tc.name, tc.upn)), ews, "")
+				resp, body := postGetFolder(t, g.client(t, g.clientCert(t, tc.name, tc.upn)), ews, "", "")
 				if resp.StatusCode != 403 || !strings.Contains(body, "ErrorAccessDenied") {
 					t.Errorf("%s: %d %.300s", tc.name, resp.StatusCode, body)
 				}

@@ -23,6 +23,13 @@ const getFolder = `<?xml version="1.0" encoding="utf-8"?>
 // ewsCall posts GetFolder through the gateway as a device would.
 func ewsCall(t *testing.T, url, deviceID, authorization string) (*http.Response, string) {
 	t.Helper()
+	return postGetFolder(t, http.DefaultClient, url, deviceID, authorization)
+}
+
+// postGetFolder posts GetFolder with c, naming the device (if any) in
+// X-Device-Id.
+func postGetFolder(t testing.TB, c *http.Client, url, deviceID, authorization string) (*http.Response, string) {
+	t.Helper()
 	req, _ := http.NewRequest("POST", url, strings.NewReader(getFolder))
 	req.Header.Set("Content-Type", "text/xml; charset=utf-8")
 	if deviceID != "" {
@@ -31,7 +38,7 @@ func ewsCall(t *testing.T, url, deviceID, authorization string) (*http.Response,
 	if authorization != "" {
 		req.Header.Set("Authorization", authorization)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
