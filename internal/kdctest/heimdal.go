@@ -79,21 +79,7 @@ func Heimdal(t testing.TB) *Realm {
 		defer mu.Unlock()
 		return kadminLocal(kadmin, conf, dir, commands)
 	}
-	r := &Realm{
-		Kind:                     "heimdal",
-		Name:                     RealmName,
-		ProxyPrincipal:           heimdalProxy,
-		ProxyKeytabPath:          filepath.Join(dir, "proxy.keytab"),
-		ExchangeSPN:              ExchangeSPN,
-		ExchangeKeytabPath:       filepath.Join(dir, "exchange.keytab"),
-		OtherSPN:                 OtherSPN,
-		User:                     "alice@" + DNSDomain,
-		UserPrincipal:            "alice",
-		UserPassword:             userPassword,
-		SensitiveUser:            "bob@" + DNSDomain,
-		UntrustedProxyPrincipal:  heimdalUntrusted,
-		UntrustedProxyKeytabPath: filepath.Join(dir, "untrusted.keytab"),
-	}
+	r := cast("heimdal", dir, heimdalProxy, heimdalUntrusted)
 	r.addUser = func(t testing.TB, name string) {
 		t.Helper()
 		if err := kadm(heimdalUser(name, "")); err != nil {

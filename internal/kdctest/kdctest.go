@@ -116,6 +116,26 @@ func (r *Realm) AddUser(t testing.TB, name string) string {
 	return name + "@" + DNSDomain
 }
 
+// cast is the realm both KDCs set up, with its keytabs in dir; only the
+// proxies' names differ between them.
+func cast(kind, dir, proxy, untrustedProxy string) *Realm {
+	return &Realm{
+		Kind:                     kind,
+		Name:                     RealmName,
+		ProxyPrincipal:           proxy,
+		ProxyKeytabPath:          filepath.Join(dir, "proxy.keytab"),
+		ExchangeSPN:              ExchangeSPN,
+		ExchangeKeytabPath:       filepath.Join(dir, "exchange.keytab"),
+		OtherSPN:                 OtherSPN,
+		User:                     "alice@" + DNSDomain,
+		UserPrincipal:            "alice",
+		UserPassword:             userPassword,
+		SensitiveUser:            "bob@" + DNSDomain,
+		UntrustedProxyPrincipal:  untrustedProxy,
+		UntrustedProxyKeytabPath: filepath.Join(dir, "untrusted.keytab"),
+	}
+}
+
 // krb5Conf is the client configuration for a KDC at addr.
 func krb5Conf(addr string) string {
 	return fmt.Sprintf(`[libdefaults]

@@ -192,21 +192,7 @@ func startSamba() (s *sambaServer, err error) {
 	s.provisionTime = time.Since(t0)
 
 	t0 = time.Now()
-	s.realm = Realm{
-		Kind:                     "samba",
-		Name:                     RealmName,
-		ProxyPrincipal:           "svc_proxy",
-		ProxyKeytabPath:          filepath.Join(dir, "proxy.keytab"),
-		ExchangeSPN:              ExchangeSPN,
-		ExchangeKeytabPath:       filepath.Join(dir, "exchange.keytab"),
-		OtherSPN:                 OtherSPN,
-		User:                     "alice@" + DNSDomain,
-		UserPrincipal:            "alice",
-		UserPassword:             userPassword,
-		SensitiveUser:            "bob@" + DNSDomain,
-		UntrustedProxyPrincipal:  "svc_untrusted",
-		UntrustedProxyKeytabPath: filepath.Join(dir, "untrusted.keytab"),
-	}
+	s.realm = *cast("samba", dir, "svc_proxy", "svc_untrusted")
 	exchange := []string{ExchangeSPN}
 	err = s.setup(sambaSpec{
 		Accounts: []sambaAccount{
