@@ -54,8 +54,9 @@ type EWSProxy struct {
 	// the site's tls client_auth verified.
 	Kerberos *Kerberos `json:"kerberos,omitempty"`
 
-	proxy *reverseproxy.Handler
-	guard *ewsproxy.Guard
+	proxy       *reverseproxy.Handler
+	guard       *ewsproxy.Guard
+	kerberosKey string // the shared delegator this config holds, if any
 }
 
 // CaddyModule returns the Caddy module information.
@@ -98,11 +99,11 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 		if err := kcd.Register(ctx.GetMetricsRegistry()); err != nil {
 			return fmt.Errorf("ews_proxy: kerberos metrics: %w", err)
 		}
-		d, err := h.Kerberos.delegator(ctx.Slogger())
+		d, key, err := h.Kerberos.delegator(ctx.Slogger())
 		if err != nil {
 			return err
 		}
-		delegator = d
+		delegator, h.kerberosKey = d, key
 	}
 	h.guard = ewsproxy.NewGuard(ewsproxy.Config{
 		Delegator:             delegator,
@@ -123,6 +124,15 @@ func annotateAccessLog(r *http.Request, operation, decision string) {
 		extra.Set(zap.String("ews_operation", operation))
 		extra.Set(zap.String("ews_decision", decision))
 	}
+}
+
+// Cleanup gives back this config's reference to the shared delegator.
+func (h *EWSProxy) Cleanup() error {
+	if h.kerberosKey == "" {
+		return nil
+	}
+	_, err := delegators.Delete(h.kerberosKey)
+	return err
 }
 
 func (h *EWSProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -202,5 +212,6 @@ func parseEWSProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*EWSProxy)(nil)
+	_ caddy.CleanerUpper          = (*EWSProxy)(nil)
 	_ caddyhttp.MiddlewareHandler = (*EWSProxy)(nil)
 )

@@ -1,8 +1,12 @@
 package caddymodule
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -48,9 +52,18 @@ type Kerberos struct {
 	NegativeTTL      caddy.Duration `json:"negative_ttl,omitempty"`
 }
 
+// delegators shares a kcd.Delegator, and so its ticket cache and TGT,
+// across config reloads: keyed by its settings and the keytab's content, a
+// reload that changes neither keeps every cached ticket.
+var delegators = caddy.NewUsagePool()
+
+type sharedDelegator struct{ *kcd.Delegator }
+
+func (sharedDelegator) Destruct() error { return nil }
+
 // delegator builds the certificate-to-Kerberos delegator, reporting every
-// problem at once.
-func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, error) {
+// problem at once, and returns the key to release it with.
+func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, string, error) {
 	repl := caddy.NewReplacer()
 	get := func(v string) string { return strings.TrimSpace(repl.ReplaceKnown(v, "")) }
 	var problems []string
@@ -58,13 +71,16 @@ func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, error
 	for _, kdc := range k.KDCs {
 		kdcs = append(kdcs, strings.Fields(get(kdc))...)
 	}
-	var kt *keytab.Keytab
+	var raw []byte
+	kt := keytab.New()
 	if path := get(k.Keytab); path == "" {
 		problems = append(problems, "keytab: the path of the proxy principal's keytab is required")
-	} else if loaded, err := keytab.Load(path); err != nil {
+	} else if b, err := os.ReadFile(path); err != nil {
 		problems = append(problems, fmt.Sprintf("keytab: %v", err))
+	} else if err := kt.Unmarshal(b); err != nil {
+		problems = append(problems, fmt.Sprintf("keytab %s: not a keytab: %v", path, err))
 	} else {
-		kt = loaded
+		raw = b
 	}
 	sources := k.Identity
 	if len(sources) == 0 {
@@ -76,9 +92,9 @@ func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, error
 		problems = append(problems, fmt.Sprintf("identity: %v", err))
 	}
 	if len(problems) > 0 {
-		return nil, fmt.Errorf("ews_proxy: kerberos: %s", strings.Join(problems, "; "))
+		return nil, "", fmt.Errorf("ews_proxy: kerberos: %s", strings.Join(problems, "; "))
 	}
-	d, err := kcd.New(kcd.Config{
+	cfg := kcd.Config{
 		Realm:       get(k.Realm),
 		KDCs:        kdcs,
 		Principal:   get(k.Principal),
@@ -88,11 +104,24 @@ func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, error
 		RenewBefore: time.Duration(k.RenewBefore),
 		NegativeTTL: time.Duration(k.NegativeTTL),
 		Logger:      log,
+	}
+	settings, err := json.Marshal([]any{cfg.Realm, cfg.KDCs, cfg.Principal, cfg.SPN, cfg.Timeout, cfg.RenewBefore, cfg.NegativeTTL})
+	if err != nil {
+		return nil, "", err
+	}
+	sum := sha256.Sum256(append(append(settings, 0), raw...))
+	key := hex.EncodeToString(sum[:])
+	v, _, err := delegators.LoadOrNew(key, func() (caddy.Destructor, error) {
+		d, err := kcd.New(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return sharedDelegator{d}, nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("ews_proxy: kerberos: %w", err)
+		return nil, "", fmt.Errorf("ews_proxy: kerberos: %w", err)
 	}
-	return &kcd.CertificateDelegator{Identity: mapper, KCD: d}, nil
+	return &kcd.CertificateDelegator{Identity: mapper, KCD: v.(sharedDelegator).Delegator}, key, nil
 }
 
 // parseKerberos reads a kerberos block; d is on the word kerberos.

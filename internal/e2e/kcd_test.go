@@ -24,9 +24,19 @@ import (
 // (tls client_auth verify_if_given) and ews_proxy with a kerberos block,
 // in front of sim.
 type kcdGateway struct {
-	base string     // https://127.0.0.1:port
-	ca   *testca.CA // issued the server's and the clients' certificates
-	logs *syncbuf.Buffer
+	base  string     // https://localhost:port
+	ca    *testca.CA // issued the server's and the clients' certificates
+	logs  *syncbuf.Buffer
+	admin string // Caddy's admin endpoint
+	file  string // the Caddyfile
+}
+
+// reload makes the gateway load its Caddyfile again, as an admin would.
+func (g *kcdGateway) reload(t testing.TB) {
+	t.Helper()
+	if r := cli(t, nil, "reload", "--config", g.file, "--adapter", "caddyfile", "--address", g.admin, "--force"); r.code != 0 {
+		t.Fatalf("reload: %+v", r)
+	}
 }
 
 func startKCDGateway(t testing.TB, r *kdctest.Realm, sim *ewssim.TestServer) *kcdGateway {
@@ -56,6 +66,7 @@ func startKCDGateway(t testing.TB, r *kdctest.Realm, sim *ewssim.TestServer) *kc
 	// server name to match the Host header (strict SNI), and IPs send none.
 	_, port, _ := strings.Cut(freeAddr(t), ":")
 	listen := "localhost:" + port
+	admin := freeAddr(t)
 	caddyfile := fmt.Sprintf(`{
 	admin %s
 	auto_https disable_redirects
@@ -88,7 +99,7 @@ https://%s {
 		}
 	}
 }
-`, freeAddr(t), listen, listen, serverPEM, serverPEM, caPEM, sim.URL,
+`, admin, listen, listen, serverPEM, serverPEM, caPEM, sim.URL,
 		r.Name, strings.Join(r.KDCs, " "), r.ProxyKeytabPath, r.ProxyPrincipal, r.ExchangeSPN)
 	file := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(file, []byte(caddyfile), 0o600); err != nil {
@@ -96,7 +107,7 @@ https://%s {
 	}
 	cmd := exec.Command(ensgate, "run", "--config", file, "--adapter", "caddyfile")
 	cmd.Env = append(baseEnv(), "DATABASE_URL="+dbURL, "ENS_MASTER_KEY="+randomKey(t))
-	g := &kcdGateway{base: "https://" + listen, ca: ca, logs: new(syncbuf.Buffer)}
+	g := &kcdGateway{base: "https://" + listen, ca: ca, logs: new(syncbuf.Buffer), admin: admin, file: file}
 	cmd.Stdout, cmd.Stderr = g.logs, g.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -185,6 +196,16 @@ func TestCertificateClientsReachExchangeAsTheirUser(t *testing.T) {
 			// S4U2Self + S4U2Proxy pair for 20 requests.
 			if tgs1-tgs0 != 2 || as1-as0 > 2 {
 				t.Errorf("20 requests made %d AS-REQ and %d TGS-REQ, want at most 2 and exactly 2", as1-as0, tgs1-tgs0)
+			}
+
+			// A config reload keeps the tickets (and the TGT).
+			g.reload(t)
+			as, tgs := r.Requests()
+			if resp, body := postGetFolder(t, cba, ews, "", ""); resp.StatusCode != 200 {
+				t.Fatalf("after a reload: %d %.300s", resp.StatusCode, body)
+			}
+			if a, g := r.Requests(); a != as || g != tgs {
+				t.Errorf("after a reload the KDC was asked again: %d AS-REQ, %d TGS-REQ", a-as, g-tgs)
 			}
 
 			// Without a certificate, Basic passes and no Negotiate is offered.
