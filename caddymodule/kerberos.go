@@ -89,10 +89,7 @@ func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, strin
 	// The template is not a Caddy placeholder: {user} is ours.
 	mapper, err := kcd.NewIdentityMapper(sources, k.IdentityTemplate)
 	if err != nil {
-		problems = append(problems, fmt.Sprintf("identity: %v", err))
-	}
-	if len(problems) > 0 {
-		return nil, "", fmt.Errorf("ews_proxy: kerberos: %s", strings.Join(problems, "; "))
+		problems = append(problems, strings.TrimPrefix(err.Error(), "kcd: "))
 	}
 	cfg := kcd.Config{
 		Realm:       get(k.Realm),
@@ -104,6 +101,12 @@ func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, strin
 		RenewBefore: time.Duration(k.RenewBefore),
 		NegativeTTL: time.Duration(k.NegativeTTL),
 		Logger:      log,
+	}
+	if err := cfg.Validate(); err != nil {
+		problems = append(problems, strings.TrimPrefix(err.Error(), "kcd: "))
+	}
+	if len(problems) > 0 {
+		return nil, "", fmt.Errorf("ews_proxy: kerberos: %s", strings.Join(problems, "; "))
 	}
 	settings, err := json.Marshal([]any{cfg.Realm, cfg.KDCs, cfg.Principal, cfg.SPN, cfg.Timeout, cfg.RenewBefore, cfg.NegativeTTL})
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -70,25 +69,19 @@ type cacheEntry struct {
 	refresh time.Time      // after this, ask the KDC again
 }
 
-// New checks the configuration; it does not contact the KDC (Exchange may
-// start before it), so the first request logs in.
-func New(cfg Config) (*Delegator, error) {
+// Validate reports every problem of the configuration at once.
+func (cfg Config) Validate() error {
 	var problems []string
-	cfg.KDCs = slices.Clone(cfg.KDCs)
 	if cfg.Realm == "" {
 		problems = append(problems, "realm is required")
 	}
 	if len(cfg.KDCs) == 0 {
 		problems = append(problems, "at least one KDC is required")
 	}
-	for i, k := range cfg.KDCs {
-		if !strings.Contains(k, ":") || strings.HasSuffix(k, "]") {
-			k = net.JoinHostPort(strings.Trim(k, "[]"), "88")
+	for _, k := range cfg.KDCs {
+		if _, _, err := net.SplitHostPort(withPort(k)); err != nil {
+			problems = append(problems, fmt.Sprintf("KDC %q: %v", k, err))
 		}
-		if _, _, err := net.SplitHostPort(k); err != nil {
-			problems = append(problems, fmt.Sprintf("KDC %q: %v", cfg.KDCs[i], err))
-		}
-		cfg.KDCs[i] = k
 	}
 	if cfg.Principal == "" || strings.Contains(cfg.Principal, "@") {
 		problems = append(problems, "the proxy principal is required, without the realm (e.g. HTTP/ensgate.corp.example.test)")
@@ -103,8 +96,30 @@ func New(cfg Config) (*Delegator, error) {
 		problems = append(problems, "durations and sizes must not be negative")
 	}
 	if len(problems) > 0 {
-		return nil, fmt.Errorf("kcd: %s", strings.Join(problems, "; "))
+		return fmt.Errorf("kcd: %s", strings.Join(problems, "; "))
 	}
+	return nil
+}
+
+// withPort adds Kerberos's port 88 to a KDC address without one.
+func withPort(kdc string) string {
+	if !strings.Contains(kdc, ":") || strings.HasSuffix(kdc, "]") {
+		return net.JoinHostPort(strings.Trim(kdc, "[]"), "88")
+	}
+	return kdc
+}
+
+// New checks the configuration; it does not contact the KDC (Exchange may
+// start before it), so the first request logs in.
+func New(cfg Config) (*Delegator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	kdcs := make([]string, len(cfg.KDCs))
+	for i, k := range cfg.KDCs {
+		kdcs[i] = withPort(k)
+	}
+	cfg.KDCs = kdcs
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 3 * time.Second
 	}

@@ -275,3 +275,40 @@ func TestCertificateClientsReachExchangeAsTheirUser(t *testing.T) {
 func basicAuth(user, password string) string {
 	return base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
 }
+
+// TestKerberosMisconfigurationIsReportedAtOnce: `ensgate validate` names
+// every problem of a kerberos block in one go, before anything runs.
+func TestKerberosMisconfigurationIsReportedAtOnce(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "Caddyfile")
+	caddyfile := `{
+	admin off
+	ens {
+		database_url {env.DATABASE_URL}
+		master_key {env.ENS_MASTER_KEY}
+		public_url http://127.0.0.1:1
+	}
+}
+:8080 {
+	ews_proxy http://127.0.0.1:1 {
+		kerberos {
+			kdc dc1.corp.example.test
+			keytab /nonexistent/ensgate.keytab
+			principal HTTP/ensgate.corp.example.test
+			spn exchange.corp.example.test
+			identity upn fingerprint
+		}
+	}
+}
+`
+	if err := os.WriteFile(file, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"DATABASE_URL=postgres://ens@127.0.0.1:1/ens", "ENS_MASTER_KEY=" + randomKey(t)}
+	r := cli(t, env, "validate", "--config", file, "--adapter", "caddyfile")
+	msg := logMessages(r.stderr)
+	for _, want := range []string{"/nonexistent/ensgate.keytab", `identity: unknown source "fingerprint"`, "realm is required", "Exchange SPN must look like"} {
+		if r.code == 0 || !strings.Contains(msg, want) {
+			t.Errorf("exit %d; the error does not mention %q:\n%s", r.code, want, msg)
+		}
+	}
+}
