@@ -17,6 +17,7 @@ import (
 	"github.com/jcmturner/gokrb5/v8/keytab"
 	"github.com/jcmturner/gokrb5/v8/service"
 	"github.com/jcmturner/gokrb5/v8/spnego"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ensgate/ensgate/internal/kdctest"
 )
@@ -120,6 +121,7 @@ func TestOneS4UPairPerUserPerTicketLifetime(t *testing.T) {
 		ctx := context.Background()
 		var mu sync.Mutex
 		headers := map[string]bool{}
+		hits, misses := testutil.ToFloat64(cacheLookups.WithLabelValues("hit")), testutil.ToFloat64(cacheLookups.WithLabelValues("miss"))
 		as, tgs := requests(r, func() {
 			var wg sync.WaitGroup
 			for range 16 {
@@ -142,6 +144,12 @@ func TestOneS4UPairPerUserPerTicketLifetime(t *testing.T) {
 		// pre-authentication type) and one S4U2Self + S4U2Proxy pair.
 		if tgs != 2 || as < 1 || as > 2 {
 			t.Errorf("128 requests for one user made %d AS-REQ and %d TGS-REQ, want 1-2 and 2", as, tgs)
+		}
+		// Concurrent first requests all miss and share one exchange.
+		h := testutil.ToFloat64(cacheLookups.WithLabelValues("hit")) - hits
+		m := testutil.ToFloat64(cacheLookups.WithLabelValues("miss")) - misses
+		if h+m != 128 || h < 128-16 {
+			t.Errorf("metrics: %v hits and %v misses for 128 requests from 16 clients", h, m)
 		}
 		if len(headers) != 128 {
 			t.Errorf("%d distinct headers for 128 requests: authenticators must be fresh", len(headers))
