@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -54,9 +55,13 @@ type EWSProxy struct {
 	// the site's tls client_auth verified.
 	Kerberos *Kerberos `json:"kerberos,omitempty"`
 
-	proxy       *reverseproxy.Handler
-	guard       *ewsproxy.Guard
-	kerberosKey string // the shared delegator this config holds, if any
+	proxy *reverseproxy.Handler
+	// kerberosProxy is a second instance of the same reverse_proxy, with
+	// its own upstream connections, for requests the proxy authenticated
+	// with Kerberos (see ewsproxy.Forward).
+	kerberosProxy *reverseproxy.Handler
+	guard         *ewsproxy.Guard
+	kerberosKey   string // the shared delegator this config holds, if any
 }
 
 // CaddyModule returns the Caddy module information.
@@ -76,15 +81,17 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 	if h.UnknownDevices != "" && h.UnknownDevices != "allow" && h.UnknownDevices != "deny" {
 		return fmt.Errorf("ews_proxy: unknown_devices: %q must be allow or deny", h.UnknownDevices)
 	}
-	mod, err := ctx.LoadModule(h, "ProxyRaw")
+	kerberosRaw := proxyConfig{ProxyRaw: slices.Clone(h.ProxyRaw)} // LoadModule consumes the original
+	rp, err := loadReverseProxy(ctx, h)
 	if err != nil {
-		return fmt.Errorf("ews_proxy: proxy: %w", err)
-	}
-	rp, ok := mod.(*reverseproxy.Handler)
-	if !ok {
-		return fmt.Errorf("ews_proxy: proxy: must be a reverse_proxy handler, not %T", mod)
+		return err
 	}
 	h.proxy = rp
+	if h.Kerberos != nil {
+		if h.kerberosProxy, err = loadReverseProxy(ctx, &kerberosRaw); err != nil {
+			return err
+		}
+	}
 	appModule, err := ctx.App("ens")
 	if err != nil {
 		return fmt.Errorf("ews_proxy needs the ens app (the global `ens` option) for device compliance: %w", err)
@@ -117,6 +124,25 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// proxyConfig holds a reverse_proxy configuration for LoadModule.
+type proxyConfig struct {
+	ProxyRaw json.RawMessage `json:"proxy,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
+}
+
+// loadReverseProxy loads the ProxyRaw field of holder (EWSProxy or
+// proxyConfig), which must configure a reverse_proxy.
+func loadReverseProxy(ctx caddy.Context, holder any) (*reverseproxy.Handler, error) {
+	mod, err := ctx.LoadModule(holder, "ProxyRaw")
+	if err != nil {
+		return nil, fmt.Errorf("ews_proxy: proxy: %w", err)
+	}
+	rp, ok := mod.(*reverseproxy.Handler)
+	if !ok {
+		return nil, fmt.Errorf("ews_proxy: proxy: must be a reverse_proxy handler, not %T", mod)
+	}
+	return rp, nil
+}
+
 // annotateAccessLog adds the EWS operation and the proxy's decision to
 // Caddy's access log entry for the request.
 func annotateAccessLog(r *http.Request, operation, decision string) {
@@ -136,7 +162,10 @@ func (h *EWSProxy) Cleanup() error {
 }
 
 func (h *EWSProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	return h.guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request) error {
+	return h.guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request, kerberos bool) error {
+		if kerberos {
+			return h.kerberosProxy.ServeHTTP(w, r, next)
+		}
 		return h.proxy.ServeHTTP(w, r, next)
 	})
 }

@@ -303,7 +303,7 @@ func TestPushesOnlyToDevicesTheProxyAccepted(t *testing.T) {
 	upstream, _ := url.Parse(e.sim.URL)
 	rp := httputil.NewSingleHostReverseProxy(upstream)
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request) error { rp.ServeHTTP(w, r); return nil })
+		guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request, _ bool) error { rp.ServeHTTP(w, r); return nil })
 	}))
 	t.Cleanup(proxy.Close)
 	ewsURL := proxy.URL + ewssim.EWSPath

@@ -111,13 +111,15 @@ func TestComplianceChangesReachEveryNodeAtOnce(t *testing.T) {
 
 // upstream records what reached Exchange.
 type upstream struct {
-	calls   int
-	headers http.Header
-	body    []byte
+	calls    int
+	headers  http.Header
+	body     []byte
+	kerberos bool // the last request came with the proxy's Kerberos credentials
 }
 
-func (u *upstream) forward(w http.ResponseWriter, r *http.Request) error {
+func (u *upstream) forward(w http.ResponseWriter, r *http.Request, kerberos bool) error {
 	u.calls++
+	u.kerberos = kerberos
 	u.headers = r.Header.Clone()
 	u.body, _ = io.ReadAll(r.Body)
 	w.Header().Add("WWW-Authenticate", "Negotiate")
@@ -343,6 +345,9 @@ func TestCertificateClientsGetKerberosInsteadOfTheirCredentials(t *testing.T) {
 			}
 			if got := up.headers.Get("Authorization"); got != tc.auth {
 				t.Errorf("Exchange got Authorization %q, want %q", got, tc.auth)
+			}
+			if want := strings.HasPrefix(tc.auth, "Negotiate"); up.kerberos != want {
+				t.Errorf("forwarded as Kerberos: %v, want %v", up.kerberos, want)
 			}
 			if got := strings.Join(w.Header().Values("WWW-Authenticate"), "|"); got != tc.challenges {
 				t.Errorf("challenges %q, want %q", got, tc.challenges)

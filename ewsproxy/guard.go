@@ -62,11 +62,18 @@ func NewGuard(cfg Config, compliance *Compliance, log *slog.Logger) *Guard {
 	return &Guard{cfg: cfg, compliance: compliance, log: log}
 }
 
+// Forward sends an allowed request to Exchange. kerberos tells that the
+// request carries the proxy's Kerberos credentials for a certificate
+// client: such requests must not share upstream connections with others,
+// since IIS may keep a Kerberos login per connection (authPersistNonNTLM)
+// and answer a later request without credentials as that user.
+type Forward func(w http.ResponseWriter, r *http.Request, kerberos bool) error
+
 // Serve decides the request and, if allowed, calls forward (the reverse
 // proxy) with the request cleaned of ENS's attestation and a response
 // writer that applies the auth-header policy. Refused requests never reach
 // forward.
-func (g *Guard) Serve(w http.ResponseWriter, r *http.Request, forward func(http.ResponseWriter, *http.Request) error) error {
+func (g *Guard) Serve(w http.ResponseWriter, r *http.Request, forward Forward) error {
 	op := Operation(r)
 	decision, kerberos := g.decide(w, r, op)
 	requests.WithLabelValues(operationLabel(op), decision).Inc()
@@ -79,7 +86,7 @@ func (g *Guard) Serve(w http.ResponseWriter, r *http.Request, forward func(http.
 	if g.cfg.RemoveUnsupportedAuth {
 		w = &challengeFilter{ResponseWriter: w, kerberos: kerberos}
 	}
-	return forward(w, r)
+	return forward(w, r, kerberos)
 }
 
 // decide answers refused requests itself and says what it did:

@@ -58,6 +58,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.DurationVar(&o.cfg.ClockScale, "clock-scale", time.Minute, "wall-clock length of one Exchange minute (status pings, push retries)")
 	fs.StringVar(&keytabFile, "keytab", "", "service keytab; enables Negotiate (Kerberos)")
 	fs.StringVar(&o.cfg.SPN, "spn", "", "keytab principal to decrypt tickets with, e.g. HTTP/mail.example.com (default: the ticket's)")
+	fs.BoolVar(&o.cfg.PersistKerberos, "persist-kerberos", false, "keep a Kerberos login for the rest of its connection, as IIS with authPersistNonNTLM")
 	fs.Var(&principals, "principal-map", "map a Kerberos principal to a mailbox: user@REALM=address (repeatable)")
 	fs.StringVar(&o.cfg.Realm, "realm", "", "Basic realm in 401 challenges (default: the request host)")
 	fs.StringVar(&o.cfg.ControlToken, "control-token", "", "require this X-Sim-Token on the control API (default: $EWSSIM_CONTROL_TOKEN)")
@@ -146,7 +147,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(baseUR
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: sim, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: sim, ReadHeaderTimeout: 10 * time.Second, ConnContext: ewssim.ConnContext}
 	scheme := "http"
 	if o.certFile != "" {
 		cert, err := tls.LoadX509KeyPair(o.certFile, o.keyFile)

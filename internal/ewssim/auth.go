@@ -2,6 +2,7 @@ package ewssim
 
 import (
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/base64"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/jcmturner/gokrb5/v8/gssapi"
 	"github.com/jcmturner/gokrb5/v8/messages"
@@ -51,12 +53,22 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (string, b
 		}
 		if err == nil {
 			w.Header().Set("WWW-Authenticate", negotiateAccepted)
+			if s.persistKerberos {
+				persisted(r).set(user)
+			}
 		}
 	case "ntlm":
 		err = errNTLM
 		s.stats.auth("ntlm_refused")
 	default:
 		err = errors.New("no credentials")
+		if s.persistKerberos {
+			if user = persisted(r).get(); user != "" {
+				err = nil
+				s.stats.auth("negotiate_persisted")
+				break
+			}
+		}
 		s.stats.auth("missing")
 	}
 	if err != nil {
@@ -231,4 +243,39 @@ func apReq(raw []byte) (*messages.APReq, error) {
 		return nil, errors.New("no Kerberos AP-REQ in the token")
 	}
 	return &k.APReq, nil
+}
+
+// connLogin is the Kerberos login IIS keeps per connection.
+type connLogin struct {
+	mu   sync.Mutex
+	user string
+}
+
+type connLoginKey struct{}
+
+// ConnContext gives each connection its login state (PersistKerberos):
+// use it as the http.Server's ConnContext.
+func ConnContext(ctx context.Context, _ net.Conn) context.Context {
+	return context.WithValue(ctx, connLoginKey{}, new(connLogin))
+}
+
+// persisted is the request's connection state; a throwaway one if the
+// server does not set ConnContext.
+func persisted(r *http.Request) *connLogin {
+	if c, ok := r.Context().Value(connLoginKey{}).(*connLogin); ok {
+		return c
+	}
+	return new(connLogin)
+}
+
+func (c *connLogin) set(user string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.user = user
+}
+
+func (c *connLogin) get() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.user
 }

@@ -3,6 +3,7 @@ package ewssim
 import (
 	"bytes"
 	"encoding/base64"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -215,5 +216,39 @@ func TestNegotiateWithoutKeytab(t *testing.T) {
 	resp, _ := ewsWith(t, ts, negotiateHeader(t, serviceKeytab(t, "service-secret"), "alice", testRealm))
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("Negotiate without a configured keytab: HTTP %d", resp.StatusCode)
+	}
+}
+
+// TestKerberosPersistsPerConnection: with PersistKerberos, as IIS with
+// authPersistNonNTLM, a request without credentials on a connection that
+// carried Alice's ticket is Alice's; on another connection it gets 401.
+func TestKerberosPersistsPerConnection(t *testing.T) {
+	kt := serviceKeytab(t, "service-secret")
+	ts := Start(t, Config{Users: testUsers(), Keytab: kt, SPN: testSPN, PersistKerberos: true})
+	post := func(c *http.Client, auth string) int {
+		req, _ := http.NewRequest(http.MethodPost, ts.EWSURL, bytes.NewReader(soapRequest(getInboxOp)))
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	oneConn := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}}
+	if got := post(oneConn, negotiateHeader(t, kt, "alice", testRealm)); got != 200 {
+		t.Fatalf("Kerberos: %d", got)
+	}
+	if got := post(oneConn, ""); got != 200 {
+		t.Errorf("no credentials on Alice's connection: %d, want 200 (IIS keeps the login)", got)
+	}
+	if got := post(&http.Client{Transport: &http.Transport{}}, ""); got != 401 {
+		t.Errorf("no credentials on a new connection: %d, want 401", got)
+	}
+	if n := ts.Counters().Auth["negotiate_persisted"]; n != 1 {
+		t.Errorf("negotiate_persisted = %d, want 1", n)
 	}
 }

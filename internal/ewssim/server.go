@@ -49,6 +49,11 @@ type Config struct {
 	// (StartTLS): a client certificate signed by one of these authenticates
 	// the mailbox named by its e-mail address (rfc822Name), else its CN.
 	ClientCAs *x509.CertPool
+	// PersistKerberos keeps a Kerberos login for the rest of its TCP
+	// connection, as IIS does with authPersistNonNTLM: a later request on
+	// the connection without credentials is that user's. Needs the
+	// http.Server's ConnContext set to ConnContext (TestServer does).
+	PersistKerberos bool
 	// PrincipalMap maps Kerberos principals (user@REALM, any case) to
 	// mailbox addresses; unmapped principals are taken as the address.
 	PrincipalMap map[string]string
@@ -78,6 +83,8 @@ type Server struct {
 	krb        *service.Settings
 	principals map[string]string
 	control    *http.ServeMux
+	// persistKerberos: Config.PersistKerberos
+	persistKerberos bool
 
 	ctx    context.Context // cancelled by Close, aborting notification POSTs
 	cancel context.CancelFunc
@@ -98,16 +105,17 @@ type Server struct {
 // and notification deliveries.
 func New(cfg Config) *Server {
 	s := &Server{
-		clock:      clock{perMinute: cfg.ClockScale},
-		log:        cfg.Logger,
-		realm:      cfg.Realm,
-		ctlToken:   cfg.ControlToken,
-		maxBody:    cfg.MaxBodyBytes,
-		maxSubs:    cfg.MaxSubscriptions,
-		push:       cfg.PushClient,
-		principals: map[string]string{},
-		users:      map[string]*mailbox{},
-		tokens:     map[string]string{},
+		clock:           clock{perMinute: cfg.ClockScale},
+		log:             cfg.Logger,
+		realm:           cfg.Realm,
+		ctlToken:        cfg.ControlToken,
+		maxBody:         cfg.MaxBodyBytes,
+		maxSubs:         cfg.MaxSubscriptions,
+		persistKerberos: cfg.PersistKerberos,
+		push:            cfg.PushClient,
+		principals:      map[string]string{},
+		users:           map[string]*mailbox{},
+		tokens:          map[string]string{},
 	}
 	s.stats.c = newCounters()
 	s.ctx, s.cancel = context.WithCancel(context.Background())

@@ -31,6 +31,7 @@ func start(t testing.TB, cfg Config, tls bool) *TestServer {
 	t.Helper()
 	s := New(cfg)
 	hs := httptest.NewUnstartedServer(s)
+	hs.Config.ConnContext = ConnContext
 	if tls {
 		if cfg.ClientCAs != nil {
 			hs.TLS = &cryptotls.Config{ClientAuth: cryptotls.VerifyClientCertIfGiven, ClientCAs: cfg.ClientCAs}
