@@ -52,7 +52,13 @@ const (
 //   - alice and bob, with the aliases alice@corp.example.test and
 //     bob@corp.example.test so that their UPNs work as enterprise names; bob
 //     has disallow-forwardable, which makes his S4U2Self tickets not
-//     forwardable (Heimdal's counterpart of AD's "sensitive" flag).
+//     forwardable (Heimdal's counterpart of AD's "sensitive" flag);
+//   - dora, with the alias dora@corp.example.test, disabled: disallow-all-tix
+//     (the "invalid" flag; MIT's -allow_tix), so the KDC refuses S4U2Self
+//     and logins for her with KDC_ERR_POLICY. Heimdal 7.8 answers no
+//     KDC_ERR_CLIENT_REVOKED here (locked-out is KDC_ERR_POLICY too);
+//     disallow-client would make her look unknown (KDC_ERR_C_PRINCIPAL_UNKNOWN)
+//     and an expired principal gets KDC_ERR_NAME_EXP (1).
 //
 // S4U2Self by enterprise name (alice@corp.example.test, name type 10)
 // finds alice through the alias; the tickets keep the name as requested
@@ -97,6 +103,7 @@ func Heimdal(t testing.TB) *Realm {
 		"add --random-key --use-defaults " + OtherSPN,
 		heimdalUser("alice", ""),
 		heimdalUser("bob", "disallow-forwardable"),
+		heimdalUser("dora", "disallow-all-tix"),
 		"ext_keytab -k " + r.ProxyKeytabPath + " " + heimdalProxy,
 		"ext_keytab -k " + r.UntrustedProxyKeytabPath + " " + heimdalUntrusted,
 		"ext_keytab -k " + r.ExchangeKeytabPath + " " + ExchangeSPN,

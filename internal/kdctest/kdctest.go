@@ -8,8 +8,9 @@
 // Both realms are CORP.EXAMPLE.TEST with the same cast: a proxy trusted for
 // protocol transition and constrained delegation to HTTP/exchange..., an
 // "untrusted" proxy allowed to delegate to the same SPN but without protocol
-// transition, a service outside the delegation list, a normal user (alice)
-// and a user that must not be delegated (bob). Only AES keys are used.
+// transition, a service outside the delegation list, a normal user (alice),
+// a user that must not be delegated (bob) and a disabled user (dora). Only
+// AES keys are used.
 //
 // What the KDCs answer (checked by this package's tests):
 //
@@ -21,6 +22,15 @@
 //	S4U2Self by the untrusted proxy      ticket NOT forwardable      ticket NOT forwardable
 //	S4U2Proxy by the untrusted proxy     KDC_ERR_BADOPTION (13)      KDC_ERR_BADOPTION (13)
 //	S4U2Self for an unknown user         KDC_ERR_C_PRINCIPAL_UNKNOWN (6), both
+//	S4U2Self for DisabledUser            KDC_ERR_POLICY (12)         KDC_ERR_POLICY (12)
+//	AS-REQ as DisabledUser               KDC_ERR_POLICY (12)         KDC_ERR_CLIENT_REVOKED (18)
+//
+// S4U2Self for DisabledUser gets the same answer by name ("dora") and by
+// enterprise name; Samba's reason is "Principal may not act as client", not
+// the KDC_ERR_CLIENT_REVOKED of its AS exchange, so code that recognises a
+// disabled account should take both codes. The AS-REQ is refused after
+// pre-authentication (KDC_ERR_PREAUTH_REQUIRED first), by name or, on
+// Samba, by UPN.
 //
 // S4U tickets requested by UPN (enterprise name, type 10) name the user
 // alice@corp.example.test (type 10) on both KDCs; requested by the name
@@ -87,6 +97,11 @@ type Realm struct {
 	UserPassword  string // for a password login (the same for every user, AddUser's too)
 	SensitiveUser string // UPN of a user that cannot be delegated, "bob@corp.example.test"
 
+	// DisabledUser is the UPN of a user that exists but whose account is
+	// disabled, "dora@corp.example.test": the KDCs refuse S4U2Self and
+	// logins for it (see the table above for the codes).
+	DisabledUser string
+
 	// UntrustedProxyPrincipal may delegate to ExchangeSPN but is not trusted
 	// for protocol transition: its S4U2Self tickets are not forwardable and
 	// S4U2Proxy with them fails (KDC_ERR_BADOPTION).
@@ -131,6 +146,7 @@ func cast(kind, dir, proxy, untrustedProxy string) *Realm {
 		UserPrincipal:            "alice",
 		UserPassword:             userPassword,
 		SensitiveUser:            "bob@" + DNSDomain,
+		DisabledUser:             "dora@" + DNSDomain,
 		UntrustedProxyPrincipal:  untrustedProxy,
 		UntrustedProxyKeytabPath: filepath.Join(dir, "untrusted.keytab"),
 	}

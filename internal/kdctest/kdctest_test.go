@@ -2,8 +2,10 @@ package kdctest
 
 import (
 	"encoding/base64"
+	"encoding/binary"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,13 +16,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jcmturner/gofork/encoding/asn1"
 	"github.com/jcmturner/goidentity/v6"
 	"github.com/jcmturner/gokrb5/v8/client"
 	"github.com/jcmturner/gokrb5/v8/config"
 	"github.com/jcmturner/gokrb5/v8/credentials"
+	"github.com/jcmturner/gokrb5/v8/crypto/rfc4757"
+	"github.com/jcmturner/gokrb5/v8/iana/chksumtype"
 	"github.com/jcmturner/gokrb5/v8/iana/errorcode"
 	"github.com/jcmturner/gokrb5/v8/iana/flags"
+	"github.com/jcmturner/gokrb5/v8/iana/keyusage"
 	"github.com/jcmturner/gokrb5/v8/iana/nametype"
+	"github.com/jcmturner/gokrb5/v8/iana/patype"
 	"github.com/jcmturner/gokrb5/v8/keytab"
 	"github.com/jcmturner/gokrb5/v8/messages"
 	"github.com/jcmturner/gokrb5/v8/service"
@@ -87,8 +94,18 @@ func TestUserPasswordLogin(t *testing.T) {
 		if err := bad.Login(); err == nil {
 			t.Fatal("login with a wrong password succeeded")
 		}
-		if as, _ := r.Requests(); as != 4 {
-			t.Errorf("the KDC saw %d AS-REQs, want 4", as)
+		// The disabled user: refused after pre-authentication.
+		disabled := strings.TrimSuffix(r.DisabledUser, "@"+DNSDomain)
+		dora := client.NewWithPassword(disabled, r.Name, r.UserPassword, clientConfig(t, r), client.DisablePAFXFAST(true))
+		if err := dora.Login(); err == nil {
+			t.Errorf("login as the disabled user %s succeeded", disabled)
+		}
+		want := map[string]int32{"heimdal": errorcode.KDC_ERR_POLICY, "samba": errorcode.KDC_ERR_CLIENT_REVOKED}[r.Kind]
+		if errs := r.relay.kdcErrors(); len(errs) < 2 || !slices.Equal(errs[len(errs)-2:], []int32{errorcode.KDC_ERR_PREAUTH_REQUIRED, want}) {
+			t.Errorf("login as the disabled user %s: KDC errors %v, want PREAUTH_REQUIRED (25) then %d", disabled, errs, want)
+		}
+		if as, _ := r.Requests(); as != 6 {
+			t.Errorf("the KDC saw %d AS-REQs, want 6", as)
 		}
 	})
 }
@@ -334,6 +351,35 @@ func TestDelegation(t *testing.T) {
 			t.Errorf("S4U2Proxy by %s: KDC error %d, want KDC_ERR_BADOPTION (13)", r.UntrustedProxyPrincipal, code)
 		}
 
+		// S4U2Self by enterprise name (the UPN), as the proxy asks: a
+		// forwardable ticket that names the user by that enterprise name.
+		rep, code := s4u2selfByUPN(t, r, r.User)
+		if rep == nil {
+			t.Errorf("S4U2Self for %s by enterprise name: KDC error %d, want a ticket", r.User, code)
+		} else {
+			if rep.CName.NameType != nametype.KRB_NT_ENTERPRISE || !slices.Equal(rep.CName.NameString, []string{r.User}) {
+				t.Errorf("S4U2Self for %s by enterprise name: the ticket names %+v, want the enterprise name", r.User, rep.CName)
+			}
+			if !types.IsFlagSet(&rep.DecryptedEncPart.Flags, flags.Forwardable) {
+				t.Errorf("S4U2Self for %s by enterprise name: the ticket is not forwardable", r.User)
+			}
+		}
+
+		// The disabled user: S4U2Self is refused, by name and by
+		// enterprise name, with KDC_ERR_POLICY on both KDCs (Samba 4.17
+		// answers KDC_ERR_CLIENT_REVOKED to an AS-REQ only).
+		disabled := strings.TrimSuffix(r.DisabledUser, "@"+DNSDomain)
+		if self := h.s4u2self("proxy", r.ProxyPrincipal, disabled, "dora-self"); self != nil {
+			t.Errorf("S4U2Self for the disabled user %s: got %s", disabled, describe(self))
+		} else if code := lastError(); code != errorcode.KDC_ERR_POLICY {
+			t.Errorf("S4U2Self for the disabled user %s: KDC error %d, want KDC_ERR_POLICY (12)", disabled, code)
+		}
+		if rep, code := s4u2selfByUPN(t, r, r.DisabledUser); rep != nil {
+			t.Errorf("S4U2Self for the disabled user %s by enterprise name: got a ticket", r.DisabledUser)
+		} else if code != errorcode.KDC_ERR_POLICY {
+			t.Errorf("S4U2Self for the disabled user %s by enterprise name: KDC error %d, want KDC_ERR_POLICY (12)", r.DisabledUser, code)
+		}
+
 		// An unknown user.
 		if self := h.s4u2self("proxy", r.ProxyPrincipal, "nobody", "nobody-self"); self != nil {
 			t.Error("S4U2Self for an unknown user succeeded")
@@ -365,4 +411,85 @@ func TestAddUser(t *testing.T) {
 			t.Fatal("S4U2Proxy for the new user failed")
 		}
 	})
+}
+
+// s4u2selfByUPN asks, as the proxy (with gokrb5 for the AS exchange), for
+// an S4U2Self ticket to itself in the name of upn as an enterprise name
+// (name type 10), as the proxy does: kgetcred --impersonate names the user
+// as an NT-PRINCIPAL only. It returns the reply, or nil and the KRB-ERROR
+// code the KDC answered.
+func s4u2selfByUPN(t *testing.T, r *Realm, upn string) (*messages.TGSRep, int32) {
+	t.Helper()
+	cfg := clientConfig(t, r)
+	cl := client.NewWithKeytab(r.ProxyPrincipal, r.Name, r.ProxyKeytab, cfg, client.DisablePAFXFAST(true))
+	defer cl.Destroy()
+	proxy := types.NewPrincipalName(nametype.KRB_NT_PRINCIPAL, r.ProxyPrincipal)
+	asReq, err := messages.NewASReqForTGT(r.Name, cfg, proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	asRep, err := cl.ASExchange(r.Name, asReq, 0)
+	if err != nil {
+		t.Fatalf("login as %s: %v", r.ProxyPrincipal, err)
+	}
+	key := asRep.DecryptedEncPart.Key
+	req, err := messages.NewTGSReq(proxy, r.Name, cfg, asRep.Ticket, key, proxy, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// PA-FOR-USER (MS-SFU 2.2.1): its checksum (HMAC-MD5, whatever the
+	// key's type) covers the name type, the name, the realm and
+	// "Kerberos".
+	user := types.PrincipalName{NameType: nametype.KRB_NT_ENTERPRISE, NameString: []string{upn}}
+	data := binary.LittleEndian.AppendUint32(nil, uint32(user.NameType))
+	data = append(append(append(data, upn...), r.Name...), "Kerberos"...)
+	sum, err := rfc4757.Checksum(key.KeyValue, keyusage.KERB_NON_KERB_CKSUM_SALT, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forUser, err := asn1.Marshal(struct {
+		UserName    types.PrincipalName `asn1:"explicit,tag:0"`
+		UserRealm   string              `asn1:"generalstring,explicit,tag:1"`
+		Cksum       types.Checksum      `asn1:"explicit,tag:2"`
+		AuthPackage string              `asn1:"generalstring,explicit,tag:3"`
+	}{user, r.Name, types.Checksum{CksumType: chksumtype.KERB_CHECKSUM_HMAC_MD5, Checksum: sum}, "Kerberos"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.PAData = append(req.PAData, types.PAData{PADataType: patype.PA_FOR_USER, PADataValue: forUser})
+	b, err := req.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := net.Dial("tcp", r.KDCs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(frame(b)); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := readFrame(c)
+	if err != nil {
+		t.Fatalf("S4U2Self for %s: %v", upn, err)
+	}
+	reply = reply[4:]
+	if len(reply) > 0 && reply[0] == 0x7e {
+		var e messages.KRBError
+		if err := e.Unmarshal(reply); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("S4U2Self for %s (enterprise name): %s", upn, e.Error())
+		return nil, e.ErrorCode
+	}
+	var rep messages.TGSRep
+	if err := rep.Unmarshal(reply); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.DecryptEncPart(key); err != nil {
+		t.Fatal(err)
+	}
+	return &rep, 0
 }

@@ -22,6 +22,7 @@ var sambaSetupScript string
 
 // userAccountControl flags (MS-ADTS 2.2.16).
 const (
+	ufAccountDisable                   = 0x2        // "account is disabled" (samba-tool user disable)
 	ufNotDelegated                     = 0x100000   // "account is sensitive and cannot be delegated"
 	ufTrustedToAuthenticateForDelegate = 0x1000000  // protocol transition ("use any authentication protocol")
 	aesOnly                            = 0x8 | 0x10 // msDS-SupportedEncryptionTypes: AES128, AES256
@@ -65,8 +66,9 @@ func RunFunc(run func() int) int {
 //   - svc_untrusted (HTTP/untrusted.corp.example.test):
 //     msDS-AllowedToDelegateTo ExchangeSPN, no protocol transition;
 //   - svc_exchange (ExchangeSPN), svc_other (OtherSPN);
-//   - alice, and bob with "account is sensitive and cannot be delegated";
-//     their UPNs are alice@corp.example.test and bob@corp.example.test.
+//   - alice, bob with "account is sensitive and cannot be delegated", and
+//     dora, disabled (userAccountControl ACCOUNTDISABLE, as samba-tool user
+//     disable does); their UPNs are alice@, bob@ and dora@corp.example.test.
 //
 // Service accounts have msDS-SupportedEncryptionTypes 24 (AES only).
 // S4U2Self by enterprise name (alice@corp.example.test, name type 10)
@@ -204,6 +206,7 @@ func startSamba() (s *sambaServer, err error) {
 			{Name: "svc_other", Password: randomPassword(), SPNs: []string{OtherSPN}, Enctypes: aesOnly},
 			{Name: "alice", Password: userPassword},
 			{Name: "bob", Password: userPassword, UAC: ufNotDelegated},
+			{Name: "dora", Password: userPassword, UAC: ufAccountDisable},
 		},
 		Keytabs: []sambaKeytab{
 			{Principal: "svc_proxy", Path: s.realm.ProxyKeytabPath},

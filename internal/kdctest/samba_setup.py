@@ -1,7 +1,8 @@
 # kdctest's Samba setup: creates accounts and exports keytabs in one Python
 # process (samba-tool takes a process, about 0.3 s, per step). It does what
 # samba-tool's user create, spn add, delegation for-any-protocol,
-# delegation add-service, user sensitive and domain exportkeytab do, plus
+# delegation add-service, user sensitive, user disable and domain
+# exportkeytab do (the flags go in "uac", ORed into userAccountControl), plus
 # msDS-SupportedEncryptionTypes. Run with /usr/bin/python3 (the samba
 # modules are Debian's). Reads a JSON spec on stdin:
 #
