@@ -26,6 +26,13 @@ var (
 	ErrClockSkew = errors.New("the clocks of this host and the KDC differ too much (KRB_AP_ERR_SKEW)")
 	// ErrKDCUnreachable: no configured KDC answered in time.
 	ErrKDCUnreachable = errors.New("no KDC answered")
+	// ErrUserRefused: the KDC issues no tickets for the user
+	// (KDC_ERR_CLIENT_REVOKED, KDC_ERR_POLICY, KDC_ERR_KEY_EXPIRED): the
+	// account is disabled, locked out, expired or restricted.
+	ErrUserRefused = errors.New("the KDC issues no tickets for the user: the account is disabled, locked out, expired or restricted")
+	// ErrProxyLogin: the KDC refused the proxy's own login: its principal,
+	// keytab or realm is wrong, or its account is disabled.
+	ErrProxyLogin = errors.New("the KDC refused the proxy's own login: check the principal, keytab and realm")
 	// ErrKDC: any other error answer from the KDC (its code is in Error).
 	ErrKDC = errors.New("the KDC refused the request")
 	// ErrProtocol: the KDC's answer failed our checks (wrong nonce, server
@@ -80,21 +87,29 @@ func (e *Error) Unwrap() []error {
 // not delegable), 502 when the gateway or the KDC is at fault.
 func (e *Error) HTTPStatus() int {
 	switch e.Kind {
-	case ErrNoIdentity, ErrUnknownPrincipal, ErrNotForwardable:
+	case ErrNoIdentity, ErrUnknownPrincipal, ErrNotForwardable, ErrUserRefused:
 		return http.StatusForbidden
 	}
 	return http.StatusBadGateway
 }
 
-// kindOf maps a KDC error code to what it means for us.
-func kindOf(code int32) error {
-	switch code {
-	case errorcode.KDC_ERR_C_PRINCIPAL_UNKNOWN:
-		return ErrUnknownPrincipal
-	case errorcode.KDC_ERR_BADOPTION:
-		return ErrBadOption
-	case errorcode.KRB_AP_ERR_SKEW:
+// kindOf maps a KDC error code at a step to what it means for us: about
+// the user only at S4U2Self, where the user is looked up; at the login,
+// anything but clock skew is the proxy's own configuration.
+func kindOf(step string, code int32) error {
+	switch {
+	case code == errorcode.KRB_AP_ERR_SKEW:
 		return ErrClockSkew
+	case step == StepLogin:
+		return ErrProxyLogin
+	case code == errorcode.KDC_ERR_BADOPTION:
+		return ErrBadOption
+	case step != StepS4U2Self:
+		return ErrKDC
+	case code == errorcode.KDC_ERR_C_PRINCIPAL_UNKNOWN:
+		return ErrUnknownPrincipal
+	case code == errorcode.KDC_ERR_CLIENT_REVOKED, code == errorcode.KDC_ERR_POLICY, code == errorcode.KDC_ERR_KEY_EXPIRED:
+		return ErrUserRefused
 	}
 	return ErrKDC
 }

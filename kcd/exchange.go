@@ -74,7 +74,7 @@ func (x *exchanger) login(ctx context.Context) (*credential, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := x.now()
+	now := x.now().UTC() // KerberosTime is UTC ("Z"), whatever the local zone
 	krbtgt := types.PrincipalName{NameType: nametype.KRB_NT_SRV_INST, NameString: []string{"krbtgt", x.realm}}
 	// Tickets derived from a TGT can only be forwardable (as S4U2Proxy
 	// needs) if the TGT is.
@@ -94,7 +94,7 @@ func (x *exchanger) login(ctx context.Context) (*credential, error) {
 		},
 	}}
 	if len(req.ReqBody.EType) == 0 {
-		return nil, &Error{Step: StepLogin, Kind: ErrKDC, Err: errors.New("the keytab has no key for the proxy principal in the realm")}
+		return nil, &Error{Step: StepLogin, Kind: ErrProxyLogin, Err: errors.New("the keytab has no key for the proxy principal in the realm")}
 	}
 	// The first request goes without pre-authentication: the KDC's answer
 	// names the encryption type (and salt) it wants the timestamp in.
@@ -102,7 +102,7 @@ func (x *exchanger) login(ctx context.Context) (*credential, error) {
 	var ke *krbError
 	if errors.As(err, &ke) && ke.msg.ErrorCode == errorcode.KDC_ERR_PREAUTH_REQUIRED {
 		if err := x.preauthenticate(&req, ke.msg); err != nil {
-			return nil, &Error{Step: StepLogin, Kind: ErrKDC, KDC: ke.kdc, Err: err}
+			return nil, &Error{Step: StepLogin, Kind: ErrProxyLogin, KDC: ke.kdc, Err: err}
 		}
 		rep, kdc, err = x.send(ctx, StepLogin, &req)
 	}
@@ -188,10 +188,8 @@ func (x *exchanger) s4u2Self(ctx context.Context, tgt *credential, user string) 
 		return nil, err
 	}
 	cred, err := x.checkTGSRep(rep, x.principal)
-	if err == nil && rep.CName.Equal(x.principal) {
-		// A KDC that ignored PA-FOR-USER issued the proxy a ticket for
-		// itself: using it would act as the proxy, not as the user.
-		err = errors.New("the KDC ignored PA-FOR-USER (no S4U2Self support)")
+	if err == nil {
+		err = x.checkSelfTicket(rep, name)
 	}
 	if err != nil {
 		return nil, &Error{Step: StepS4U2Self, Kind: ErrProtocol, KDC: kdc, Err: err}
@@ -200,6 +198,29 @@ func (x *exchanger) s4u2Self(ctx context.Context, tgt *credential, user string) 
 		return nil, &Error{Step: StepS4U2Self, Kind: ErrNotForwardable, KDC: kdc}
 	}
 	return cred, nil
+}
+
+// checkSelfTicket verifies whom the S4U2Self ticket is for. The reply's
+// client name is outside its encrypted part; the ticket, addressed to the
+// proxy, is decrypted with the proxy's keys, and its client must be the
+// reply's, must not be the proxy (a KDC that ignored PA-FOR-USER issues
+// the proxy a ticket for itself), and for a plain name must be that name
+// (an enterprise name may be canonicalised to the account name).
+func (x *exchanger) checkSelfTicket(rep *messages.TGSRep, requested types.PrincipalName) error {
+	tkt := rep.Ticket
+	if err := tkt.DecryptEncPart(x.creds.Keytab(), &x.principal); err != nil {
+		return fmt.Errorf("the S4U2Self ticket does not decrypt with the proxy's keys: %w", err)
+	}
+	client := tkt.DecryptedEncPart.CName
+	switch {
+	case !sameName(client, rep.CName) || !strings.EqualFold(tkt.DecryptedEncPart.CRealm, rep.CRealm):
+		return errors.New("the S4U2Self reply names another client than its ticket")
+	case sameName(client, x.principal):
+		return errors.New("the KDC ignored PA-FOR-USER (no S4U2Self support)")
+	case requested.NameType != nametype.KRB_NT_ENTERPRISE && !sameName(client, requested):
+		return errors.New("the S4U2Self ticket is for another user than requested")
+	}
+	return nil
 }
 
 // s4u2Proxy exchanges the S4U2Self ticket for one to spn, still on the
@@ -228,7 +249,7 @@ func (x *exchanger) tgs(ctx context.Context, step string, tgt *credential, sname
 	if err != nil {
 		return nil, "", err
 	}
-	now := x.now()
+	now := x.now().UTC() // KerberosTime is UTC ("Z"), whatever the local zone
 	body := messages.KDCReqBody{
 		KDCOptions: types.NewKrbFlags(),
 		Realm:      x.realm,
@@ -350,7 +371,7 @@ func (x *exchanger) keytabTypes() []int32 {
 func stepError(step string, err error) error {
 	var ke *krbError
 	if errors.As(err, &ke) {
-		e := &Error{Step: step, Kind: kindOf(ke.msg.ErrorCode), Code: ke.msg.ErrorCode, KDC: ke.kdc}
+		e := &Error{Step: step, Kind: kindOf(step, ke.msg.ErrorCode), Code: ke.msg.ErrorCode, KDC: ke.kdc}
 		if ke.msg.EText != "" {
 			// Heimdal and AD explain BADOPTION and friends here; the text
 			// names services, not users.

@@ -53,6 +53,7 @@ type Delegator struct {
 	cfg   Config
 	spn   types.PrincipalName
 	x     *exchanger
+	login func(context.Context) (*credential, error) // x.login; tests make it fail
 	log   *slog.Logger
 	group singleflight.Group
 
@@ -154,6 +155,7 @@ func New(cfg Config) (*Delegator, error) {
 		cfg:     cfg,
 		spn:     principalName(cfg.SPN),
 		x:       x,
+		login:   x.login,
 		log:     cfg.Logger,
 		tickets: make(map[string]*cacheEntry),
 		sweepAt: 1024,
@@ -207,7 +209,7 @@ func (d *Delegator) fetch(ctx context.Context, key, user string) (*serviceTicket
 		}
 		countError(e)
 		d.log.Warn("kerberos delegation failed", "step", e.Step, "kdcErrorCode", e.Code, "kdc", e.KDC, "error", e.Error())
-		if e.Kind == ErrUnknownPrincipal || e.Kind == ErrNotForwardable {
+		if e.Kind == ErrUnknownPrincipal || e.Kind == ErrNotForwardable || e.Kind == ErrUserRefused {
 			d.store(key, &cacheEntry{err: e, refresh: now.Add(d.cfg.NegativeTTL)}, now)
 		}
 		return nil, e
@@ -245,12 +247,13 @@ func (d *Delegator) delegate(ctx context.Context, user string) (*serviceTicket, 
 	}
 }
 
-// staleTGT reports KDC errors that a fresh TGT cures: the TGT expired, or
-// the krbtgt key changed since it was issued (the KDC cannot read it).
+// staleTGT reports KDC errors that a fresh TGT cures: the TGT expired,
+// was revoked or is not valid yet, or the krbtgt key changed since it was
+// issued (the KDC cannot read it).
 func staleTGT(code int32) bool {
 	switch code {
-	case errorcode.KRB_AP_ERR_BAD_INTEGRITY, errorcode.KRB_AP_ERR_TKT_EXPIRED,
-		errorcode.KRB_AP_ERR_MODIFIED, errorcode.KRB_AP_ERR_BADKEYVER:
+	case errorcode.KRB_AP_ERR_BAD_INTEGRITY, errorcode.KRB_AP_ERR_TKT_EXPIRED, errorcode.KRB_AP_ERR_TKT_NYV,
+		errorcode.KRB_AP_ERR_MODIFIED, errorcode.KRB_AP_ERR_BADKEYVER, errorcode.KDC_ERR_TGT_REVOKED:
 		return true
 	}
 	return false
@@ -269,7 +272,7 @@ func (d *Delegator) loginTGT(ctx context.Context) (*credential, error) {
 		return tgt, nil
 	}
 	v, err, _ := d.group.Do("\x00tgt", func() (any, error) {
-		fresh, err := d.x.login(ctx)
+		fresh, err := d.login(ctx)
 		if err != nil {
 			return nil, err
 		}

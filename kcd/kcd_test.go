@@ -1,22 +1,29 @@
 package kcd
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/jcmturner/gokrb5/v8/credentials"
+	"github.com/jcmturner/gokrb5/v8/iana/patype"
 	"github.com/jcmturner/gokrb5/v8/keytab"
+	"github.com/jcmturner/gokrb5/v8/messages"
 	"github.com/jcmturner/gokrb5/v8/service"
 	"github.com/jcmturner/gokrb5/v8/spnego"
+	"github.com/jcmturner/gokrb5/v8/types"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ensgate/ensgate/internal/kdctest"
@@ -222,10 +229,17 @@ func TestDelegationErrors(t *testing.T) {
 			{"unknown user", nil, "nobody@" + strings.ToLower(r.Name), ErrUnknownPrincipal, 403},
 			{"SPN not in the delegation list", func(c *Config) { c.SPN = r.OtherSPN }, r.User, ErrBadOption, 502},
 			{"sensitive user", nil, r.SensitiveUser, ErrNotForwardable, 403},
+			{"disabled user", nil, r.DisabledUser, ErrUserRefused, 403},
 			{"proxy not trusted for protocol transition", func(c *Config) {
 				c.Principal, c.Keytab = r.UntrustedProxyPrincipal, r.UntrustedProxyKeytab
 			}, r.User, ErrNotForwardable, 403},
 			{"clock skew", func(c *Config) { c.now = func() time.Time { return time.Now().Add(time.Hour) } }, r.User, ErrClockSkew, 502},
+			{"proxy principal unknown to the KDC", func(c *Config) {
+				c.Principal, c.Keytab = "HTTP/nobody."+kdctest.DNSDomain, keytab.New()
+				if err := c.Keytab.AddEntry(c.Principal, r.Name, "pw", time.Now(), 1, 18); err != nil {
+					t.Fatal(err)
+				}
+			}, r.User, ErrProxyLogin, 502},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				d := newDelegator(t, r, tc.change)
@@ -462,15 +476,14 @@ func TestTheProxysTGT(t *testing.T) {
 	})
 	t.Run("kept while a login fails and it is still valid", func(t *testing.T) {
 		age(0.7)
-		wrong := keytab.New() // as after the account's password changed
-		if err := wrong.AddEntry(r.ProxyPrincipal, r.Name, "not the password", time.Now(), 1, 18); err != nil {
-			t.Fatal(err)
+		logins := 0
+		d.login = func(context.Context) (*credential, error) {
+			logins++
+			return nil, &Error{Step: StepLogin, Kind: ErrProxyLogin}
 		}
-		good := d.x.creds
-		d.x.creds = credentials.New(r.ProxyPrincipal, r.Name).WithKeytab(wrong)
-		defer func() { d.x.creds = good }()
-		if as, tgs := newUser("frank"); as == 0 || tgs != 2 {
-			t.Errorf("%d AS-REQ, %d TGS-REQ; want a failed login, then 2 with the old TGT", as, tgs)
+		defer func() { d.login = d.x.login }()
+		if as, tgs := newUser("frank"); logins != 1 || as != 0 || tgs != 2 {
+			t.Errorf("%d logins, %d AS-REQ, %d TGS-REQ; want a failed login, then 2 TGS-REQ with the old TGT", logins, as, tgs)
 		}
 	})
 	t.Run("replaced when the KDC cannot read it", func(t *testing.T) {
@@ -487,5 +500,190 @@ func TestTheProxysTGT(t *testing.T) {
 		if as, tgs := newUser("grace"); as == 0 || tgs != 3 {
 			t.Errorf("%d AS-REQ, %d TGS-REQ; want a login and 3 (one refused)", as, tgs)
 		}
+	})
+}
+
+// tee forwards Kerberos-over-TCP connections to kdc and records each
+// request; it can play a misbehaving KDC or an attacker on the path by
+// rewriting requests and replies.
+type tee struct {
+	mu         sync.Mutex
+	requests   [][]byte
+	rewriteReq func(req []byte) []byte
+	rewriteRep func(req, rep []byte) []byte
+}
+
+func startTee(t *testing.T, kdc string) (*tee, string) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	te := &tee{}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var size [4]byte
+				if _, err := io.ReadFull(c, size[:]); err != nil {
+					return
+				}
+				req := make([]byte, binary.BigEndian.Uint32(size[:]))
+				if _, err := io.ReadFull(c, req); err != nil {
+					return
+				}
+				te.mu.Lock()
+				te.requests = append(te.requests, req)
+				rewriteReq, rewriteRep := te.rewriteReq, te.rewriteRep
+				te.mu.Unlock()
+				if rewriteReq != nil {
+					req = rewriteReq(req)
+				}
+				rep, err := (&transport{kdcs: []string{kdc}, timeout: 5 * time.Second}).roundTrip(context.Background(), kdc, req)
+				if err != nil {
+					return
+				}
+				if rewriteRep != nil {
+					rep = rewriteRep(req, rep)
+				}
+				binary.BigEndian.PutUint32(size[:], uint32(len(rep)))
+				c.Write(append(size[:], rep...))
+			}()
+		}
+	}()
+	return te, l.Addr().String()
+}
+
+// TestTimesAreUTC: KerberosTime must be UTC ("…Z", RFC 4120 5.2.3); MIT's
+// KDC rejects a local zone offset. Heimdal accepts either, so the test
+// reads the requests themselves.
+func TestTimesAreUTC(t *testing.T) {
+	r := kdctest.Heimdal(t)
+	te, addr := startTee(t, r.KDCs[0])
+	berlin := time.FixedZone("CET", 3600)
+	d := newDelegator(t, r, func(c *Config) {
+		c.KDCs = []string{addr}
+		c.now = func() time.Time { return time.Now().In(berlin) }
+	})
+	if _, err := d.Negotiate(context.Background(), r.User); err != nil {
+		t.Fatal(err)
+	}
+	te.mu.Lock()
+	defer te.mu.Unlock()
+	if len(te.requests) < 3 {
+		t.Fatalf("%d requests seen", len(te.requests))
+	}
+	for i, req := range te.requests {
+		if bytes.Contains(req, []byte("+0100")) {
+			t.Errorf("request %d carries a local time (+0100)", i)
+		}
+	}
+}
+
+// isS4U2Self tells a TGS-REQ carrying PA-FOR-USER.
+func isS4U2Self(req []byte) (messages.TGSReq, bool) {
+	var tgs messages.TGSReq
+	if err := tgs.Unmarshal(req); err != nil {
+		return tgs, false
+	}
+	return tgs, tgs.PAData.Contains(patype.PA_FOR_USER)
+}
+
+// TestRepliesAreChecked: answers a real KDC never gives are refused, with
+// 502 and no header.
+func TestRepliesAreChecked(t *testing.T) {
+	r := kdctest.Heimdal(t)
+	ctx := context.Background()
+
+	t.Run("a KDC that ignores PA-FOR-USER", func(t *testing.T) {
+		te, addr := startTee(t, r.KDCs[0])
+		te.rewriteReq = func(req []byte) []byte {
+			tgs, ok := isS4U2Self(req)
+			if !ok {
+				return req
+			}
+			// Without PA-FOR-USER the KDC issues the proxy a ticket for
+			// itself; the body, and so the authenticator's checksum, stay.
+			tgs.PAData = slices.DeleteFunc(tgs.PAData, func(pa types.PAData) bool { return pa.PADataType == patype.PA_FOR_USER })
+			b, err := tgs.Marshal()
+			if err != nil {
+				t.Error(err)
+				return req
+			}
+			return b
+		}
+		d := newDelegator(t, r, func(c *Config) { c.KDCs = []string{addr} })
+		_, err := d.Negotiate(ctx, r.User)
+		var e *Error
+		if !errors.As(err, &e) || e.Kind != ErrProtocol || e.Step != StepS4U2Self || e.HTTPStatus() != 502 || !strings.Contains(err.Error(), "ignored PA-FOR-USER") {
+			t.Fatalf("error %v, want the S4U2Self check to refuse a ticket for the proxy itself", err)
+		}
+	})
+
+	t.Run("another user's reply replayed", func(t *testing.T) {
+		te, addr := startTee(t, r.KDCs[0])
+		var first []byte
+		te.rewriteRep = func(req, rep []byte) []byte {
+			if _, ok := isS4U2Self(req); !ok {
+				return rep
+			}
+			if first == nil {
+				first = rep
+				return rep
+			}
+			return first
+		}
+		d := newDelegator(t, r, func(c *Config) { c.KDCs = []string{addr} })
+		if _, err := d.Negotiate(ctx, r.User); err != nil {
+			t.Fatal(err)
+		}
+		_, err := d.Negotiate(ctx, r.AddUser(t, "mallory"))
+		var e *Error
+		if !errors.As(err, &e) || e.Kind != ErrProtocol || e.HTTPStatus() != 502 || !strings.Contains(err.Error(), "nonce") {
+			t.Fatalf("error %v, want a nonce mismatch", err)
+		}
+	})
+}
+
+// TestConcurrentUsersGetTheirOwnTickets: many users at once, each header
+// authenticates its own user at Exchange.
+func TestConcurrentUsersGetTheirOwnTickets(t *testing.T) {
+	eachKDC(t, func(t *testing.T, r *kdctest.Realm) {
+		d := newDelegator(t, r, nil)
+		names := []string{"user1", "user2", "user3", "user4", "user5"}
+		if r.Kind == "samba" { // Samba's users live as long as the test binary
+			for i := range names {
+				names[i] += "c"
+			}
+		}
+		upns := make([]string, len(names))
+		for i, n := range names {
+			upns[i] = r.AddUser(t, n)
+		}
+		var wg sync.WaitGroup
+		for round := range 4 {
+			for i := range upns {
+				wg.Go(func() {
+					h, err := d.Negotiate(context.Background(), upns[i])
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					creds, err := exchange(t, r, h)
+					if err != nil {
+						t.Errorf("round %d, %s: %v", round, names[i], err)
+						return
+					}
+					if got := creds.UserName(); !strings.EqualFold(got, names[i]) && !strings.EqualFold(got, upns[i]) {
+						t.Errorf("%s's header authenticates %s", names[i], got)
+					}
+				})
+			}
+		}
+		wg.Wait()
 	})
 }
