@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,6 +36,7 @@ import (
 //		timeout      3s                   # per KDC attempt
 //		renew_before 5m
 //		negative_ttl 1m
+//		max_tickets  100000               # users in the ticket cache
 //	}
 type Kerberos struct {
 	Realm     string   `json:"realm,omitempty"`
@@ -50,6 +52,8 @@ type Kerberos struct {
 	Timeout          caddy.Duration `json:"timeout,omitempty"`
 	RenewBefore      caddy.Duration `json:"renew_before,omitempty"`
 	NegativeTTL      caddy.Duration `json:"negative_ttl,omitempty"`
+	// MaxTickets bounds the ticket cache (users); default 100,000.
+	MaxTickets int `json:"max_tickets,omitempty"`
 }
 
 // delegators shares a kcd.Delegator, and so its ticket cache and TGT,
@@ -100,6 +104,7 @@ func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, strin
 		Timeout:     time.Duration(k.Timeout),
 		RenewBefore: time.Duration(k.RenewBefore),
 		NegativeTTL: time.Duration(k.NegativeTTL),
+		MaxEntries:  k.MaxTickets,
 		Logger:      log,
 	}
 	if err := cfg.Validate(); err != nil {
@@ -108,7 +113,7 @@ func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, strin
 	if len(problems) > 0 {
 		return nil, "", fmt.Errorf("ews_proxy: kerberos: %s", strings.Join(problems, "; "))
 	}
-	settings, err := json.Marshal([]any{cfg.Realm, cfg.KDCs, cfg.Principal, cfg.SPN, cfg.Timeout, cfg.RenewBefore, cfg.NegativeTTL})
+	settings, err := json.Marshal([]any{cfg.Realm, cfg.KDCs, cfg.Principal, cfg.SPN, cfg.Timeout, cfg.RenewBefore, cfg.NegativeTTL, cfg.MaxEntries})
 	if err != nil {
 		return nil, "", err
 	}
@@ -180,8 +185,15 @@ func parseKerberos(d *caddyfile.Dispenser) (*Kerberos, error) {
 			err = duration(&k.RenewBefore)
 		case "negative_ttl":
 			err = duration(&k.NegativeTTL)
+		case "max_tickets":
+			var v string
+			if err = single(&v); err == nil {
+				if k.MaxTickets, err = strconv.Atoi(v); err != nil || k.MaxTickets < 1 {
+					err = d.Errf("kerberos max_tickets %q: want a positive number of users", v)
+				}
+			}
 		default:
-			return nil, d.Errf("unrecognized kerberos option %q (realm, kdc, keytab, principal, spn, identity, identity_template, timeout, renew_before, negative_ttl)", option)
+			return nil, d.Errf("unrecognized kerberos option %q (realm, kdc, keytab, principal, spn, identity, identity_template, timeout, renew_before, negative_ttl, max_tickets)", option)
 		}
 		if err != nil {
 			return nil, err

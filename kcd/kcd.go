@@ -189,10 +189,16 @@ func (d *Delegator) Negotiate(ctx context.Context, user string) (string, error) 
 	})
 	select {
 	case res := <-ch:
+		now := d.cfg.now()
 		if res.Err != nil {
+			// A ticket due for renewal still serves while no KDC answers,
+			// until a minute before it ends.
+			if e != nil && e.ticket != nil && errors.Is(res.Err, ErrKDCUnreachable) && now.Before(e.ticket.cred.end.Add(-time.Minute)) {
+				return e.ticket.header(now)
+			}
 			return "", res.Err
 		}
-		return res.Val.(*serviceTicket).header(d.cfg.now())
+		return res.Val.(*serviceTicket).header(now)
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
@@ -315,13 +321,15 @@ func (d *Delegator) store(key string, e *cacheEntry, now time.Time) {
 			delete(d.tickets, k)
 		}
 	}
+	// Down to 90%, so that a full cache is swept once per tenth of its
+	// size in new users, not on every one.
 	for k := range d.tickets {
-		if len(d.tickets) <= d.cfg.MaxEntries {
+		if len(d.tickets) <= d.cfg.MaxEntries*9/10 {
 			break
 		}
 		if k != key {
 			delete(d.tickets, k)
 		}
 	}
-	d.sweepAt = max(1024, 2*len(d.tickets))
+	d.sweepAt = max(1024, min(2*len(d.tickets), d.cfg.MaxEntries+1))
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -273,12 +275,13 @@ func TestDelegationErrors(t *testing.T) {
 	})
 }
 
-// silentKDC accepts connections and never answers.
-func silentKDC(t *testing.T) string {
+// silentKDC accepts connections and never answers; accepted counts them.
+func silentKDC(t *testing.T) (addr string, accepted *atomic.Int64) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	accepted = new(atomic.Int64)
 	var conns []net.Conn
 	var mu sync.Mutex
 	go func() {
@@ -287,6 +290,7 @@ func silentKDC(t *testing.T) string {
 			if err != nil {
 				return
 			}
+			accepted.Add(1)
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()
@@ -300,7 +304,7 @@ func silentKDC(t *testing.T) string {
 			c.Close()
 		}
 	})
-	return l.Addr().String()
+	return l.Addr().String(), accepted
 }
 
 // closedPort is an address nothing listens on.
@@ -318,9 +322,10 @@ func TestKDCFailoverAndOutages(t *testing.T) {
 	r := kdctest.Heimdal(t)
 	ctx := context.Background()
 
-	t.Run("first KDC down, second answers", func(t *testing.T) {
+	t.Run("first KDCs down, the next answers and is asked first from then on", func(t *testing.T) {
+		silent, accepted := silentKDC(t)
 		d := newDelegator(t, r, func(c *Config) {
-			c.KDCs = append([]string{closedPort(t), silentKDC(t)}, r.KDCs...)
+			c.KDCs = append([]string{closedPort(t), silent}, r.KDCs...)
 			c.Timeout = 200 * time.Millisecond
 		})
 		h, err := d.Negotiate(ctx, r.User)
@@ -330,10 +335,18 @@ func TestKDCFailoverAndOutages(t *testing.T) {
 		if _, err := exchange(t, r, h); err != nil {
 			t.Fatal(err)
 		}
+		before := accepted.Load()
+		if _, err := d.Negotiate(ctx, r.AddUser(t, "henry")); err != nil {
+			t.Fatal(err)
+		}
+		if n := accepted.Load() - before; n != 0 {
+			t.Errorf("the silent KDC was tried %d more times after another one answered", n)
+		}
 	})
 
 	t.Run("all KDCs down", func(t *testing.T) {
-		d := newDelegator(t, r, func(c *Config) { c.KDCs = []string{closedPort(t), silentKDC(t)}; c.Timeout = 200 * time.Millisecond })
+		silent, _ := silentKDC(t)
+		d := newDelegator(t, r, func(c *Config) { c.KDCs = []string{closedPort(t), silent}; c.Timeout = 200 * time.Millisecond })
 		start := time.Now()
 		_, err := d.Negotiate(ctx, r.User)
 		if !errors.Is(err, ErrKDCUnreachable) {
@@ -350,7 +363,8 @@ func TestKDCFailoverAndOutages(t *testing.T) {
 	})
 
 	t.Run("the caller's deadline wins", func(t *testing.T) {
-		d := newDelegator(t, r, func(c *Config) { c.KDCs = []string{silentKDC(t)}; c.Timeout = time.Minute })
+		silent, _ := silentKDC(t)
+		d := newDelegator(t, r, func(c *Config) { c.KDCs = []string{silent}; c.Timeout = time.Minute })
 		ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 		defer cancel()
 		start := time.Now()
@@ -367,10 +381,23 @@ func TestKDCFailoverAndOutages(t *testing.T) {
 		if _, err := d.Negotiate(ctx, r.User); err != nil {
 			t.Fatal(err)
 		}
-		d.x.kdc.kdcs = []string{closedPort(t)}
+		d.x.kdc = &transport{kdcs: []string{closedPort(t)}, timeout: time.Second}
 		h, err := d.Negotiate(ctx, r.User)
 		if err != nil {
 			t.Fatalf("cached ticket not used while the KDC is down: %v", err)
+		}
+		if _, err := exchange(t, r, h); err != nil {
+			t.Fatal(err)
+		}
+		// Also when it is due for renewal, while it is still valid.
+		d.mu.Lock()
+		for _, e := range d.tickets {
+			e.refresh = time.Now().Add(-time.Second)
+		}
+		d.mu.Unlock()
+		h, err = d.Negotiate(ctx, r.User)
+		if err != nil {
+			t.Fatalf("a ticket due for renewal not used while the KDC is down: %v", err)
 		}
 		if _, err := exchange(t, r, h); err != nil {
 			t.Fatal(err)
@@ -686,4 +713,24 @@ func TestConcurrentUsersGetTheirOwnTickets(t *testing.T) {
 		}
 		wg.Wait()
 	})
+}
+
+// TestCacheIsBounded: a full cache evicts, and not on every new user.
+func TestCacheIsBounded(t *testing.T) {
+	d := &Delegator{cfg: Config{MaxEntries: 100}, tickets: map[string]*cacheEntry{}, sweepAt: 1024}
+	now := time.Now()
+	sweeps, last := 0, 0
+	for i := range 1000 {
+		d.store(fmt.Sprint("user", i), &cacheEntry{refresh: now.Add(time.Hour)}, now)
+		if len(d.tickets) > 100 {
+			t.Fatalf("%d entries, max 100", len(d.tickets))
+		}
+		if len(d.tickets) < last {
+			sweeps++
+		}
+		last = len(d.tickets)
+	}
+	if sweeps > 100 {
+		t.Errorf("%d sweeps for 1000 users into 100 places; want about one per 10", sweeps)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/jcmturner/gokrb5/v8/iana/errorcode"
@@ -22,8 +23,11 @@ const maxReply = 1 << 20
 // unexported, and S4U needs one that honours contexts and reports which
 // KDC failed how.
 type transport struct {
-	kdcs    []string      // host:port, tried in order
+	kdcs    []string      // host:port, tried in order from the last that answered
 	timeout time.Duration // per KDC attempt, dial to last byte
+	// answered is the index of the KDC that answered last: with the first
+	// KDC down, each request would otherwise wait out its timeout first.
+	answered atomic.Int32
 }
 
 // krbError is a KRB-ERROR answer and the KDC that sent it.
@@ -39,7 +43,10 @@ func (e *krbError) Error() string { return errorcode.Lookup(e.msg.ErrorCode) }
 // or busy KDC (KDC_ERR_SVC_UNAVAILABLE) makes it try the next one.
 func (t *transport) exchange(ctx context.Context, req []byte) ([]byte, string, error) {
 	var errs []error
-	for _, kdc := range t.kdcs {
+	first := int(t.answered.Load())
+	for n := range t.kdcs {
+		i := (first + n) % len(t.kdcs)
+		kdc := t.kdcs[i]
 		if ctx.Err() != nil {
 			errs = append(errs, ctx.Err())
 			break
@@ -58,8 +65,10 @@ func (t *transport) exchange(ctx context.Context, req []byte) ([]byte, string, e
 				errs = append(errs, fmt.Errorf("%s: %s", kdc, errorcode.Lookup(ke.ErrorCode)))
 				continue
 			}
+			t.answered.Store(int32(i))
 			return nil, kdc, &krbError{msg: ke, kdc: kdc}
 		}
+		t.answered.Store(int32(i))
 		return rep, kdc, nil
 	}
 	return nil, "", &Error{Kind: ErrKDCUnreachable, Err: errors.Join(errs...)}
