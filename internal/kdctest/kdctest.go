@@ -110,8 +110,9 @@ type Realm struct {
 	UntrustedProxyKeytabPath string
 
 	relay   *relay
-	kdc     *daemon                         // Heimdal's, owned by the test
-	addUser func(t testing.TB, name string) // creates name with UserPassword and the UPN name@corp.example.test
+	kdc     *daemon                                // Heimdal's, owned by the test
+	addUser func(t testing.TB, name string)        // creates name with UserPassword and the UPN name@corp.example.test
+	userSID func(t testing.TB, name string) string // nil: no SIDs (Heimdal)
 }
 
 // Requests returns how many AS-REQ and TGS-REQ messages went through this
@@ -129,6 +130,24 @@ func (r *Realm) AddUser(t testing.TB, name string) string {
 	t.Helper()
 	r.addUser(t, name)
 	return name + "@" + DNSDomain
+}
+
+// UserSID returns the objectSid, in string form ("S-1-5-21-<domain>-<RID>"),
+// of the account name or its UPN: alice, bob, dora, a user AddUser made,
+// or a proxy or service account ("svc_proxy"). It is the SID the KDC puts
+// in the PAC of the account's tickets (the logon domain SID and the user's
+// RID of KERB_VALIDATION_INFO). The SIDs were read when the accounts were
+// created, so it costs nothing. An account kdctest did not create fails the
+// test.
+//
+// Heimdal has no SIDs (its tickets carry no PAC): there UserSID skips the
+// test (t.Skip), so a test that needs SIDs runs against Samba only.
+func (r *Realm) UserSID(t testing.TB, name string) string {
+	t.Helper()
+	if r.userSID == nil {
+		t.Skipf("kdctest: %s has no SIDs (its tickets carry no PAC): UserSID needs Samba", r.Kind)
+	}
+	return r.userSID(t, name)
 }
 
 // cast is the realm both KDCs set up, with its keytabs in dir; only the

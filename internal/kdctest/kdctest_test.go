@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -492,4 +493,93 @@ func s4u2selfByUPN(t *testing.T, r *Realm, upn string) (*messages.TGSRep, int32)
 		t.Fatal(err)
 	}
 	return &rep, 0
+}
+
+// TestUserSID: on Samba, UserSID is the SID the KDC puts in the PAC of the
+// user's tickets (logon domain SID + user RID), for the cast's users and
+// AddUser's; on Heimdal it skips, and the tickets carry no PAC.
+func TestUserSID(t *testing.T) {
+	eachKDC(t, func(t *testing.T, r *Realm) {
+		name := fmt.Sprintf("erin%d", time.Now().UnixNano()%1e6)
+		r.AddUser(t, name)
+		if r.Kind == "heimdal" {
+			if sid, ok := pacUserSID(t, r, r.UserPrincipal); ok {
+				t.Errorf("Heimdal's ticket for %s carries a PAC (user SID %s)", r.UserPrincipal, sid)
+			}
+			var returned bool
+			skipped := t.Run("skips", func(t *testing.T) {
+				r.UserSID(t, r.UserPrincipal)
+				returned = true
+			})
+			if returned || !skipped {
+				t.Error("UserSID on Heimdal did not skip the test")
+			}
+			return
+		}
+
+		alice := r.UserSID(t, r.UserPrincipal)
+		if r.UserSID(t, r.User) != alice {
+			t.Errorf("UserSID(%s) != UserSID(%s)", r.User, r.UserPrincipal)
+		}
+		domain := alice[:strings.LastIndex(alice, "-")]
+		seen := map[string]string{}
+		for _, u := range []string{r.UserPrincipal, "bob", "dora", name, r.ProxyPrincipal} {
+			sid := r.UserSID(t, u)
+			t.Logf("UserSID(%s) = %s", u, sid)
+			if !strings.HasPrefix(sid, "S-1-5-21-") || strings.Count(sid, "-") != 7 || !strings.HasPrefix(sid, domain+"-") {
+				t.Errorf("UserSID(%s) = %q, want S-1-5-21-a-b-c-RID in the domain %s", u, sid, domain)
+			}
+			if other, dup := seen[sid]; dup {
+				t.Errorf("%s and %s have the same SID %s", other, u, sid)
+			}
+			seen[sid] = u
+		}
+		for _, u := range []string{r.UserPrincipal, name} {
+			got, ok := pacUserSID(t, r, u)
+			if !ok {
+				t.Fatalf("Samba's ticket for %s carries no PAC", u)
+			}
+			if want := r.UserSID(t, u); got != want {
+				t.Errorf("the PAC of %s's ticket gives the SID %s, UserSID %s", u, got, want)
+			} else {
+				t.Logf("the PAC of %s's ticket for %s: SID %s", u, r.ExchangeSPN, got)
+			}
+		}
+	})
+}
+
+// pacUserSID logs in as user with UserPassword, gets a ticket for
+// ExchangeSPN, decrypts it with ExchangeKeytab and returns the user's SID
+// from its PAC (KERB_VALIDATION_INFO: LogonDomainID, then UserID as the
+// RID), and false if the ticket has no PAC.
+func pacUserSID(t *testing.T, r *Realm, user string) (string, bool) {
+	t.Helper()
+	cl := client.NewWithPassword(user, r.Name, r.UserPassword, clientConfig(t, r), client.DisablePAFXFAST(true))
+	if err := cl.Login(); err != nil {
+		t.Fatalf("login as %s: %v", user, err)
+	}
+	defer cl.Destroy()
+	tkt, _, err := cl.GetServiceTicket(r.ExchangeSPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tkt.DecryptEncPart(r.ExchangeKeytab, nil); err != nil {
+		t.Fatalf("ExchangeKeytab does not decrypt %s's ticket: %v", user, err)
+	}
+	spn := types.NewPrincipalName(nametype.KRB_NT_PRINCIPAL, r.ExchangeSPN)
+	isPAC, p, err := tkt.GetPACType(r.ExchangeKeytab, &spn, log.New(testWriter{t}, "", 0))
+	if err != nil {
+		t.Fatalf("the PAC of %s's ticket: %v", user, err)
+	}
+	if !isPAC {
+		return "", false
+	}
+	v := p.KerbValidationInfo
+	if v == nil {
+		t.Fatalf("the PAC of %s's ticket has no KERB_VALIDATION_INFO", user)
+	}
+	if got := v.EffectiveName.Value; !strings.EqualFold(got, strings.TrimSuffix(user, "@"+DNSDomain)) {
+		t.Errorf("the PAC of %s's ticket names %q", user, got)
+	}
+	return v.LogonDomainID.String() + "-" + strconv.FormatUint(uint64(v.UserID), 10), true
 }

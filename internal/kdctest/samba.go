@@ -1,6 +1,7 @@
 package kdctest
 
 import (
+	"bytes"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -70,6 +73,8 @@ func RunFunc(run func() int) int {
 //     dora, disabled (userAccountControl ACCOUNTDISABLE, as samba-tool user
 //     disable does); their UPNs are alice@, bob@ and dora@corp.example.test.
 //
+// Realm.UserSID gives the objectSid of these accounts and of AddUser's.
+//
 // Service accounts have msDS-SupportedEncryptionTypes 24 (AES only).
 // S4U2Self by enterprise name (alice@corp.example.test, name type 10)
 // yields tickets that keep that client name, with a PAC whose logon name is
@@ -105,6 +110,7 @@ func Samba(t testing.TB) *Realm {
 	}
 	r := s.realm // a copy: the keytabs are shared, read-only
 	r.addUser = s.addUser
+	r.userSID = s.userSID
 	withRelay(t, &r, s.addr, t.TempDir())
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -148,7 +154,8 @@ type sambaServer struct {
 	owner   *os.File // locked while this process lives (see sweepSamba)
 	realm   Realm    // without relay
 
-	mu sync.Mutex // one setup script at a time
+	mu   sync.Mutex        // one setup script at a time; guards sids
+	sids map[string]string // objectSid by sAMAccountName, of the accounts setup created
 
 	provisionTime, setupTime, startTime time.Duration
 }
@@ -285,7 +292,7 @@ type sambaKeytab struct {
 }
 
 // setup runs samba_setup.py on the domain's database (the running DC sees
-// the changes at once).
+// the changes at once) and keeps the SIDs of the accounts it created.
 func (s *sambaServer) setup(spec sambaSpec) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -298,10 +305,50 @@ func (s *sambaServer) setup(spec sambaSpec) error {
 	if err := os.WriteFile(script, []byte(sambaSetupScript), 0o644); err != nil {
 		return err
 	}
-	if err := run(s.dir, nil, string(in), "/usr/bin/python3", script); err != nil {
-		return fmt.Errorf("kdctest: Samba setup: %w", err)
+	cmd := exec.Command("/usr/bin/python3", script)
+	cmd.Dir = s.dir
+	cmd.Stdin = bytes.NewReader(in)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("kdctest: Samba setup: %v\n%s%s", err, stderr.Bytes(), stdout.Bytes())
+	}
+	// The script's result is its last line.
+	out := strings.TrimSpace(stdout.String())
+	var result struct {
+		SIDs map[string]string `json:"sids"`
+	}
+	if err := json.Unmarshal([]byte(out[strings.LastIndex(out, "\n")+1:]), &result); err != nil {
+		return fmt.Errorf("kdctest: Samba setup's result: %v\n%s%s", err, stderr.Bytes(), stdout.Bytes())
+	}
+	if s.sids == nil {
+		s.sids = make(map[string]string)
+	}
+	for _, a := range spec.Accounts {
+		sid := result.SIDs[a.Name]
+		if !strings.HasPrefix(sid, "S-1-5-21-") {
+			return fmt.Errorf("kdctest: Samba setup: the SID of %s is %q\n%s", a.Name, sid, stdout.Bytes())
+		}
+		s.sids[a.Name] = sid
 	}
 	return nil
+}
+
+// userSID returns the objectSid of an account setup created.
+func (s *sambaServer) userSID(t testing.TB, name string) string {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sid, ok := s.sids[strings.TrimSuffix(name, "@"+DNSDomain)]
+	if !ok {
+		known := make([]string, 0, len(s.sids))
+		for n := range s.sids {
+			known = append(known, n)
+		}
+		sort.Strings(known)
+		t.Fatalf("kdctest: UserSID: no account %q made by kdctest (it knows %s)", name, strings.Join(known, ", "))
+	}
+	return sid
 }
 
 func (s *sambaServer) addUser(t testing.TB, name string) {

@@ -11,6 +11,9 @@
 #                  "spns": ["HTTP/proxy..."], "delegate_to": ["HTTP/..."],
 #                  "enctypes": 24}],
 #    "keytabs": [{"principal": "svc_proxy", "path": "/path/proxy.keytab"}]}
+#
+# and writes, as its last line on stdout, the objectSid of each account it
+# created: {"sids": {"svc_proxy": "S-1-5-21-...-1103", ...}}.
 import json
 import sys
 
@@ -18,6 +21,8 @@ import ldb
 from samba import enable_net_export_keytab
 from samba.auth import system_session
 from samba.credentials import Credentials
+from samba.dcerpc import security
+from samba.ndr import ndr_unpack
 from samba.param import LoadParm
 from samba.samdb import SamDB
 
@@ -26,12 +31,14 @@ lp = LoadParm()
 lp.load(spec["smbconf"])
 sam = SamDB(lp.samdb_url(), session_info=system_session(), lp=lp)
 
+sids = {}
 for a in spec.get("accounts") or []:
     # The UPN is name@<dns domain>, as with samba-tool user create.
     sam.newuser(a["name"], a["password"])
     res = sam.search(base=sam.domain_dn(), scope=ldb.SCOPE_SUBTREE,
                      expression="(sAMAccountName=%s)" % ldb.binary_encode(a["name"]),
-                     attrs=["userAccountControl"])
+                     attrs=["userAccountControl", "objectSid"])
+    sids[a["name"]] = str(ndr_unpack(security.dom_sid, res[0]["objectSid"][0]))
     m = ldb.Message(res[0].dn)
     if a.get("uac"):
         uac = int(res[0]["userAccountControl"][0]) | a["uac"]
@@ -56,3 +63,5 @@ if spec.get("keytabs"):
     net = Net(Credentials(), lp)
     for k in spec["keytabs"]:
         net.export_keytab(keytab=k["path"], principal=k["principal"])
+
+sys.stdout.write("\n" + json.dumps({"sids": sids}) + "\n")
