@@ -33,6 +33,7 @@ import (
 //		spn          HTTP/mail.corp.example.test
 //		identity     upn email            # certificate fields tried in order
 //		identity_template {user}@corp.example.test
+//		sid          check                # AD strong mapping: check, require, off
 //		timeout      3s                   # per KDC attempt
 //		renew_before 5m
 //		negative_ttl 1m
@@ -48,10 +49,14 @@ type Kerberos struct {
 	// order: upn (SAN otherName), email (SAN rfc822Name), cn. Default upn.
 	Identity []string `json:"identity,omitempty"`
 	// IdentityTemplate maps the value found, e.g. {user}@corp.example.test.
-	IdentityTemplate string         `json:"identity_template,omitempty"`
-	Timeout          caddy.Duration `json:"timeout,omitempty"`
-	RenewBefore      caddy.Duration `json:"renew_before,omitempty"`
-	NegativeTTL      caddy.Duration `json:"negative_ttl,omitempty"`
+	IdentityTemplate string `json:"identity_template,omitempty"`
+	// SID is what to do with the user SID of AD's strong-mapping
+	// certificate extension: check (default: if present, it must be the
+	// user's), require, off.
+	SID         string         `json:"sid,omitempty"`
+	Timeout     caddy.Duration `json:"timeout,omitempty"`
+	RenewBefore caddy.Duration `json:"renew_before,omitempty"`
+	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
 	// MaxTickets bounds the ticket cache (users); default 100,000.
 	MaxTickets int `json:"max_tickets,omitempty"`
 }
@@ -107,6 +112,9 @@ func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, strin
 		MaxEntries:  k.MaxTickets,
 		Logger:      log,
 	}
+	if err := kcd.CheckSIDPolicy(k.SID); err != nil {
+		problems = append(problems, err.Error())
+	}
 	if err := cfg.Validate(); err != nil {
 		problems = append(problems, strings.TrimPrefix(err.Error(), "kcd: "))
 	}
@@ -129,7 +137,7 @@ func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, strin
 	if err != nil {
 		return nil, "", fmt.Errorf("ews_proxy: kerberos: %w", err)
 	}
-	return &kcd.CertificateDelegator{Identity: mapper, KCD: v.(sharedDelegator).Delegator}, key, nil
+	return &kcd.CertificateDelegator{Identity: mapper, KCD: v.(sharedDelegator).Delegator, SID: k.SID}, key, nil
 }
 
 // parseKerberos reads a kerberos block; d is on the word kerberos.
@@ -179,6 +187,8 @@ func parseKerberos(d *caddyfile.Dispenser) (*Kerberos, error) {
 			k.Identity = append(k.Identity, args...)
 		case "identity_template":
 			err = single(&k.IdentityTemplate)
+		case "sid":
+			err = single(&k.SID)
 		case "timeout":
 			err = duration(&k.Timeout)
 		case "renew_before":
@@ -193,7 +203,7 @@ func parseKerberos(d *caddyfile.Dispenser) (*Kerberos, error) {
 				}
 			}
 		default:
-			return nil, d.Errf("unrecognized kerberos option %q (realm, kdc, keytab, principal, spn, identity, identity_template, timeout, renew_before, negative_ttl, max_tickets)", option)
+			return nil, d.Errf("unrecognized kerberos option %q (realm, kdc, keytab, principal, spn, identity, identity_template, sid, timeout, renew_before, negative_ttl, max_tickets)", option)
 		}
 		if err != nil {
 			return nil, err

@@ -33,6 +33,9 @@ var (
 	// ErrProxyLogin: the KDC refused the proxy's own login: its principal,
 	// keytab or realm is wrong, or its account is disabled.
 	ErrProxyLogin = errors.New("the KDC refused the proxy's own login: check the principal, keytab and realm")
+	// ErrSIDMismatch: the certificate names a user SID (AD strong mapping)
+	// that is not the SID of the user its UPN names.
+	ErrSIDMismatch = errors.New("the certificate's SID is not the user's (strong certificate mapping)")
 	// ErrKDC: any other error answer from the KDC (its code is in Error).
 	ErrKDC = errors.New("the KDC refused the request")
 	// ErrProtocol: the KDC's answer failed our checks (wrong nonce, server
@@ -87,7 +90,7 @@ func (e *Error) Unwrap() []error {
 // not delegable), 502 when the gateway or the KDC is at fault.
 func (e *Error) HTTPStatus() int {
 	switch e.Kind {
-	case ErrNoIdentity, ErrUnknownPrincipal, ErrNotForwardable, ErrUserRefused:
+	case ErrNoIdentity, ErrUnknownPrincipal, ErrNotForwardable, ErrUserRefused, ErrSIDMismatch:
 		return http.StatusForbidden
 	}
 	return http.StatusBadGateway

@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"math"
 	"math/big"
 	"strings"
@@ -54,6 +56,7 @@ type credential struct {
 	crealm string
 	end    time.Time
 	start  time.Time
+	sid    string // the client's SID from the S4U2Self ticket's PAC ("" without a PAC)
 }
 
 // exchanger performs the Kerberos exchanges of constrained delegation for
@@ -189,7 +192,7 @@ func (x *exchanger) s4u2Self(ctx context.Context, tgt *credential, user string) 
 	}
 	cred, err := x.checkTGSRep(rep, x.principal)
 	if err == nil {
-		err = x.checkSelfTicket(rep, name)
+		cred.sid, err = x.checkSelfTicket(rep, name)
 	}
 	if err != nil {
 		return nil, &Error{Step: StepS4U2Self, Kind: ErrProtocol, KDC: kdc, Err: err}
@@ -206,22 +209,38 @@ func (x *exchanger) s4u2Self(ctx context.Context, tgt *credential, user string) 
 // reply's, must not be the proxy (a KDC that ignored PA-FOR-USER issues
 // the proxy a ticket for itself), and for a plain name must be that name
 // (an enterprise name may be canonicalised to the account name).
-func (x *exchanger) checkSelfTicket(rep *messages.TGSRep, requested types.PrincipalName) error {
+//
+// It returns the user's SID from the ticket's PAC, if the KDC put one there
+// (Active Directory does), for the certificate's strong-mapping check.
+func (x *exchanger) checkSelfTicket(rep *messages.TGSRep, requested types.PrincipalName) (string, error) {
 	tkt := rep.Ticket
 	if err := tkt.DecryptEncPart(x.creds.Keytab(), &x.principal); err != nil {
-		return fmt.Errorf("the S4U2Self ticket does not decrypt with the proxy's keys: %w", err)
+		return "", fmt.Errorf("the S4U2Self ticket does not decrypt with the proxy's keys: %w", err)
 	}
 	client := tkt.DecryptedEncPart.CName
 	switch {
 	case !sameName(client, rep.CName) || !strings.EqualFold(tkt.DecryptedEncPart.CRealm, rep.CRealm):
-		return errors.New("the S4U2Self reply names another client than its ticket")
+		return "", errors.New("the S4U2Self reply names another client than its ticket")
 	case sameName(client, x.principal):
-		return errors.New("the KDC ignored PA-FOR-USER (no S4U2Self support)")
+		return "", errors.New("the KDC ignored PA-FOR-USER (no S4U2Self support)")
 	case requested.NameType != nametype.KRB_NT_ENTERPRISE && !sameName(client, requested):
-		return errors.New("the S4U2Self ticket is for another user than requested")
+		return "", errors.New("the S4U2Self ticket is for another user than requested")
 	}
-	return nil
+	hasPAC, pac, err := tkt.GetPACType(x.creds.Keytab(), &x.principal, discardLog)
+	switch {
+	case !hasPAC:
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("the S4U2Self ticket's PAC does not verify: %w", err)
+	case pac.KerbValidationInfo == nil:
+		return "", nil
+	}
+	info := pac.KerbValidationInfo
+	return fmt.Sprintf("%s-%d", info.LogonDomainID.String(), info.UserID), nil
 }
+
+// discardLog takes gokrb5's PAC processing chatter.
+var discardLog = log.New(io.Discard, "", 0)
 
 // s4u2Proxy exchanges the S4U2Self ticket for one to spn, still on the
 // user's behalf (MS-SFU 3.1.5.2.1): the evidence ticket goes as the
@@ -238,6 +257,7 @@ func (x *exchanger) s4u2Proxy(ctx context.Context, tgt, self *credential, spn ty
 	if err != nil {
 		return nil, &Error{Step: StepS4U2Proxy, Kind: ErrProtocol, KDC: kdc, Err: err}
 	}
+	cred.sid = self.sid // the same user
 	return cred, nil
 }
 

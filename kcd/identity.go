@@ -85,7 +85,7 @@ func upnFromSAN(der []byte) (upn string, seen bool) {
 		if name.Class != asn1.ClassContextSpecific || name.Tag != 0 || !name.IsCompound {
 			continue
 		}
-		value, ok := upnValue(name.Bytes)
+		value, ok := otherNameValue(name.Bytes, oidMicrosoftUPN)
 		if !ok {
 			continue
 		}
@@ -99,12 +99,12 @@ func upnFromSAN(der []byte) (upn string, seen bool) {
 	return upn, seen
 }
 
-// upnValue returns the value inside the body of an otherName
-// (SEQUENCE { type-id OID, value [0] EXPLICIT ANY }) if its type is the UPN.
-func upnValue(body []byte) (asn1.RawValue, bool) {
+// otherNameValue returns the value inside the body of an otherName
+// (SEQUENCE { type-id OID, value [0] EXPLICIT ANY }) if its type is oid.
+func otherNameValue(body []byte, oid asn1.ObjectIdentifier) (asn1.RawValue, bool) {
 	var typeID asn1.ObjectIdentifier
 	rest, err := asn1.Unmarshal(body, &typeID)
-	if err != nil || !typeID.Equal(oidMicrosoftUPN) {
+	if err != nil || !typeID.Equal(oid) {
 		return asn1.RawValue{}, false
 	}
 	var explicit, value asn1.RawValue

@@ -168,6 +168,30 @@ func New(cfg Config) (*Delegator, error) {
 // the cache, or from one S4U2Self + S4U2Proxy exchange shared by all
 // concurrent callers for the same user.
 func (d *Delegator) Negotiate(ctx context.Context, user string) (string, error) {
+	return d.NegotiateSID(ctx, user, "")
+}
+
+// NegotiateSID is Negotiate for a user whose SID is known too (from the
+// strong-mapping extension of AD certificates): unless sid is empty, the
+// user's PAC must carry that SID, else the answer is ErrSIDMismatch.
+func (d *Delegator) NegotiateSID(ctx context.Context, user, sid string) (string, error) {
+	st, err := d.ticket(ctx, user)
+	if err != nil {
+		return "", err
+	}
+	if sid != "" && !strings.EqualFold(st.cred.sid, sid) {
+		e := &Error{Step: StepIdentity, Kind: ErrSIDMismatch}
+		if st.cred.sid == "" {
+			e.Err = errors.New("the KDC's ticket carries no PAC to check it against")
+		}
+		countError(e)
+		return "", e
+	}
+	return st.header(d.cfg.now())
+}
+
+// ticket returns user's delegated ticket from the cache or the KDC.
+func (d *Delegator) ticket(ctx context.Context, user string) (*serviceTicket, error) {
 	key := user + "\x00" + d.cfg.Realm + "\x00" + d.cfg.SPN
 	now := d.cfg.now()
 	d.mu.Lock()
@@ -176,10 +200,10 @@ func (d *Delegator) Negotiate(ctx context.Context, user string) (string, error) 
 	if e != nil && now.Before(e.refresh) {
 		if e.ticket == nil {
 			cacheLookups.WithLabelValues("negative").Inc()
-			return "", e.err
+			return nil, e.err
 		}
 		cacheLookups.WithLabelValues("hit").Inc()
-		return e.ticket.header(now)
+		return e.ticket, nil
 	}
 	cacheLookups.WithLabelValues("miss").Inc()
 	// The exchange runs on its own context so one impatient caller does
@@ -189,18 +213,17 @@ func (d *Delegator) Negotiate(ctx context.Context, user string) (string, error) 
 	})
 	select {
 	case res := <-ch:
-		now := d.cfg.now()
 		if res.Err != nil {
 			// A ticket due for renewal still serves while no KDC answers,
 			// until a minute before it ends.
-			if e != nil && e.ticket != nil && errors.Is(res.Err, ErrKDCUnreachable) && now.Before(e.ticket.cred.end.Add(-time.Minute)) {
-				return e.ticket.header(now)
+			if e != nil && e.ticket != nil && errors.Is(res.Err, ErrKDCUnreachable) && d.cfg.now().Before(e.ticket.cred.end.Add(-time.Minute)) {
+				return e.ticket, nil
 			}
-			return "", res.Err
+			return nil, res.Err
 		}
-		return res.Val.(*serviceTicket).header(now)
+		return res.Val.(*serviceTicket), nil
 	case <-ctx.Done():
-		return "", ctx.Err()
+		return nil, ctx.Err()
 	}
 }
 

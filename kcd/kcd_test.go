@@ -3,6 +3,8 @@ package kcd
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -29,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ensgate/ensgate/internal/kdctest"
+	"github.com/ensgate/ensgate/internal/testca"
 )
 
 func TestMain(m *testing.M) { os.Exit(kdctest.Run(m)) }
@@ -733,4 +736,78 @@ func TestCacheIsBounded(t *testing.T) {
 	if sweeps > 100 {
 		t.Errorf("%d sweeps for 1000 users into 100 places; want about one per 10", sweeps)
 	}
+}
+
+// TestStrongMappingBySID: a certificate's SID (AD's strong mapping) must be
+// the SID in the user's PAC; without a PAC it cannot be checked.
+func TestStrongMappingBySID(t *testing.T) {
+	eachKDC(t, func(t *testing.T, r *kdctest.Realm) {
+		d := newDelegator(t, r, nil)
+		ctx := context.Background()
+		wantMismatch := func(err error) {
+			t.Helper()
+			var e *Error
+			if !errors.As(err, &e) || e.Kind != ErrSIDMismatch || e.HTTPStatus() != 403 {
+				t.Errorf("error %v, want ErrSIDMismatch with 403", err)
+			}
+		}
+		if r.Kind == "heimdal" { // no PAC
+			_, err := d.NegotiateSID(ctx, r.User, "S-1-5-21-1-2-3-1104")
+			wantMismatch(err)
+			if err == nil || !strings.Contains(err.Error(), "no PAC") {
+				t.Errorf("error %v does not say there is no PAC", err)
+			}
+			return
+		}
+		alice, bob := r.UserSID(t, "alice"), r.UserSID(t, "bob")
+		h, err := d.NegotiateSID(ctx, r.User, alice)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := exchange(t, r, h); err != nil {
+			t.Fatal(err)
+		}
+		// From the cache too: Bob's SID with Alice's UPN is refused.
+		_, err = d.NegotiateSID(ctx, r.User, bob)
+		wantMismatch(err)
+
+		// Through the certificate delegator and its policies.
+		ca, err := testca.NewCA()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert := func(sid string) *x509.Certificate {
+			tc, err := ca.IssueClient(pkix.Name{CommonName: "Alice"}, r.User, sid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := x509.ParseCertificate(tc.Certificate[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+		mapper, err := NewIdentityMapper([]string{SourceUPN}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			policy, sid string
+			want        error
+		}{
+			{"", alice, nil},
+			{"", "", nil},
+			{"", bob, ErrSIDMismatch},
+			{SIDRequire, alice, nil},
+			{SIDRequire, "", ErrNoIdentity},
+			{SIDRequire, bob, ErrSIDMismatch},
+			{SIDOff, bob, nil},
+		} {
+			cd := &CertificateDelegator{Identity: mapper, KCD: d, SID: tc.policy}
+			_, err := cd.Authorization(ctx, cert(tc.sid))
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Errorf("policy %q, certificate SID %q: error %v, want %v", tc.policy, tc.sid, err, tc.want)
+			}
+		}
+	})
 }

@@ -21,7 +21,7 @@ var (
 	}, []string{"step"})
 	kdcErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ensgate", Subsystem: "kcd", Name: "kdc_errors_total",
-		Help: "Failed delegation steps by step and Kerberos error code, or unreachable, not_forwardable, protocol.",
+		Help: "Failed delegation steps by step and Kerberos error code, or unreachable, not_forwardable, sid_mismatch, protocol.",
 	}, []string{"step", "code"})
 )
 
@@ -46,6 +46,8 @@ func countError(e *Error) {
 		code = "unreachable"
 	case e.Kind == ErrNotForwardable:
 		code = "not_forwardable"
+	case e.Kind == ErrSIDMismatch:
+		code = "sid_mismatch"
 	default:
 		code = "protocol"
 	}

@@ -13,7 +13,7 @@ func IssueClient(ca *testca.CA, dir, topic string) (path string, err error) {
 	cert, err := ca.IssueClient(pkix.Name{
 		CommonName: "Apple Push Services: " + topic,
 		ExtraNames: []pkix.AttributeTypeAndValue{{Type: oidUID, Value: topic}},
-	}, "")
+	}, "", "")
 	if err != nil {
 		return "", err
 	}

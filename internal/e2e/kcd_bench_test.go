@@ -30,7 +30,7 @@ func BenchmarkKCDOverhead(b *testing.B) {
 	ews := g.base + "/EWS/Exchange.asmx"
 	basic := g.client(b, nil)
 	basicAuth := "Basic " + basicAuth(alice, "alice-pw")
-	cba := g.client(b, g.clientCert(b, "Alice", r.User))
+	cba := g.client(b, g.clientCert(b, "Alice", r.User, ""))
 	_, tgsBefore := r.Requests()
 
 	call := func(c *http.Client, auth string) time.Duration {

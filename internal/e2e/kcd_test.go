@@ -144,9 +144,9 @@ func (g *kcdGateway) client(t testing.TB, cert *tls.Certificate) *http.Client {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 16}, Timeout: 30 * time.Second}
 }
 
-// clientCert is a certificate for the given UPN (none if empty) with CN name.
-func (g *kcdGateway) clientCert(t testing.TB, name, upn string) *tls.Certificate {
-	c, err := g.ca.IssueClient(pkix.Name{CommonName: name}, upn)
+// clientCert is a certificate with CN name for the given UPN and SID (none if empty).
+func (g *kcdGateway) clientCert(t testing.TB, name, upn, sid string) *tls.Certificate {
+	c, err := g.ca.IssueClient(pkix.Name{CommonName: name}, upn, sid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,11 @@ func TestCertificateClientsReachExchangeAsTheirUser(t *testing.T) {
 			}
 			g := startKCDGateway(t, r, sim)
 			ews := g.base + "/EWS/Exchange.asmx"
-			cba := g.client(t, g.clientCert(t, "Alice", r.User))
+			aliceSID := ""
+			if r.Kind == "samba" {
+				aliceSID = r.UserSID(t, "alice")
+			}
+			cba := g.client(t, g.clientCert(t, "Alice", r.User, aliceSID))
 
 			as0, tgs0 := r.Requests()
 			negotiated := sim.Counters().Auth["negotiate_ok"]
@@ -232,12 +236,16 @@ func TestCertificateClientsReachExchangeAsTheirUser(t *testing.T) {
 			// Certificates that name nobody the KDC can delegate get 403
 			// and never reach Exchange.
 			before := sim.Counters().Requests["GetFolder"]
-			for _, tc := range []struct{ name, upn string }{
-				{"no UPN", ""},
-				{"unknown user", "nobody@" + strings.ToLower(r.Name)},
-				{"sensitive user", r.SensitiveUser},
-			} {
-				resp, body := postGetFolder(t, g.client(t, g.clientCert(t, tc.name, tc.upn)), ews, "", "")
+			refused := []struct{ name, upn, sid string }{
+				{"no UPN", "", ""},
+				{"unknown user", "nobody@" + strings.ToLower(r.Name), ""},
+				{"sensitive user", r.SensitiveUser, ""},
+			}
+			if r.Kind == "samba" { // AD's strong mapping: the SID must be the UPN's user's
+				refused = append(refused, struct{ name, upn, sid string }{"Bob's SID with Alice's UPN", r.User, r.UserSID(t, "bob")})
+			}
+			for _, tc := range refused {
+				resp, body := postGetFolder(t, g.client(t, g.clientCert(t, tc.name, tc.upn, tc.sid)), ews, "", "")
 				if resp.StatusCode != 403 || !strings.Contains(body, "ErrorAccessDenied") {
 					t.Errorf("%s: %d %.300s", tc.name, resp.StatusCode, body)
 				}
@@ -269,7 +277,7 @@ func TestCertificateClientsReachExchangeAsTheirUser(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			foreign, err := other.IssueClient(pkix.Name{CommonName: "Mallory"}, r.User)
+			foreign, err := other.IssueClient(pkix.Name{CommonName: "Mallory"}, r.User, "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -306,6 +314,7 @@ func TestKerberosMisconfigurationIsReportedAtOnce(t *testing.T) {
 			principal HTTP/ensgate.corp.example.test
 			spn exchange.corp.example.test
 			identity upn fingerprint
+			sid maybe
 		}
 	}
 }
@@ -316,7 +325,7 @@ func TestKerberosMisconfigurationIsReportedAtOnce(t *testing.T) {
 	env := []string{"DATABASE_URL=postgres://ens@127.0.0.1:1/ens", "ENS_MASTER_KEY=" + randomKey(t)}
 	r := cli(t, env, "validate", "--config", file, "--adapter", "caddyfile")
 	msg := logMessages(r.stderr)
-	for _, want := range []string{"/nonexistent/ensgate.keytab", `identity: unknown source "fingerprint"`, "realm is required", "Exchange SPN must look like"} {
+	for _, want := range []string{"/nonexistent/ensgate.keytab", `identity: unknown source "fingerprint"`, `sid "maybe"`, "realm is required", "Exchange SPN must look like"} {
 		if r.code == 0 || !strings.Contains(msg, want) {
 			t.Errorf("exit %d; the error does not mention %q:\n%s", r.code, want, msg)
 		}

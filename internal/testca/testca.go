@@ -67,25 +67,41 @@ func Template(subject pkix.Name) *x509.Certificate {
 	}
 }
 
-// IssueClient returns a client certificate for subject; a non-empty upn
-// goes into the subject alternative name as Microsoft's UPN otherName, as
-// an AD certificate authority issues them for smart-card logon.
-func (ca *CA) IssueClient(subject pkix.Name, upn string) (tls.Certificate, error) {
+// IssueClient returns a client certificate for subject, as an AD
+// certificate authority issues them for smart-card logon: a non-empty upn
+// goes into the subject alternative name as Microsoft's UPN otherName, a
+// non-empty sid into the strong-mapping extension (KB5014754).
+func (ca *CA) IssueClient(subject pkix.Name, upn, sid string) (tls.Certificate, error) {
 	tmpl := Template(subject)
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	if upn != "" {
-		san, err := upnSAN(upn)
+	for _, ext := range []struct {
+		id, nameType asn1.ObjectIdentifier
+		value        string
+		params       string
+	}{
+		{asn1.ObjectIdentifier{2, 5, 29, 17}, asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 311, 20, 2, 3}, upn, "utf8"},
+		{asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 311, 25, 2}, asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 311, 25, 2, 1}, sid, ""},
+	} {
+		if ext.value == "" {
+			continue
+		}
+		var value any = ext.value
+		if ext.params == "" {
+			value = []byte(ext.value) // an OCTET STRING
+		}
+		der, err := otherNames(ext.nameType, value, ext.params)
 		if err != nil {
 			return tls.Certificate{}, err
 		}
-		tmpl.ExtraExtensions = []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: san}}
+		tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, pkix.Extension{Id: ext.id, Value: der})
 	}
 	return ca.Issue(tmpl)
 }
 
-// upnSAN is GeneralNames { otherName { 1.3.6.1.4.1.311.20.2.3, [0] UTF8String upn } }.
-func upnSAN(upn string) ([]byte, error) {
-	value, err := asn1.MarshalWithParams(upn, "utf8")
+// otherNames is SEQUENCE { otherName { nameType, [0] value } }, the shape
+// of both a subject alternative name with one UPN and AD's SID extension.
+func otherNames(nameType asn1.ObjectIdentifier, value any, params string) ([]byte, error) {
+	v, err := asn1.MarshalWithParams(value, params)
 	if err != nil {
 		return nil, err
 	}
@@ -93,8 +109,8 @@ func upnSAN(upn string) ([]byte, error) {
 		Type  asn1.ObjectIdentifier
 		Value asn1.RawValue
 	}{
-		asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 311, 20, 2, 3},
-		asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: value}, // [0] EXPLICIT
+		nameType,
+		asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: v}, // [0] EXPLICIT
 	})
 	if err != nil {
 		return nil, err

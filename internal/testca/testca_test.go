@@ -9,13 +9,17 @@ import (
 	"github.com/ensgate/ensgate/kcd"
 )
 
-func TestClientCertificateCarriesTheUPN(t *testing.T) {
+func TestClientCertificateCarriesTheUPNAndSID(t *testing.T) {
 	ca, err := testca.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, upn := range []string{"alice@corp.example.test", ""} {
-		tc, err := ca.IssueClient(pkix.Name{CommonName: "Alice"}, upn)
+		sid := ""
+		if upn != "" {
+			sid = "S-1-5-21-1004336348-1177238915-682003330-1104"
+		}
+		tc, err := ca.IssueClient(pkix.Name{CommonName: "Alice"}, upn, sid)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -29,6 +33,9 @@ func TestClientCertificateCarriesTheUPN(t *testing.T) {
 		got, ok := kcd.UPNFromCertificate(cert)
 		if got != upn || ok != (upn != "") {
 			t.Errorf("UPN %q (%v), want %q", got, ok, upn)
+		}
+		if got, ok := kcd.SIDFromCertificate(cert); got != sid || ok != (sid != "") {
+			t.Errorf("SID %q (%v), want %q", got, ok, sid)
 		}
 	}
 }
