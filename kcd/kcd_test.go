@@ -811,3 +811,46 @@ func TestStrongMappingBySID(t *testing.T) {
 		}
 	})
 }
+
+// TestAuthenticatorIsAGSSInitiators: what gokrb5's service side does not
+// check, Windows does: the authenticator carries the GSS-API checksum
+// (type 0x8003: no channel bindings, integrity and confidentiality), names
+// the delegated user in the ticket's realm, and its time is now.
+func TestAuthenticatorIsAGSSInitiators(t *testing.T) {
+	r := kdctest.Heimdal(t)
+	d := newDelegator(t, r, nil)
+	h, err := d.Negotiate(context.Background(), r.User)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := base64.StdEncoding.DecodeString(strings.TrimPrefix(h, "Negotiate "))
+	var tok spnego.SPNEGOToken
+	if err := tok.Unmarshal(raw); err != nil {
+		t.Fatal(err)
+	}
+	var mech spnego.KRB5Token
+	if err := mech.Unmarshal(tok.NegTokenInit.MechTokenBytes); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	var st *serviceTicket
+	for _, e := range d.tickets {
+		st = e.ticket
+	}
+	d.mu.Unlock()
+	if err := mech.APReq.DecryptAuthenticator(st.cred.key); err != nil {
+		t.Fatal(err)
+	}
+	a := mech.APReq.Authenticator
+	want := make([]byte, 24)
+	want[0], want[20] = 16, 0x30 // Lgth 16; flags integ (0x20) | conf (0x10)
+	if a.Cksum.CksumType != 0x8003 || !bytes.Equal(a.Cksum.Checksum, want) {
+		t.Errorf("checksum type %#x %x, want 0x8003 %x", a.Cksum.CksumType, a.Cksum.Checksum, want)
+	}
+	if !a.CName.Equal(st.cred.cname) || a.CRealm != st.cred.crealm {
+		t.Errorf("authenticator names %v@%s, the ticket %v@%s", a.CName, a.CRealm, st.cred.cname, st.cred.crealm)
+	}
+	if at := a.CTime.Add(time.Duration(a.Cusec) * time.Microsecond); time.Since(at).Abs() > time.Minute {
+		t.Errorf("authenticator time %v", at)
+	}
+}
