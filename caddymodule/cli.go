@@ -20,14 +20,14 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "ens",
-		Usage: "<migrate|tenant|endpoint|device> ...",
-		Short: "Administers ENSGate: schema, tenants, EWS endpoints, devices",
+		Usage: "<migrate|tenant|endpoint|device|kcd> ...",
+		Short: "Administers ENSGate: schema, tenants, EWS endpoints, devices; checks KCD",
 		Long: `
 Works on the database named by $DATABASE_URL (or --database-url) directly,
 so no gateway needs to be running; running nodes pick the changes up.`,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.PersistentFlags().String("database-url", "", "PostgreSQL URL (default $DATABASE_URL)")
-			cmd.AddCommand(migrateCommand(), tenantCommand(), endpointCommand(), deviceCommand())
+			cmd.AddCommand(migrateCommand(), tenantCommand(), endpointCommand(), deviceCommand(), kcdCommand())
 		},
 	})
 }

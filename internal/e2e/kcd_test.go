@@ -331,3 +331,41 @@ func TestKerberosMisconfigurationIsReportedAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestKCDCheckCommand: `ensgate ens kcd check` walks an admin through the
+// delegation steps against a real KDC and names the one that fails.
+func TestKCDCheckCommand(t *testing.T) {
+	for _, kdc := range []struct {
+		name  string
+		start func(testing.TB) *kdctest.Realm
+	}{{"heimdal", kdctest.Heimdal}, {"samba", kdctest.Samba}} {
+		t.Run(kdc.name, func(t *testing.T) {
+			r := kdc.start(t)
+			args := func(spn, user string) []string {
+				return []string{"ens", "kcd", "check", "--realm", r.Name, "--kdc", strings.Join(r.KDCs, ","),
+					"--keytab", r.ProxyKeytabPath, "--principal", r.ProxyPrincipal, "--spn", spn, "--user", user}
+			}
+			res := cli(t, nil, args(r.ExchangeSPN, r.User)...)
+			if res.code != 0 {
+				t.Fatalf("check: %+v", res)
+			}
+			for _, want := range []string{"login (AS) as " + r.ProxyPrincipal, "S4U2Self for " + r.User + ": ok", "S4U2Proxy to " + r.ExchangeSPN + ": ok", "delegated ticket for"} {
+				if !strings.Contains(res.stdout, want) {
+					t.Errorf("output lacks %q:\n%s", want, res.stdout)
+				}
+			}
+			if r.Kind == "samba" && !strings.Contains(res.stdout, "SID "+r.UserSID(t, "alice")) {
+				t.Errorf("output lacks Alice's SID:\n%s", res.stdout)
+			}
+
+			res = cli(t, nil, args(r.OtherSPN, r.User)...)
+			if res.code == 0 || !strings.Contains(res.stdout, "S4U2Proxy to "+r.OtherSPN+": FAILED") || !strings.Contains(res.stderr, "KDC_ERR_BADOPTION") {
+				t.Errorf("SPN outside the delegation list: %+v", res)
+			}
+			res = cli(t, nil, args(r.ExchangeSPN, r.SensitiveUser)...)
+			if res.code == 0 || !strings.Contains(res.stdout, "S4U2Self for "+r.SensitiveUser+": FAILED") || !strings.Contains(res.stderr, "not forwardable") {
+				t.Errorf("sensitive user: %+v", res)
+			}
+		})
+	}
+}
