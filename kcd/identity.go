@@ -69,34 +69,47 @@ func upnFromCertificate(cert *x509.Certificate) (upn string, seen bool) {
 // upnFromSAN also reports whether any UPN otherName was there, valid or not,
 // so that errors can tell an unusable UPN from a missing one.
 func upnFromSAN(der []byte) (upn string, seen bool) {
-	var names asn1.RawValue
-	rest, err := asn1.Unmarshal(der, &names)
-	if err != nil || len(rest) != 0 || names.Class != asn1.ClassUniversal ||
-		names.Tag != asn1.TagSequence || !names.IsCompound {
-		return "", false
-	}
-	for b := names.Bytes; len(b) > 0; {
-		var name asn1.RawValue
-		if b, err = asn1.Unmarshal(b, &name); err != nil {
-			return "", false
-		}
-		// otherName is [0] constructed; rfc822Name [1], dNSName [2],
-		// directoryName [4], URI [6], iPAddress [7] etc. are not UPNs.
-		if name.Class != asn1.ClassContextSpecific || name.Tag != 0 || !name.IsCompound {
-			continue
-		}
-		value, ok := otherNameValue(name.Bytes, oidMicrosoftUPN)
-		if !ok {
-			continue
-		}
+	framed := eachOtherName(der, oidMicrosoftUPN, func(value asn1.RawValue) {
 		seen = true
-		// Keep the first valid one, but read on: the framing must hold.
+		// Keep the first valid one; eachOtherName reads on, as the
+		// framing must hold.
 		if upn == "" && value.Class == asn1.ClassUniversal && value.Tag == asn1.TagUTF8String &&
 			!value.IsCompound && validUserName(string(value.Bytes), true) {
 			upn = string(value.Bytes)
 		}
+	})
+	if !framed {
+		return "", false
 	}
 	return upn, seen
+}
+
+// eachOtherName calls f with the value of every otherName of type oid in
+// der, a SEQUENCE of GeneralName (a subject alternative name, or AD's SID
+// extension), and reports whether the whole sequence was well framed: a
+// damaged extension is not half trusted.
+func eachOtherName(der []byte, oid asn1.ObjectIdentifier, f func(value asn1.RawValue)) bool {
+	var names asn1.RawValue
+	rest, err := asn1.Unmarshal(der, &names)
+	if err != nil || len(rest) != 0 || names.Class != asn1.ClassUniversal ||
+		names.Tag != asn1.TagSequence || !names.IsCompound {
+		return false
+	}
+	for b := names.Bytes; len(b) > 0; {
+		var name asn1.RawValue
+		if b, err = asn1.Unmarshal(b, &name); err != nil {
+			return false
+		}
+		// otherName is [0] constructed; rfc822Name [1], dNSName [2],
+		// directoryName [4], URI [6], iPAddress [7] etc. are not.
+		if name.Class != asn1.ClassContextSpecific || name.Tag != 0 || !name.IsCompound {
+			continue
+		}
+		if value, ok := otherNameValue(name.Bytes, oid); ok {
+			f(value)
+		}
+	}
+	return true
 }
 
 // otherNameValue returns the value inside the body of an otherName

@@ -32,24 +32,12 @@ func SIDFromCertificate(cert *x509.Certificate) (string, bool) {
 }
 
 func sidFromExtension(der []byte) (string, bool) {
-	var names asn1.RawValue
-	rest, err := asn1.Unmarshal(der, &names)
-	if err != nil || len(rest) != 0 || names.Class != asn1.ClassUniversal || names.Tag != asn1.TagSequence || !names.IsCompound {
-		return "", false
-	}
-	for b := names.Bytes; len(b) > 0; {
-		var name asn1.RawValue
-		if b, err = asn1.Unmarshal(b, &name); err != nil {
-			return "", false
-		}
-		if name.Class != asn1.ClassContextSpecific || name.Tag != 0 || !name.IsCompound {
-			continue
-		}
-		value, ok := otherNameValue(name.Bytes, oidNTDSObjectSID)
-		if ok && value.Class == asn1.ClassUniversal && value.Tag == asn1.TagOctetString && !value.IsCompound &&
+	var sid string
+	framed := eachOtherName(der, oidNTDSObjectSID, func(value asn1.RawValue) {
+		if sid == "" && value.Class == asn1.ClassUniversal && value.Tag == asn1.TagOctetString && !value.IsCompound &&
 			sidPattern.Match(value.Bytes) {
-			return string(value.Bytes), true
+			sid = string(value.Bytes)
 		}
-	}
-	return "", false
+	})
+	return sid, framed && sid != ""
 }

@@ -20,6 +20,12 @@ import (
 	"github.com/ensgate/ensgate/internal/testca"
 )
 
+// kdcs are the real KDCs the KCD tests run against.
+var kdcs = []struct {
+	name  string
+	start func(testing.TB) *kdctest.Realm
+}{{"heimdal", kdctest.Heimdal}, {"samba", kdctest.Samba}}
+
 // kcdGateway is bin/ensgate serving HTTPS with optional client certificates
 // (tls client_auth verify_if_given) and ews_proxy with a kerberos block,
 // in front of sim.
@@ -157,10 +163,7 @@ func (g *kcdGateway) clientCert(t testing.TB, name, upn, sid string) *tls.Certif
 // a UPN, through bin/ensgate, becomes a Kerberos ticket from a real KDC
 // that the simulator (with Exchange's keytab) accepts as that user.
 func TestCertificateClientsReachExchangeAsTheirUser(t *testing.T) {
-	for _, kdc := range []struct {
-		name  string
-		start func(testing.TB) *kdctest.Realm
-	}{{"heimdal", kdctest.Heimdal}, {"samba", kdctest.Samba}} {
+	for _, kdc := range kdcs {
 		t.Run(kdc.name, func(t *testing.T) {
 			r := kdc.start(t)
 			alice, bob := strings.ToLower(r.User), "bob@"+strings.ToLower(r.Name)
@@ -335,10 +338,7 @@ func TestKerberosMisconfigurationIsReportedAtOnce(t *testing.T) {
 // TestKCDCheckCommand: `ensgate ens kcd check` walks an admin through the
 // delegation steps against a real KDC and names the one that fails.
 func TestKCDCheckCommand(t *testing.T) {
-	for _, kdc := range []struct {
-		name  string
-		start func(testing.TB) *kdctest.Realm
-	}{{"heimdal", kdctest.Heimdal}, {"samba", kdctest.Samba}} {
+	for _, kdc := range kdcs {
 		t.Run(kdc.name, func(t *testing.T) {
 			r := kdc.start(t)
 			args := func(spn, user string) []string {
