@@ -67,6 +67,9 @@ func kcdCommand() *cobra.Command {
 			}
 			fmt.Fprintf(out, "delegated ticket for %s%s, valid until %s; Negotiate header of %d bytes\n",
 				p.Client, sid, p.Expires.UTC().Format(time.RFC3339), p.HeaderBytes)
+			if p.SIDProblem != "" {
+				fmt.Fprintf(out, "note: no user SID (%s): certificates with a SID extension are refused unless `sid off`\n", p.SIDProblem)
+			}
 			return nil
 		},
 	}

@@ -56,12 +56,12 @@ type EWSProxy struct {
 	Kerberos *Kerberos `json:"kerberos,omitempty"`
 
 	proxy *reverseproxy.Handler
-	// kerberosProxy is a second instance of the same reverse_proxy, with
-	// its own upstream connections, for requests the proxy authenticated
-	// with Kerberos (see ewsproxy.Forward).
-	kerberosProxy *reverseproxy.Handler
-	guard         *ewsproxy.Guard
-	kerberosKey   string // the shared delegator this config holds, if any
+	// boundProxy is a second instance of the same reverse_proxy, with its
+	// own upstream connections, for requests that authenticate with
+	// Kerberos (see ewsproxy.Forward).
+	boundProxy  *reverseproxy.Handler
+	guard       *ewsproxy.Guard
+	kerberosKey string // the shared delegator this config holds, if any
 }
 
 // CaddyModule returns the Caddy module information.
@@ -81,16 +81,13 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 	if h.UnknownDevices != "" && h.UnknownDevices != "allow" && h.UnknownDevices != "deny" {
 		return fmt.Errorf("ews_proxy: unknown_devices: %q must be allow or deny", h.UnknownDevices)
 	}
-	kerberosRaw := proxyConfig{ProxyRaw: slices.Clone(h.ProxyRaw)} // LoadModule consumes the original
-	rp, err := loadReverseProxy(ctx, h)
-	if err != nil {
+	boundRaw := proxyConfig{ProxyRaw: slices.Clone(h.ProxyRaw)} // LoadModule consumes the original
+	var err error
+	if h.proxy, err = loadReverseProxy(ctx, h); err != nil {
 		return err
 	}
-	h.proxy = rp
-	if h.Kerberos != nil {
-		if h.kerberosProxy, err = loadReverseProxy(ctx, &kerberosRaw); err != nil {
-			return err
-		}
+	if h.boundProxy, err = loadReverseProxy(ctx, &boundRaw); err != nil {
+		return err
 	}
 	appModule, err := ctx.App("ens")
 	if err != nil {
@@ -162,9 +159,9 @@ func (h *EWSProxy) Cleanup() error {
 }
 
 func (h *EWSProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	return h.guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request, kerberos bool) error {
-		if kerberos {
-			return h.kerberosProxy.ServeHTTP(w, r, next)
+	return h.guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request, connectionBound bool) error {
+		if connectionBound {
+			return h.boundProxy.ServeHTTP(w, r, next)
 		}
 		return h.proxy.ServeHTTP(w, r, next)
 	})

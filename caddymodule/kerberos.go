@@ -137,7 +137,9 @@ func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, strin
 	if err != nil {
 		return nil, "", fmt.Errorf("ews_proxy: kerberos: %w", err)
 	}
-	return &kcd.CertificateDelegator{Identity: mapper, KCD: v.(sharedDelegator).Delegator, SID: k.SID}, key, nil
+	d := v.(sharedDelegator).Delegator
+	d.SetLogger(log) // a reload's logging settings apply to the shared delegator too
+	return &kcd.CertificateDelegator{Identity: mapper, KCD: d, SID: k.SID}, key, nil
 }
 
 // parseKerberos reads a kerberos block; d is on the word kerberos.

@@ -36,6 +36,12 @@ func isNTLM(authorization string) bool {
 	return false
 }
 
+// isNegotiate tells an Authorization header of the Negotiate scheme.
+func isNegotiate(authorization string) bool {
+	scheme, _, _ := strings.Cut(strings.TrimSpace(authorization), " ")
+	return strings.EqualFold(scheme, "negotiate")
+}
+
 // challengeFilter removes unsupported challenges from the upstream's
 // response headers just before they are written. Caddy's header_down
 // cannot remove single values of a repeated header.

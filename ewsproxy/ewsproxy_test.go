@@ -111,15 +111,15 @@ func TestComplianceChangesReachEveryNodeAtOnce(t *testing.T) {
 
 // upstream records what reached Exchange.
 type upstream struct {
-	calls    int
-	headers  http.Header
-	body     []byte
-	kerberos bool // the last request came with the proxy's Kerberos credentials
+	calls   int
+	headers http.Header
+	body    []byte
+	bound   bool // the last request was forwarded as connection-bound (Kerberos)
 }
 
-func (u *upstream) forward(w http.ResponseWriter, r *http.Request, kerberos bool) error {
+func (u *upstream) forward(w http.ResponseWriter, r *http.Request, connectionBound bool) error {
 	u.calls++
-	u.kerberos = kerberos
+	u.bound = connectionBound
 	u.headers = r.Header.Clone()
 	u.body, _ = io.ReadAll(r.Body)
 	w.Header().Add("WWW-Authenticate", "Negotiate")
@@ -346,12 +346,30 @@ func TestCertificateClientsGetKerberosInsteadOfTheirCredentials(t *testing.T) {
 			if got := up.headers.Get("Authorization"); got != tc.auth {
 				t.Errorf("Exchange got Authorization %q, want %q", got, tc.auth)
 			}
-			if want := strings.HasPrefix(tc.auth, "Negotiate"); up.kerberos != want {
-				t.Errorf("forwarded as Kerberos: %v, want %v", up.kerberos, want)
+			if want := strings.HasPrefix(tc.auth, "Negotiate"); up.bound != want {
+				t.Errorf("forwarded as connection-bound: %v, want %v", up.bound, want)
 			}
 			if got := strings.Join(w.Header().Values("WWW-Authenticate"), "|"); got != tc.challenges {
 				t.Errorf("challenges %q, want %q", got, tc.challenges)
 			}
 		})
+	}
+}
+
+// TestClientKerberosIsConnectionBound: a client's own Kerberos goes to
+// Exchange as is, on connections no other request shares; Basic does not
+// need that.
+func TestClientKerberosIsConnectionBound(t *testing.T) {
+	g := ewsproxy.NewGuard(ewsproxy.Config{AllowUnknown: true, RemoveUnsupportedAuth: true}, nil, quiet)
+	for auth, bound := range map[string]bool{"Negotiate YIIclientkerberos": true, "negotiate YII": true, "Basic Y2xpZW50": false, "": false} {
+		r := httptest.NewRequest("POST", "/EWS/Exchange.asmx", strings.NewReader(getItem))
+		if auth != "" {
+			r.Header.Set("Authorization", auth)
+		}
+		up := &upstream{}
+		g.Serve(httptest.NewRecorder(), r, up.forward)
+		if up.calls != 1 || up.bound != bound || up.headers.Get("Authorization") != auth {
+			t.Errorf("%q: %d calls, connection-bound %v (want %v), Authorization %q", auth, up.calls, up.bound, bound, up.headers.Get("Authorization"))
+		}
 	}
 }

@@ -62,12 +62,13 @@ func NewGuard(cfg Config, compliance *Compliance, log *slog.Logger) *Guard {
 	return &Guard{cfg: cfg, compliance: compliance, log: log}
 }
 
-// Forward sends an allowed request to Exchange. kerberos tells that the
-// request carries the proxy's Kerberos credentials for a certificate
-// client: such requests must not share upstream connections with others,
-// since IIS may keep a Kerberos login per connection (authPersistNonNTLM)
-// and answer a later request without credentials as that user.
-type Forward func(w http.ResponseWriter, r *http.Request, kerberos bool) error
+// Forward sends an allowed request to Exchange. connectionBound tells that
+// the request authenticates with Kerberos (the proxy's delegated ticket or
+// the client's own): such requests must not share upstream connections
+// with others, since IIS may keep a Kerberos login for the rest of a
+// connection (authPersistNonNTLM) and answer a later request without
+// credentials on it as that user.
+type Forward func(w http.ResponseWriter, r *http.Request, connectionBound bool) error
 
 // Serve decides the request and, if allowed, calls forward (the reverse
 // proxy) with the request cleaned of ENS's attestation and a response
@@ -86,7 +87,7 @@ func (g *Guard) Serve(w http.ResponseWriter, r *http.Request, forward Forward) e
 	if g.cfg.RemoveUnsupportedAuth {
 		w = &challengeFilter{ResponseWriter: w, kerberos: kerberos}
 	}
-	return forward(w, r, kerberos)
+	return forward(w, r, kerberos || isNegotiate(r.Header.Get("Authorization")))
 }
 
 // decide answers refused requests itself and says what it did:

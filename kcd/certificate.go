@@ -48,11 +48,13 @@ func (c *CertificateDelegator) Authorization(ctx context.Context, cert *x509.Cer
 	if err != nil {
 		return "", &Error{Step: StepIdentity, Kind: ErrNoIdentity, Err: err}
 	}
-	sid, hasSID := SIDFromCertificate(cert)
+	sid, present := sidOf(cert)
 	switch {
 	case c.SID == SIDOff:
 		sid = ""
-	case c.SID == SIDRequire && !hasSID:
+	case present && sid == "":
+		return "", &Error{Step: StepIdentity, Kind: ErrSIDMismatch, Err: errors.New("the SID extension (1.3.6.1.4.1.311.25.2) is malformed")}
+	case c.SID == SIDRequire && !present:
 		return "", &Error{Step: StepIdentity, Kind: ErrNoIdentity, Err: errors.New("no SID extension (1.3.6.1.4.1.311.25.2), and strong mapping is required")}
 	}
 	return c.KCD.NegotiateSID(ctx, user, sid)

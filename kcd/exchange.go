@@ -1,6 +1,7 @@
 package kcd
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -57,6 +58,7 @@ type credential struct {
 	end    time.Time
 	start  time.Time
 	sid    string // the client's SID from the S4U2Self ticket's PAC ("" without a PAC)
+	sidErr error  // why the PAC gave no SID, if it did not
 }
 
 // exchanger performs the Kerberos exchanges of constrained delegation for
@@ -192,7 +194,10 @@ func (x *exchanger) s4u2Self(ctx context.Context, tgt *credential, user string) 
 	}
 	cred, err := x.checkTGSRep(rep, x.principal)
 	if err == nil {
-		cred.sid, err = x.checkSelfTicket(rep, name)
+		err = x.checkSelfTicket(rep, name)
+	}
+	if err == nil {
+		cred.sid, cred.sidErr = x.userSID(rep.Ticket)
 	}
 	if err != nil {
 		return nil, &Error{Step: StepS4U2Self, Kind: ErrProtocol, KDC: kdc, Err: err}
@@ -204,36 +209,51 @@ func (x *exchanger) s4u2Self(ctx context.Context, tgt *credential, user string) 
 }
 
 // checkSelfTicket verifies whom the S4U2Self ticket is for. The reply's
-// client name is outside its encrypted part; the ticket, addressed to the
-// proxy, is decrypted with the proxy's keys, and its client must be the
-// reply's, must not be the proxy (a KDC that ignored PA-FOR-USER issues
-// the proxy a ticket for itself), and for a plain name must be that name
-// (an enterprise name may be canonicalised to the account name).
-//
-// It returns the user's SID from the ticket's PAC, if the KDC put one there
-// (Active Directory does), for the certificate's strong-mapping check.
-func (x *exchanger) checkSelfTicket(rep *messages.TGSRep, requested types.PrincipalName) (string, error) {
-	tkt := rep.Ticket
+// client name and ticket are outside its encrypted part (which the nonce
+// makes fresh); the ticket, addressed to the proxy, is decrypted with the
+// proxy's keys and must hold the reply's session key, so that it is this
+// reply's ticket and not an older one of another user put in its place.
+// Its client must be the reply's, must not be the proxy (a KDC that
+// ignored PA-FOR-USER issues the proxy a ticket for itself), and for a
+// plain name must be that name (an enterprise name may be canonicalised to
+// the account name).
+func (x *exchanger) checkSelfTicket(rep *messages.TGSRep, requested types.PrincipalName) error {
+	tkt := &rep.Ticket
 	if err := tkt.DecryptEncPart(x.creds.Keytab(), &x.principal); err != nil {
-		return "", fmt.Errorf("the S4U2Self ticket does not decrypt with the proxy's keys: %w", err)
+		return fmt.Errorf("the S4U2Self ticket does not decrypt with the proxy's keys: %w", err)
 	}
-	client := tkt.DecryptedEncPart.CName
+	enc := tkt.DecryptedEncPart
+	client := enc.CName
 	switch {
-	case !sameName(client, rep.CName) || !strings.EqualFold(tkt.DecryptedEncPart.CRealm, rep.CRealm):
-		return "", errors.New("the S4U2Self reply names another client than its ticket")
+	case enc.Key.KeyType != rep.DecryptedEncPart.Key.KeyType || !bytes.Equal(enc.Key.KeyValue, rep.DecryptedEncPart.Key.KeyValue):
+		return errors.New("the S4U2Self ticket is not the one its reply was issued with")
+	case !sameName(client, rep.CName) || !strings.EqualFold(enc.CRealm, rep.CRealm):
+		return errors.New("the S4U2Self reply names another client than its ticket")
 	case sameName(client, x.principal):
-		return "", errors.New("the KDC ignored PA-FOR-USER (no S4U2Self support)")
+		return errors.New("the KDC ignored PA-FOR-USER (no S4U2Self support)")
 	case requested.NameType != nametype.KRB_NT_ENTERPRISE && !sameName(client, requested):
-		return "", errors.New("the S4U2Self ticket is for another user than requested")
+		return errors.New("the S4U2Self ticket is for another user than requested")
 	}
+	return nil
+}
+
+// userSID reads the user's SID from the PAC of the decrypted S4U2Self
+// ticket. A missing or unreadable PAC is not a delegation failure (MIT
+// KDCs issue PACs without logon info); it only fails a SID check later.
+func (x *exchanger) userSID(tkt messages.Ticket) (sid string, err error) {
+	defer func() {
+		if p := recover(); p != nil { // gokrb5 trusts PAC buffer offsets
+			sid, err = "", fmt.Errorf("the PAC is malformed: %v", p)
+		}
+	}()
 	hasPAC, pac, err := tkt.GetPACType(x.creds.Keytab(), &x.principal, discardLog)
 	switch {
 	case !hasPAC:
-		return "", nil
+		return "", errors.New("the KDC's ticket carries no PAC")
 	case err != nil:
-		return "", fmt.Errorf("the S4U2Self ticket's PAC does not verify: %w", err)
+		return "", fmt.Errorf("the PAC does not verify: %w", err)
 	case pac.KerbValidationInfo == nil:
-		return "", nil
+		return "", errors.New("the PAC has no logon information")
 	}
 	info := pac.KerbValidationInfo
 	return fmt.Sprintf("%s-%d", info.LogonDomainID.String(), info.UserID), nil
@@ -257,7 +277,7 @@ func (x *exchanger) s4u2Proxy(ctx context.Context, tgt, self *credential, spn ty
 	if err != nil {
 		return nil, &Error{Step: StepS4U2Proxy, Kind: ErrProtocol, KDC: kdc, Err: err}
 	}
-	cred.sid = self.sid // the same user
+	cred.sid, cred.sidErr = self.sid, self.sidErr // the same user
 	return cred, nil
 }
 

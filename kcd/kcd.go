@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jcmturner/gokrb5/v8/credentials"
@@ -31,7 +32,7 @@ type Config struct {
 	// SPN is Exchange's service principal, e.g. HTTP/mail.corp.example.test.
 	SPN string
 	// Timeout bounds one attempt at one KDC (default 3 s); a request waits
-	// at most about 3 steps × KDCs × Timeout.
+	// at most about 5 exchanges × KDCs × Timeout (see docs/kcd.md).
 	Timeout time.Duration
 	// RenewBefore: tickets are replaced this long before they expire
 	// (default 5 minutes).
@@ -47,6 +48,10 @@ type Config struct {
 	now func() time.Time // tests move the clock
 }
 
+// outageRetry is how long a ticket due for renewal, or a TGT, is used
+// without asking the KDCs again after they could not be reached.
+const outageRetry = 30 * time.Second
+
 // Delegator obtains delegated service tickets for users and turns them
 // into Negotiate headers. Safe for concurrent use.
 type Delegator struct {
@@ -54,12 +59,15 @@ type Delegator struct {
 	spn   types.PrincipalName
 	x     *exchanger
 	login func(context.Context) (*credential, error) // x.login; tests make it fail
-	log   *slog.Logger
+	log   atomic.Pointer[slog.Logger]
 	group singleflight.Group
 
-	mu      sync.Mutex
-	tgt     *credential
-	tickets map[string]*cacheEntry
+	mu  sync.Mutex
+	tgt *credential
+	// tgtRetry: after a failed renewal, the current TGT is used without
+	// logging in again until then.
+	tgtRetry time.Time
+	tickets  map[string]*cacheEntry
 	// sweepAt is the cache size at which expired entries are next swept.
 	sweepAt int
 }
@@ -151,15 +159,24 @@ func New(cfg Config) (*Delegator, error) {
 	if len(x.keytabTypes()) == 0 {
 		return nil, fmt.Errorf("kcd: the keytab has no key for %s@%s in a supported encryption type (aes256/aes128-cts-hmac-sha1-96, aes-sha2, rc4-hmac)", cfg.Principal, cfg.Realm)
 	}
-	return &Delegator{
+	d := &Delegator{
 		cfg:     cfg,
 		spn:     principalName(cfg.SPN),
 		x:       x,
 		login:   x.login,
-		log:     cfg.Logger,
 		tickets: make(map[string]*cacheEntry),
 		sweepAt: 1024,
-	}, nil
+	}
+	d.log.Store(cfg.Logger)
+	return d, nil
+}
+
+// SetLogger sends the delegator's log lines to l from now on (a delegator
+// shared across config reloads follows the newest config's logging).
+func (d *Delegator) SetLogger(l *slog.Logger) {
+	if l != nil {
+		d.log.Store(l)
+	}
 }
 
 // Negotiate returns an `Authorization: Negotiate …` value that
@@ -181,8 +198,8 @@ func (d *Delegator) NegotiateSID(ctx context.Context, user, sid string) (string,
 	}
 	if sid != "" && !strings.EqualFold(st.cred.sid, sid) {
 		e := &Error{Step: StepIdentity, Kind: ErrSIDMismatch}
-		if st.cred.sid == "" {
-			e.Err = errors.New("the KDC's ticket carries no PAC to check it against")
+		if st.cred.sidErr != nil {
+			e.Err = fmt.Errorf("cannot check it: %w", st.cred.sidErr)
 		}
 		countError(e)
 		return "", e
@@ -216,8 +233,22 @@ func (d *Delegator) ticket(ctx context.Context, user string) (*serviceTicket, er
 		if res.Err != nil {
 			// A ticket due for renewal still serves while no KDC answers,
 			// until a minute before it ends.
-			if e != nil && e.ticket != nil && errors.Is(res.Err, ErrKDCUnreachable) && d.cfg.now().Before(e.ticket.cred.end.Add(-time.Minute)) {
-				return e.ticket, nil
+			// Asked again only after outageRetry, so that requests do not
+			// each wait out the KDCs' timeouts.
+			if e != nil && e.ticket != nil && errors.Is(res.Err, ErrKDCUnreachable) {
+				now, last := d.cfg.now(), e.ticket.cred.end.Add(-time.Minute)
+				if now.Before(last) {
+					d.mu.Lock()
+					if d.tickets[key] == e {
+						retry := now.Add(outageRetry)
+						if retry.After(last) {
+							retry = last
+						}
+						d.tickets[key] = &cacheEntry{ticket: e.ticket, refresh: retry}
+					}
+					d.mu.Unlock()
+					return e.ticket, nil
+				}
 			}
 			return nil, res.Err
 		}
@@ -228,8 +259,15 @@ func (d *Delegator) ticket(ctx context.Context, user string) (*serviceTicket, er
 }
 
 // fetch gets a delegated ticket for user and caches the outcome.
-func (d *Delegator) fetch(ctx context.Context, key, user string) (*serviceTicket, error) {
-	st, err := d.delegate(ctx, user)
+func (d *Delegator) fetch(ctx context.Context, key, user string) (st *serviceTicket, err error) {
+	defer func() {
+		// Parsing what the KDC sent must not take the gateway down: a
+		// panic in singleflight's goroutine would escape Caddy's recovery.
+		if p := recover(); p != nil {
+			st, err = nil, &Error{Step: StepS4U2Self, Kind: ErrProtocol, Err: fmt.Errorf("panic: %v", p)}
+		}
+	}()
+	st, err = d.delegate(ctx, user)
 	now := d.cfg.now()
 	if err != nil {
 		var e *Error
@@ -237,7 +275,7 @@ func (d *Delegator) fetch(ctx context.Context, key, user string) (*serviceTicket
 			e = &Error{Step: StepS4U2Self, Kind: ErrProtocol, Err: err}
 		}
 		countError(e)
-		d.log.Warn("kerberos delegation failed", "step", e.Step, "kdcErrorCode", e.Code, "kdc", e.KDC, "error", e.Error())
+		d.log.Load().Warn("kerberos delegation failed", "step", e.Step, "kdcErrorCode", e.Code, "kdc", e.KDC, "error", e.Error())
 		if e.Kind == ErrUnknownPrincipal || e.Kind == ErrNotForwardable || e.Kind == ErrUserRefused {
 			d.store(key, &cacheEntry{err: e, refresh: now.Add(d.cfg.NegativeTTL)}, now)
 		}
@@ -263,8 +301,12 @@ func (d *Delegator) delegate(ctx context.Context, user string) (*serviceTicket, 
 		if err == nil {
 			return &serviceTicket{cred: cred}, nil
 		}
+		// A TGT the KDC can no longer use, or a refusal that may be about
+		// the proxy's own account rather than the user (the KDC checks
+		// the account behind the TGT too): log in again, once; a proxy
+		// that can no longer log in then fails as such (502).
 		var e *Error
-		if attempt == 0 && errors.As(err, &e) && staleTGT(e.Code) {
+		if attempt == 0 && errors.As(err, &e) && (staleTGT(e.Code) || e.Kind == ErrUserRefused) {
 			d.mu.Lock()
 			if d.tgt == tgt {
 				d.tgt = nil
@@ -295,9 +337,12 @@ func staleTGT(code int32) bool {
 func (d *Delegator) loginTGT(ctx context.Context) (*credential, error) {
 	now := d.cfg.now()
 	d.mu.Lock()
-	tgt := d.tgt
+	tgt, retry := d.tgt, d.tgtRetry
 	d.mu.Unlock()
 	if tgt != nil && now.Before(tgt.end.Add(-tgt.end.Sub(tgt.start)/3)) {
+		return tgt, nil
+	}
+	if tgt != nil && now.Before(retry) && now.Before(tgt.end.Add(-d.cfg.RenewBefore)) {
 		return tgt, nil
 	}
 	v, err, _ := d.group.Do("\x00tgt", func() (any, error) {
@@ -312,7 +357,10 @@ func (d *Delegator) loginTGT(ctx context.Context) (*credential, error) {
 	})
 	if err != nil {
 		if tgt != nil && now.Before(tgt.end.Add(-d.cfg.RenewBefore)) {
-			d.log.Warn("kerberos: renewing the proxy's TGT failed; using the current one until it expires", "error", err.Error())
+			d.log.Load().Warn("kerberos: renewing the proxy's TGT failed; using the current one until it expires", "error", err.Error())
+			d.mu.Lock()
+			d.tgtRetry = now.Add(outageRetry)
+			d.mu.Unlock()
 			return tgt, nil
 		}
 		return nil, err

@@ -405,6 +405,23 @@ func TestKDCFailoverAndOutages(t *testing.T) {
 		if _, err := exchange(t, r, h); err != nil {
 			t.Fatal(err)
 		}
+		// A KDC that does not answer is waited for once, not on every
+		// request.
+		silent, accepted := silentKDC(t)
+		d.x.kdc = &transport{kdcs: []string{silent}, timeout: 200 * time.Millisecond}
+		d.mu.Lock()
+		for _, e := range d.tickets {
+			e.refresh = time.Now().Add(-time.Second)
+		}
+		d.mu.Unlock()
+		for range 5 {
+			if _, err := d.Negotiate(ctx, r.User); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := accepted.Load(); n != 1 {
+			t.Errorf("5 requests during an outage tried the silent KDC %d times, want 1", n)
+		}
 	})
 }
 
@@ -654,6 +671,43 @@ func TestRepliesAreChecked(t *testing.T) {
 		}
 	})
 
+	t.Run("another user's S4U2Self ticket in a fresh reply", func(t *testing.T) {
+		// The ticket and client name are outside the reply's encrypted
+		// part: an attacker on the path could pass an older ticket of
+		// another user off as this one.
+		te, addr := startTee(t, r.KDCs[0])
+		var first *messages.TGSRep
+		te.rewriteRep = func(req, rep []byte) []byte {
+			if _, ok := isS4U2Self(req); !ok {
+				return rep
+			}
+			var cur messages.TGSRep
+			if err := cur.Unmarshal(rep); err != nil {
+				return rep
+			}
+			if first == nil {
+				first = &cur
+				return rep
+			}
+			cur.Ticket, cur.CName, cur.CRealm = first.Ticket, first.CName, first.CRealm
+			b, err := cur.Marshal()
+			if err != nil {
+				t.Error(err)
+				return rep
+			}
+			return b
+		}
+		d := newDelegator(t, r, func(c *Config) { c.KDCs = []string{addr} })
+		if _, err := d.Negotiate(ctx, r.User); err != nil {
+			t.Fatal(err)
+		}
+		_, err := d.Negotiate(ctx, r.AddUser(t, "oscar"))
+		var e *Error
+		if !errors.As(err, &e) || e.Kind != ErrProtocol || e.HTTPStatus() != 502 || !strings.Contains(err.Error(), "not the one its reply was issued with") {
+			t.Fatalf("error %v, want the swapped ticket refused", err)
+		}
+	})
+
 	t.Run("another user's reply replayed", func(t *testing.T) {
 		te, addr := startTee(t, r.KDCs[0])
 		var first []byte
@@ -720,21 +774,23 @@ func TestConcurrentUsersGetTheirOwnTickets(t *testing.T) {
 
 // TestCacheIsBounded: a full cache evicts, and not on every new user.
 func TestCacheIsBounded(t *testing.T) {
-	d := &Delegator{cfg: Config{MaxEntries: 100}, tickets: map[string]*cacheEntry{}, sweepAt: 1024}
-	now := time.Now()
-	sweeps, last := 0, 0
-	for i := range 1000 {
-		d.store(fmt.Sprint("user", i), &cacheEntry{refresh: now.Add(time.Hour)}, now)
-		if len(d.tickets) > 100 {
-			t.Fatalf("%d entries, max 100", len(d.tickets))
+	for _, max := range []int{100, 3000} {
+		d := &Delegator{cfg: Config{MaxEntries: max}, tickets: map[string]*cacheEntry{}, sweepAt: 1024}
+		now := time.Now()
+		sweeps, last := 0, 0
+		for i := range 10 * max {
+			d.store(fmt.Sprint("user", i), &cacheEntry{refresh: now.Add(time.Hour)}, now)
+			if len(d.tickets) > max {
+				t.Fatalf("%d entries, max %d", len(d.tickets), max)
+			}
+			if len(d.tickets) < last {
+				sweeps++
+			}
+			last = len(d.tickets)
 		}
-		if len(d.tickets) < last {
-			sweeps++
+		if sweeps > 100 {
+			t.Errorf("%d sweeps for %d users into %d places; want about one per tenth", sweeps, 10*max, max)
 		}
-		last = len(d.tickets)
-	}
-	if sweeps > 100 {
-		t.Errorf("%d sweeps for 1000 users into 100 places; want about one per 10", sweeps)
 	}
 }
 
@@ -802,6 +858,8 @@ func TestStrongMappingBySID(t *testing.T) {
 			{SIDRequire, "", ErrNoIdentity},
 			{SIDRequire, bob, ErrSIDMismatch},
 			{SIDOff, bob, nil},
+			{"", "s-1-5-21-1-2", ErrSIDMismatch}, // present but malformed
+			{SIDOff, "s-1-5-21-1-2", nil},
 		} {
 			cd := &CertificateDelegator{Identity: mapper, KCD: d, SID: tc.policy}
 			_, err := cd.Authorization(ctx, cert(tc.sid))

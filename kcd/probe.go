@@ -2,6 +2,7 @@ package kcd
 
 import (
 	"context"
+	"strings"
 	"time"
 )
 
@@ -11,6 +12,7 @@ type Probe struct {
 	Login, S4U2Self, S4U2Proxy time.Duration // how long each step took; zero if not reached
 	Client                     string        // the delegated ticket's client, name@REALM
 	SID                        string        // the client's SID from the PAC, if any
+	SIDProblem                 string        // why there is no SID, if there is none
 	Expires                    time.Time     // the delegated ticket's end
 	HeaderBytes                int           // size of the Negotiate header
 }
@@ -41,7 +43,13 @@ func (d *Delegator) Probe(ctx context.Context, user string) (*Probe, error) {
 	if err != nil {
 		return p, err
 	}
-	p.Client = cred.cname.PrincipalNameString() + "@" + cred.crealm
+	p.Client = cred.cname.PrincipalNameString()
+	if !strings.Contains(p.Client, "@") { // an enterprise name already has its domain
+		p.Client += "@" + cred.crealm
+	}
 	p.SID, p.Expires, p.HeaderBytes = cred.sid, cred.end, len(h)
+	if cred.sidErr != nil {
+		p.SIDProblem = cred.sidErr.Error()
+	}
 	return p, nil
 }

@@ -20,12 +20,20 @@ var (
 // STRING of its string form under 1.3.6.1.4.1.311.25.2.1), if the
 // certificate has a well-formed one.
 func SIDFromCertificate(cert *x509.Certificate) (string, bool) {
+	sid, _ := sidOf(cert)
+	return sid, sid != ""
+}
+
+// sidOf also reports whether the extension is there at all, so that a
+// malformed one is not taken for a missing one.
+func sidOf(cert *x509.Certificate) (sid string, present bool) {
 	if cert == nil {
 		return "", false
 	}
 	for _, ext := range cert.Extensions {
 		if ext.Id.Equal(oidNTDSCASecurity) {
-			return sidFromExtension(ext.Value)
+			sid, _ = sidFromExtension(ext.Value)
+			return sid, true
 		}
 	}
 	return "", false

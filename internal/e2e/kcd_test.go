@@ -357,6 +357,9 @@ func TestKCDCheckCommand(t *testing.T) {
 			if r.Kind == "samba" && !strings.Contains(res.stdout, "SID "+r.UserSID(t, "alice")) {
 				t.Errorf("output lacks Alice's SID:\n%s", res.stdout)
 			}
+			if r.Kind == "heimdal" && !strings.Contains(res.stdout, "note: no user SID (the KDC's ticket carries no PAC)") {
+				t.Errorf("output does not warn that there is no PAC:\n%s", res.stdout)
+			}
 
 			res = cli(t, nil, args(r.OtherSPN, r.User)...)
 			if res.code == 0 || !strings.Contains(res.stdout, "S4U2Proxy to "+r.OtherSPN+": FAILED") || !strings.Contains(res.stderr, "KDC_ERR_BADOPTION") {
