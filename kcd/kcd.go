@@ -231,24 +231,8 @@ func (d *Delegator) ticket(ctx context.Context, user string) (*serviceTicket, er
 	select {
 	case res := <-ch:
 		if res.Err != nil {
-			// A ticket due for renewal still serves while no KDC answers,
-			// until a minute before it ends.
-			// Asked again only after outageRetry, so that requests do not
-			// each wait out the KDCs' timeouts.
-			if e != nil && e.ticket != nil && errors.Is(res.Err, ErrKDCUnreachable) {
-				now, last := d.cfg.now(), e.ticket.cred.end.Add(-time.Minute)
-				if now.Before(last) {
-					d.mu.Lock()
-					if d.tickets[key] == e {
-						retry := now.Add(outageRetry)
-						if retry.After(last) {
-							retry = last
-						}
-						d.tickets[key] = &cacheEntry{ticket: e.ticket, refresh: retry}
-					}
-					d.mu.Unlock()
-					return e.ticket, nil
-				}
+			if stale := d.keepDuringOutage(key, e, res.Err); stale != nil {
+				return stale, nil
 			}
 			return nil, res.Err
 		}
@@ -256,6 +240,30 @@ func (d *Delegator) ticket(ctx context.Context, user string) (*serviceTicket, er
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// keepDuringOutage returns the ticket of entry e, due for renewal, when the
+// renewal failed because no KDC answered and the ticket is good for more
+// than a minute still; the KDCs are asked again only after outageRetry, so
+// that requests do not each wait out their timeouts.
+func (d *Delegator) keepDuringOutage(key string, e *cacheEntry, err error) *serviceTicket {
+	if e == nil || e.ticket == nil || !errors.Is(err, ErrKDCUnreachable) {
+		return nil
+	}
+	now, last := d.cfg.now(), e.ticket.cred.end.Add(-time.Minute)
+	if !now.Before(last) {
+		return nil
+	}
+	retry := now.Add(outageRetry)
+	if retry.After(last) {
+		retry = last
+	}
+	d.mu.Lock()
+	if d.tickets[key] == e {
+		d.tickets[key] = &cacheEntry{ticket: e.ticket, refresh: retry}
+	}
+	d.mu.Unlock()
+	return e.ticket
 }
 
 // fetch gets a delegated ticket for user and caches the outcome.
@@ -285,8 +293,7 @@ func (d *Delegator) fetch(ctx context.Context, key, user string) (st *serviceTic
 	return st, nil
 }
 
-// delegate runs S4U2Self and S4U2Proxy with the proxy's TGT, logging in
-// again once if the KDC no longer accepts the TGT.
+// delegate runs S4U2Self and S4U2Proxy with the proxy's TGT.
 func (d *Delegator) delegate(ctx context.Context, user string) (*serviceTicket, error) {
 	for attempt := 0; ; attempt++ {
 		tgt, err := d.loginTGT(ctx)
@@ -379,7 +386,7 @@ func (d *Delegator) refreshTime(c *credential) time.Time {
 }
 
 // store caches an entry; when the cache reaches its next sweep size,
-// stale entries go first, then arbitrary ones down to MaxEntries.
+// stale entries go first, then arbitrary ones down to 90% of MaxEntries.
 func (d *Delegator) store(key string, e *cacheEntry, now time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
