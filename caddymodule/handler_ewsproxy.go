@@ -72,8 +72,9 @@ func (EWSProxy) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision loads the embedded reverse_proxy (Caddy cleans it up with us)
-// and takes the ens app's compliance cache and attestation secret.
+// Provision loads the embedded reverse_proxy twice, for ordinary and for
+// connection-bound (Kerberos) requests (Caddy cleans both up with us), and
+// takes the ens app's compliance cache and attestation secret.
 func (h *EWSProxy) Provision(ctx caddy.Context) error {
 	if h.ProxyRaw == nil {
 		return fmt.Errorf("ews_proxy: proxy: an Exchange upstream is required, e.g. `ews_proxy https://exchange.example.com`")
