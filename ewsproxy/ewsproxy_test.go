@@ -246,16 +246,28 @@ func TestNTLMRequestsGetBasicOnly(t *testing.T) {
 
 func TestOperationPeekKeepsLargeBodiesIntact(t *testing.T) {
 	big := getItem[:len(getItem)-len("</s:Body></s:Envelope>")] + strings.Repeat("<x>attachment data</x>", 50000) + "</s:Body></s:Envelope>"
-	for _, body := range []string{getItem, big, "not xml at all", ""} {
-		r := httptest.NewRequest("POST", "/EWS/Exchange.asmx", strings.NewReader(body))
+	// withHeader puts n bytes of SOAP header before the body.
+	withHeader := func(n int) string {
+		return `<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header>` +
+			strings.Repeat("<t:Pad>x</t:Pad>", n/16) + `</s:Header><s:Body><m:GetItem/></s:Body></s:Envelope>`
+	}
+	for _, tc := range []struct{ body, want string }{
+		{getItem, "GetItem"},
+		{big, "GetItem"},
+		{withHeader(5000), "GetItem"},  // beyond the first read
+		{withHeader(15000), "GetItem"}, // within the 16 KiB peek
+		{withHeader(20000), ""},        // beyond it: unnamed, still forwarded intact
+		{"not xml at all", ""},
+		{"", ""},
+	} {
+		r := httptest.NewRequest("POST", "/EWS/Exchange.asmx", strings.NewReader(tc.body))
 		op := ewsproxy.Operation(r)
 		rest, _ := io.ReadAll(r.Body)
-		if !bytes.Equal(rest, []byte(body)) {
-			t.Fatalf("body of %d bytes came out as %d bytes", len(body), len(rest))
+		if !bytes.Equal(rest, []byte(tc.body)) {
+			t.Fatalf("body of %d bytes came out as %d bytes", len(tc.body), len(rest))
 		}
-		want := map[bool]string{true: "GetItem", false: ""}[strings.Contains(body, "GetItem")]
-		if op != want {
-			t.Errorf("operation %q, want %q", op, want)
+		if op != tc.want {
+			t.Errorf("body of %d bytes: operation %q, want %q", len(tc.body), op, tc.want)
 		}
 	}
 }

@@ -19,12 +19,25 @@ func Operation(r *http.Request) string {
 	if r.Method != http.MethodPost || r.Body == nil || r.Body == http.NoBody {
 		return ""
 	}
-	buf := make([]byte, operationPeek)
-	n, _ := io.ReadFull(r.Body, buf)
+	// Read a little first and more only if the operation is not in it
+	// yet: EWS requests name it within their first kilobyte or two, and a
+	// 16 KiB buffer per request would dominate the proxy's allocations.
+	var op string
+	buf := make([]byte, 0, 2<<10)
+	for {
+		n, err := io.ReadFull(r.Body, buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if op = operationIn(buf); op != "" || err != nil || len(buf) >= operationPeek {
+			break
+		}
+		grown := make([]byte, len(buf), min(2*cap(buf), operationPeek))
+		copy(grown, buf)
+		buf = grown
+	}
 	// The upstream gets the peeked bytes, then the rest (or the same error,
 	// or EOF) from the original body.
-	r.Body = readCloser{io.MultiReader(bytes.NewReader(buf[:n]), r.Body), r.Body}
-	return operationIn(buf[:n])
+	r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
+	return op
 }
 
 type readCloser struct {
