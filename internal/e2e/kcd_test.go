@@ -372,3 +372,38 @@ func TestKCDCheckCommand(t *testing.T) {
 		})
 	}
 }
+
+// TestCaddyfileExampleKerberosBlock: the kerberos block Caddyfile.example
+// shows commented out is valid once enabled, with its settings from the
+// environment (several KDCs in one variable).
+func TestCaddyfileExampleKerberosBlock(t *testing.T) {
+	r := kdctest.Heimdal(t)
+	example, err := os.ReadFile(filepath.Join(repoRoot(t), "Caddyfile.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var enabled []string
+	for _, line := range strings.Split(string(example), "\n") {
+		trimmed := strings.TrimLeft(line, "\t")
+		indent := line[:len(line)-len(trimmed)]
+		if rest, ok := strings.CutPrefix(trimmed, "# "); ok && (strings.HasPrefix(rest, "kerberos {") || strings.HasPrefix(rest, "\t") || rest == "}") {
+			line = indent + rest
+		}
+		enabled = append(enabled, line)
+	}
+	text := strings.Join(enabled, "\n")
+	if !strings.Contains(text, "\t\t\tkerberos {\n") {
+		t.Fatal("Caddyfile.example has no commented kerberos block")
+	}
+	file := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env, _ := gatewayEnv(t, "postgres://ens@127.0.0.1:1/ens", "http://127.0.0.1:1")
+	env = append(env, "ENS_KCD_REALM="+r.Name, "ENS_KCD_KDCS="+strings.Join(append([]string{"127.0.0.1:1"}, r.KDCs...), " "),
+		"ENS_KCD_KEYTAB="+r.ProxyKeytabPath, "ENS_KCD_PRINCIPAL="+r.ProxyPrincipal, "ENS_KCD_SPN="+r.ExchangeSPN)
+	res := cli(t, env, "validate", "--config", file, "--adapter", "caddyfile")
+	if res.code != 0 || !strings.Contains(res.stdout+res.stderr, "Valid configuration") {
+		t.Fatalf("validate with the kerberos block enabled: %+v", res)
+	}
+}
