@@ -174,11 +174,17 @@ func (a *App) pushSender(logger *slog.Logger) (push.Sender, error) {
 	return router, nil
 }
 
+// placeholderResolver returns a function that fills in Caddy's global
+// placeholders ({env.*} and the like) and trims the result.
+func placeholderResolver() func(string) string {
+	repl := caddy.NewReplacer()
+	return func(v string) string { return strings.TrimSpace(repl.ReplaceKnown(v, "")) }
+}
+
 // resolve replaces placeholders and validates, naming the field and the
 // environment variable an admin most likely has to fix.
 func (a *App) resolve() error {
-	repl := caddy.NewReplacer()
-	get := func(v string) string { return strings.TrimSpace(repl.ReplaceKnown(v, "")) }
+	get := placeholderResolver()
 
 	var errs []error
 	fail := func(field, format string, args ...any) {

@@ -73,8 +73,7 @@ func (sharedDelegator) Destruct() error { return nil }
 // delegator builds the certificate-to-Kerberos delegator, reporting every
 // problem at once, and returns the key to release it with.
 func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, string, error) {
-	repl := caddy.NewReplacer()
-	get := func(v string) string { return strings.TrimSpace(repl.ReplaceKnown(v, "")) }
+	get := placeholderResolver()
 	var problems []string
 	var kdcs []string
 	for _, kdc := range k.KDCs {

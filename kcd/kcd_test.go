@@ -837,11 +837,7 @@ func TestStrongMappingBySID(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := x509.ParseCertificate(tc.Certificate[0])
-			if err != nil {
-				t.Fatal(err)
-			}
-			return c
+			return tc.Leaf
 		}
 		mapper, err := NewIdentityMapper([]string{SourceUPN}, "")
 		if err != nil {

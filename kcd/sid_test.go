@@ -19,11 +19,7 @@ func TestSIDFromCertificate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cert, err := x509.ParseCertificate(tc.Certificate[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cert
+		return tc.Leaf
 	}
 	const sid = "S-1-5-21-3623811015-3361044348-30300820-1013"
 	if got, ok := SIDFromCertificate(issue(sid)); !ok || got != sid {

@@ -142,7 +142,7 @@ func (ca *CA) IssueServer() (tls.Certificate, error) {
 	return ca.Issue(tmpl)
 }
 
-// Issue signs tmpl for a new P-256 key.
+// Issue signs tmpl for a new P-256 key; Leaf is the parsed certificate.
 func (ca *CA) Issue(tmpl *x509.Certificate) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -153,5 +153,9 @@ func (ca *CA) Issue(tmpl *x509.Certificate) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
 }

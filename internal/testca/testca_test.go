@@ -23,10 +23,7 @@ func TestClientCertificateCarriesTheUPNAndSID(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cert, err := x509.ParseCertificate(tc.Certificate[0])
-		if err != nil {
-			t.Fatal(err)
-		}
+		cert := tc.Leaf
 		if _, err := cert.Verify(x509.VerifyOptions{Roots: ca.Pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 			t.Fatalf("does not verify against the CA: %v", err)
 		}
