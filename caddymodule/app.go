@@ -326,8 +326,9 @@ func (a *App) Start() error {
 		defer close(a.cacheDone)
 		a.compliance.Run(cacheCtx)
 	}()
-	// With the database up, serve /EWS only once compliance is known, so a
-	// node joining the load balancer does not answer 503 meanwhile.
+	// With the database up, finish starting only once compliance is known.
+	// Caddy may start the http app first, so /EWS requests also wait for
+	// the first load themselves (ewsproxy.Compliance.AwaitFirstLoad).
 	if err == nil {
 		select {
 		case <-a.compliance.Loaded():

@@ -28,6 +28,8 @@ type Compliance struct {
 
 	firstLoad     chan struct{} // closed by the first full load
 	firstLoadOnce sync.Once
+	settled       chan struct{} // closed once the first load has succeeded or failed
+	settledOnce   sync.Once
 }
 
 // tenantState is kept small: a node holds one per known device.
@@ -38,12 +40,34 @@ type tenantState struct {
 
 // NewCompliance returns an empty cache; Run fills and follows it.
 func NewCompliance(s *store.Store, log *slog.Logger) *Compliance {
-	return &Compliance{store: s, log: log, states: map[string][]tenantState{}, firstLoad: make(chan struct{})}
+	return &Compliance{store: s, log: log, states: map[string][]tenantState{},
+		firstLoad: make(chan struct{}), settled: make(chan struct{})}
 }
 
-// Loaded is closed once the states have been loaded for the first time, so
-// a node can wait for it before serving (until then it answers 503).
+// Loaded is closed once the states have been loaded for the first time.
 func (c *Compliance) Loaded() <-chan struct{} { return c.firstLoad }
+
+// AwaitFirstLoad returns once the first load has succeeded or failed, or
+// after at most max. Caddy starts its apps in no fixed order, so a node's
+// HTTP server may take requests before the ens app has loaded compliance:
+// those requests wait for that rather than get 503 from a node that is
+// merely starting. Once the outcome is known this costs one channel check.
+func (c *Compliance) AwaitFirstLoad(ctx context.Context, max time.Duration) {
+	select {
+	case <-c.settled:
+		return
+	default:
+	}
+	timer := time.NewTimer(max)
+	defer timer.Stop()
+	select {
+	case <-c.settled:
+	case <-ctx.Done():
+	case <-timer.C:
+	}
+}
+
+func (c *Compliance) settle() { c.settledOnce.Do(func() { close(c.settled) }) }
 
 // ErrComplianceUnknown means the states could not be loaded (the database
 // is unreachable): the proxy fails closed rather than guess.
@@ -75,6 +99,7 @@ var restrictiveness = map[string]int{store.Compliant: 1, store.NonCompliant: 2, 
 func (c *Compliance) Run(ctx context.Context) {
 	c.store.ListenCompliance(ctx, func() { c.reload(ctx) }, func(k store.DeviceKey) error { return c.refresh(ctx, k) },
 		func(err error) {
+			c.settle() // the database could not even be listened to
 			c.mu.Lock()
 			c.loaded = false // changes may be missed until the listener is back
 			c.mu.Unlock()
@@ -96,8 +121,10 @@ func (c *Compliance) reload(ctx context.Context) {
 			c.states, c.loaded = states, true
 			c.mu.Unlock()
 			c.firstLoadOnce.Do(func() { close(c.firstLoad) })
+			c.settle()
 			return
 		}
+		c.settle()
 		c.log.Warn("loading device compliance", slog.Any("error", err))
 		select {
 		case <-ctx.Done():

@@ -217,6 +217,71 @@ func TestGuardDecidesBeforeTheUpstream(t *testing.T) {
 	}
 }
 
+// Caddy starts its apps in no fixed order, so the proxy can take a request
+// before the ens app has started loading compliance. Such a request waits
+// for the first load and is judged by it, rather than answered 503.
+func TestRequestsToAStartingNodeWaitForTheFirstLoad(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t, pgtest.NewDatabase(t))
+	s.Migrate(ctx)
+	tenant, _, _ := s.CreateTenant(ctx, "contoso", 0)
+	s.SetCompliance(ctx, tenant.ID, "good", store.Compliant)
+	compliance := ewsproxy.NewCompliance(s, quiet) // not running yet
+	g := ewsproxy.NewGuard(ewsproxy.Config{TenantID: tenant.ID, DeviceHeader: "X-Device-Id"}, compliance, quiet)
+
+	r := httptest.NewRequest("POST", "/EWS/Exchange.asmx", strings.NewReader(getItem))
+	r.Header.Set("X-Device-Id", "good")
+	w := httptest.NewRecorder()
+	up := &upstream{}
+	answered := make(chan error)
+	go func() { answered <- g.Serve(w, r, up.forward) }()
+	select {
+	case err := <-answered:
+		t.Fatalf("answered %d (%v) before compliance was loaded", w.Code, err)
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { compliance.Run(runCtx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := <-answered; err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != 401 || up.calls != 1 {
+		t.Fatalf("status %d with %d upstream calls, want the upstream's 401: %s", w.Code, up.calls, w.Body)
+	}
+}
+
+// With the database down from the start, the proxy fails closed with 503
+// as soon as the first load has failed, rather than after the start-up wait.
+func TestUnreachableDatabaseFailsClosedAtOnce(t *testing.T) {
+	s := newStore(t, "postgres://ens:pw@127.0.0.1:1/ens?connect_timeout=2")
+	compliance := ewsproxy.NewCompliance(s, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { compliance.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	g := ewsproxy.NewGuard(ewsproxy.Config{AllowUnknown: true, DeviceHeader: "X-Device-Id"}, compliance, quiet)
+
+	r := httptest.NewRequest("POST", "/EWS/Exchange.asmx", strings.NewReader(getItem))
+	r.Header.Set("X-Device-Id", "good")
+	w := httptest.NewRecorder()
+	up := &upstream{}
+	start := time.Now()
+	if err := g.Serve(w, r, up.forward); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != 503 || up.calls != 0 || !strings.Contains(w.Body.String(), "ErrorServerBusy") {
+		t.Fatalf("status %d with %d upstream calls: %s", w.Code, up.calls, w.Body)
+	}
+	// A refused connection settles the first load at once; the 5 s start-up
+	// wait is only for a node whose database answers slowly.
+	if waited := time.Since(start); waited > 3*time.Second {
+		t.Errorf("answered after %v, want no start-up wait once the database is known to be down", waited)
+	}
+}
+
 // checkFault: the 403 is an EWS SOAP fault, schema-valid, that the ews
 // client maps to ErrAccessDenied.
 func checkFault(t *testing.T, body []byte) {

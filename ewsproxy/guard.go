@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/ensgate/ensgate/store"
 )
@@ -56,6 +57,10 @@ type Guard struct {
 	compliance *Compliance
 	log        *slog.Logger
 }
+
+// firstLoadWait bounds how long a request that reaches a starting node
+// waits for its first compliance load before it gets 503.
+const firstLoadWait = 5 * time.Second
 
 // NewGuard returns a guard that judges devices by compliance.
 func NewGuard(cfg Config, compliance *Compliance, log *slog.Logger) *Guard {
@@ -113,7 +118,7 @@ func (g *Guard) decide(w http.ResponseWriter, r *http.Request, op string) (decis
 		writeFault(w, http.StatusForbidden, "ErrorAccessDenied", "The request's device attestation is invalid.")
 		return "refused_attestation", false
 	}
-	allowed, accepted, err := g.allowed(tenantID, ids)
+	allowed, accepted, err := g.allowed(r.Context(), tenantID, ids)
 	if errors.Is(err, ErrComplianceUnknown) {
 		log.Error("EWS request refused: compliance unknown", slog.Any("error", err))
 		writeFault(w, http.StatusServiceUnavailable, "ErrorServerBusy", "Device compliance cannot be checked right now; retry later.")
@@ -164,10 +169,11 @@ func (g *Guard) identify(r *http.Request) (ids []string, tenantID int64, fromENS
 
 // allowed returns whether the request may reach Exchange, and which of its
 // devices are accepted. A request naming no device is an unknown device.
-func (g *Guard) allowed(tenantID int64, ids []string) (allowed bool, accepted []string, err error) {
+func (g *Guard) allowed(ctx context.Context, tenantID int64, ids []string) (allowed bool, accepted []string, err error) {
 	if len(ids) == 0 {
 		return g.cfg.AllowUnknown, nil, nil
 	}
+	g.compliance.AwaitFirstLoad(ctx, firstLoadWait)
 	for _, id := range ids {
 		state, err := g.compliance.State(store.DeviceKey{TenantID: tenantID, DeviceID: id})
 		if err != nil {
