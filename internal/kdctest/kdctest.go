@@ -125,7 +125,8 @@ func (r *Realm) Requests() (as, tgs int64) {
 
 // AddUser creates another delegable user with UserPassword and returns its
 // UPN (name@corp.example.test); its canonical principal name is name. On
-// Samba the user stays for the rest of the test binary: pick unique names.
+// Samba the user stays for the rest of the test binary, and adding it again
+// (as go test -count does) returns the same user.
 func (r *Realm) AddUser(t testing.TB, name string) string {
 	t.Helper()
 	r.addUser(t, name)

@@ -353,6 +353,12 @@ func (s *sambaServer) userSID(t testing.TB, name string) string {
 
 func (s *sambaServer) addUser(t testing.TB, name string) {
 	t.Helper()
+	s.mu.Lock()
+	_, exists := s.sids[name]
+	s.mu.Unlock()
+	if exists { // made earlier in this binary, by another test or an earlier run (-count)
+		return
+	}
 	if err := s.setup(sambaSpec{Accounts: []sambaAccount{{Name: name, Password: userPassword}}}); err != nil {
 		t.Fatal(err)
 	}
