@@ -38,6 +38,11 @@ type App struct {
 	DatabaseURL string `json:"database_url,omitempty"`
 	// Base64 of 32 random bytes; encrypts device private keys at rest.
 	MasterKey string `json:"master_key,omitempty"`
+	// Master keys still accepted while master_key is rotated (base64, each
+	// entry may hold several separated by spaces): key pairs sealed under
+	// them are re-sealed under master_key, and mailboxes registered under
+	// them are found again. See docs/operations.md.
+	AcceptedMasterKeys []string `json:"accepted_master_keys,omitempty"`
 	// The base URL Exchange calls back (…/api/ens/notify).
 	PublicURL string `json:"public_url,omitempty"`
 	// Credential for the admin API; the admin API is off when empty.
@@ -59,6 +64,7 @@ type App struct {
 	// Resolved settings, filled by Provision.
 	databaseURL string
 	masterKey   []byte
+	accepted    [][]byte // accepted master keys
 	publicURL   *url.URL
 	adminToken  string
 	apns        APNsConfig
@@ -136,7 +142,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.compliance = ewsproxy.NewCompliance(s, ctx.Slogger())
 	a.service, err = ens.New(ens.Config{
-		Store: s, MasterKey: a.masterKey, PublicURL: a.publicURL, Push: sender, Logger: ctx.Slogger(),
+		Store: s, MasterKey: a.masterKey, AcceptedMasterKeys: a.accepted, PublicURL: a.publicURL, Push: sender, Logger: ctx.Slogger(),
 		Compliance: a.compliance, ProxySecret: a.proxySecret, AdminToken: a.adminToken,
 		KeyPoolSize: a.KeyPoolSize, StatusFrequency: int(time.Duration(a.StatusFrequency) / time.Minute), RateLimit: a.RateLimit,
 	})
@@ -197,10 +203,21 @@ func (a *App) resolve() error {
 
 	if mk := get(a.MasterKey); mk == "" {
 		fail("master_key", "is required (set ENS_MASTER_KEY to base64 of 32 random bytes: openssl rand -base64 32)")
-	} else if key, err := decodeBase64(mk); err != nil || len(key) != 32 {
-		fail("master_key", "must be base64 of exactly 32 bytes (got %s)", describeKey(key, err))
+	} else if key, err := decodeMasterKey(mk); err != nil {
+		fail("master_key", "%v", err)
 	} else {
 		a.masterKey = key
+	}
+	var accepted []string
+	for _, v := range a.AcceptedMasterKeys {
+		accepted = append(accepted, strings.Fields(get(v))...)
+	}
+	for i, mk := range accepted {
+		if key, err := decodeMasterKey(mk); err != nil {
+			fail("accepted_master_keys", "key %d of %d %v", i+1, len(accepted), err)
+		} else {
+			a.accepted = append(a.accepted, key)
+		}
 	}
 
 	if pu := get(a.PublicURL); pu == "" {
@@ -287,12 +304,17 @@ func decodeBase64(s string) ([]byte, error) {
 	return nil, errors.New("not base64")
 }
 
-// describeKey says what was wrong with a key without revealing it.
-func describeKey(key []byte, err error) string {
-	if err != nil {
-		return "something that is not base64"
+// decodeMasterKey decodes a master key, saying what is wrong without
+// revealing it.
+func decodeMasterKey(s string) ([]byte, error) {
+	key, err := decodeBase64(s)
+	switch {
+	case err != nil:
+		return nil, errors.New("must be base64 of exactly 32 bytes (got something that is not base64)")
+	case len(key) != 32:
+		return nil, fmt.Errorf("must be base64 of exactly 32 bytes (got %d bytes)", len(key))
 	}
-	return fmt.Sprintf("%d bytes", len(key))
+	return key, nil
 }
 
 func checkHTTPSURL(raw string) error {

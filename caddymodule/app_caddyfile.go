@@ -18,6 +18,7 @@ func init() {
 //	ens {
 //		database_url <url>
 //		master_key   <base64>
+//		accepted_master_keys <base64>...   # while rotating master_key
 //		public_url   <url>
 //		admin_token  <token>
 //		proxy_secret <secret shared by ENS and the EWS proxy>
@@ -59,6 +60,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, &a.DatabaseURL)
 		case "master_key":
 			err = oneArg(d, &a.MasterKey)
+		case "accepted_master_keys":
+			if a.AcceptedMasterKeys = d.RemainingArgs(); len(a.AcceptedMasterKeys) == 0 {
+				return d.ArgErr()
+			}
 		case "public_url":
 			err = oneArg(d, &a.PublicURL)
 		case "admin_token":
@@ -99,7 +104,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.FCM = new(FCMConfig)
 			err = subBlock(d, map[string]*string{"url": &a.FCM.URL, "credentials_file": &a.FCM.CredentialsFile})
 		default:
-			return d.Errf("unrecognized ens option %q (known: database_url, master_key, public_url, admin_token, proxy_secret, key_pool_size, status_frequency, rate_limit, apns, fcm)", d.Val())
+			return d.Errf("unrecognized ens option %q (known: database_url, master_key, accepted_master_keys, public_url, admin_token, proxy_secret, key_pool_size, status_frequency, rate_limit, apns, fcm)", d.Val())
 		}
 		if err != nil {
 			return err

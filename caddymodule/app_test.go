@@ -25,6 +25,20 @@ func TestAppResolvesPlaceholdersFromTheEnvironment(t *testing.T) {
 	}
 }
 
+func TestAcceptedMasterKeysMayShareOneVariable(t *testing.T) {
+	other := "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=" // 32 bytes
+	t.Setenv("TEST_ACCEPTED", "  "+goodKey+"\t"+other+" ")
+	t.Setenv("TEST_UNSET_ACCEPTED", "")
+	a := &App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x",
+		AcceptedMasterKeys: []string{"{env.TEST_ACCEPTED}", "{env.TEST_UNSET_ACCEPTED}"}}
+	if err := a.resolve(); err != nil {
+		t.Fatal(err)
+	}
+	if len(a.accepted) != 2 || string(a.accepted[0]) != "0123456789abcdef0123456789abcdef" || string(a.accepted[1]) != "fedcba9876543210fedcba9876543210" {
+		t.Fatalf("accepted keys %q", a.accepted)
+	}
+}
+
 func TestAppValidationNamesEveryBadField(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "AuthKey.p8")
 	os.WriteFile(keyFile, []byte("key"), 0o600)
@@ -36,6 +50,8 @@ func TestAppValidationNamesEveryBadField(t *testing.T) {
 		{"empty", App{}, []string{"database_url is required (set DATABASE_URL", "master_key is required (set ENS_MASTER_KEY", "public_url is required (set ENS_PUBLIC_URL"}},
 		{"short key", App{DatabaseURL: "postgres://x", MasterKey: "c2hvcnQ=", PublicURL: "https://x"}, []string{"master_key must be base64 of exactly 32 bytes (got 5 bytes)"}},
 		{"not base64", App{DatabaseURL: "postgres://x", MasterKey: "%%%", PublicURL: "https://x"}, []string{"master_key must be base64 of exactly 32 bytes (got something that is not base64)"}},
+		{"accepted key", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", AcceptedMasterKeys: []string{goodKey + " c2hvcnQ="}},
+			[]string{"accepted_master_keys key 2 of 2 must be base64 of exactly 32 bytes (got 5 bytes)"}},
 		{"public url", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x/?q=1"}, []string{`public_url "https://x/?q=1": must be an absolute http(s) URL`}},
 		{"admin token", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", AdminToken: "short"}, []string{"admin_token is too short (5 characters)"}},
 		{"apns partial", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", APNs: &APNsConfig{KeyID: "ABCDE12345"}},

@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -82,6 +83,8 @@ type env struct {
 	store  *store.Store
 	sim    *ewssim.TestServer
 	svc    *ens.Service
+	cfg    ens.Config                   // svc's, for restart
+	served atomic.Pointer[http.Handler] // svc's handler, behind api
 	api    *httptest.Server
 	pushes *recorder
 	logs   *syncbuf.Buffer // ENS's log output, JSON lines
@@ -143,8 +146,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 			t.Logf("ENS logs:\n%s", e.logs.String())
 		}
 	})
-	var handler http.Handler = http.NotFoundHandler()
-	e.api = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler.ServeHTTP(w, r) }))
+	e.api = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*e.served.Load()).ServeHTTP(w, r) }))
 	t.Cleanup(e.api.Close)
 	public, _ := url.Parse(e.api.URL)
 	var compliance ens.DeviceCompliance
@@ -160,17 +162,35 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	if opts.push != nil {
 		sender = opts.push
 	}
-	e.svc, err = ens.New(ens.Config{
+	e.start(ens.Config{
 		Store: e.store, MasterKey: bytes.Repeat([]byte{7}, 32), PublicURL: public, Push: sender,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, StatusFrequency: max(opts.statusFrequency, 1), Compliance: compliance, AdminToken: opts.adminToken, ProxySecret: opts.proxySecret, EWSRootCAs: opts.rootCAs,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	handler = e.svc.Handler()
-	e.svc.Start()
-	t.Cleanup(e.svc.Stop)
+	t.Cleanup(func() { e.svc.Stop() })
 	return e
+}
+
+// start builds ENS from cfg, starts it and serves it.
+func (e *env) start(cfg ens.Config) {
+	e.t.Helper()
+	svc, err := ens.New(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	handler := svc.Handler()
+	e.svc, e.cfg = svc, cfg
+	e.served.Store(&handler)
+	svc.Start()
+}
+
+// restart replaces ENS with one whose config change made, as a node's
+// restart with a new configuration does.
+func (e *env) restart(change func(*ens.Config)) {
+	e.t.Helper()
+	e.svc.Stop()
+	cfg := e.cfg
+	change(&cfg)
+	e.start(cfg)
 }
 
 // call sends a device API request with the tenant's token and decodes the

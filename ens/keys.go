@@ -13,11 +13,12 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
+	"github.com/ensgate/ensgate/ens/seal"
 	"github.com/ensgate/ensgate/store"
 )
 
 // newKeyPair generates an RSA key pair with its private key sealed under
-// the master key.
+// the current master key.
 func (s *Service) newKeyPair() (store.KeyPair, error) {
 	priv, err := rsa.GenerateKey(rand.Reader, s.cfg.KeyBits)
 	if err != nil {
@@ -32,8 +33,8 @@ func (s *Service) newKeyPair() (store.KeyPair, error) {
 		return store.KeyPair{}, err
 	}
 	keyID := randomID()
-	return store.KeyPair{KeyID: keyID, PublicKey: pub, SealedPrivateKey: s.master.SealPrivateKey(keyID, der),
-		MasterKeyID: s.master.ID()}, nil
+	return store.KeyPair{KeyID: keyID, PublicKey: pub, SealedPrivateKey: s.keys.Current.SealPrivateKey(keyID, der),
+		MasterKeyID: s.keys.Current.ID()}, nil
 }
 
 // randomID is an opaque, unguessable identifier (128 bits, base64url).
@@ -46,14 +47,61 @@ func randomID() string {
 // fillKeyPool keeps KeyPoolSize key pairs ready, so that publickey never
 // waits for a key to be generated.
 func (s *Service) fillKeyPool(ctx context.Context) {
-	added, err := s.store.FillKeyPool(ctx, s.cfg.KeyPoolSize, s.newKeyPair)
-	if free, err := s.store.FreeKeyPairs(ctx); err == nil {
+	s.resealKeyPairs(ctx)
+	current := s.keys.Current.ID()
+	added, err := s.store.FillKeyPool(ctx, s.cfg.KeyPoolSize, current, s.newKeyPair)
+	if free, err := s.store.FreeKeyPairs(ctx, current); err == nil {
 		keyPoolFree.Set(float64(free))
 	}
 	if err != nil && ctx.Err() == nil {
 		s.log.Warn("filling the key pool", slog.Int("added", added), slog.Any("error", err))
 	} else if added > 0 {
 		s.log.Debug("key pool filled", slog.Int("added", added))
+	}
+}
+
+// resealBatch bounds the key pairs re-sealed per round of the pool worker.
+const resealBatch = 100
+
+// resealKeyPairs moves key pairs, free or handed out, from the accepted
+// (rotated-out) master keys to the current one, so that an accepted key is
+// soon needed for nothing but mailbox hashes.
+func (s *Service) resealKeyPairs(ctx context.Context) {
+	accepted := s.keys.AcceptedIDs()
+	if len(accepted) == 0 {
+		return
+	}
+	pairs, err := s.store.KeyPairsSealedUnder(ctx, accepted, resealBatch)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("finding key pairs to re-seal", slog.Any("error", err))
+		}
+		return
+	}
+	resealed := 0
+	for _, kp := range pairs {
+		der, err := s.keys.OpenPrivateKey(kp.MasterKeyID, kp.KeyID, kp.SealedPrivateKey)
+		if err != nil {
+			// Only a damaged row does this; it could never serve a registration.
+			s.log.Warn("deleting a key pair that does not open", slog.String("key_id", kp.KeyID),
+				slog.String("master_key_id", kp.MasterKeyID), slog.Any("error", err))
+			err = s.store.DeleteKeyPair(ctx, kp.ID)
+		} else {
+			var ok bool
+			ok, err = s.store.ResealKeyPair(ctx, kp, s.keys.Current.SealPrivateKey(kp.KeyID, der), s.keys.Current.ID())
+			if ok {
+				resealed++
+			}
+		}
+		if err != nil {
+			s.log.Warn("re-sealing key pairs", slog.Any("error", err))
+			return
+		}
+	}
+	if resealed > 0 {
+		keyPairsResealed.Add(float64(resealed))
+		s.log.Info("re-sealed key pairs under the current master key", slog.Int("count", resealed),
+			slog.String("master_key_id", s.keys.Current.ID()))
 	}
 }
 
@@ -82,7 +130,7 @@ func (s *Service) publicKey(w http.ResponseWriter, r *http.Request, t store.Tena
 	if err := checkEmail(req.Email); err != nil {
 		return err
 	}
-	kp, err := s.store.AssignKeyPair(r.Context(), t.ID, req.DeviceID)
+	kp, err := s.store.AssignKeyPair(r.Context(), t.ID, req.DeviceID, s.keys.Current.ID())
 	s.wakeKeyPool()
 	if errors.Is(err, store.ErrPoolEmpty) {
 		w.Header().Set("Retry-After", "1")
@@ -109,7 +157,12 @@ func (s *Service) privateKey(ctx context.Context, t store.Tenant, deviceID, keyI
 	if err != nil {
 		return nil, 0, err
 	}
-	der, err := s.master.OpenPrivateKey(kp.MasterKeyID, kp.KeyID, kp.SealedPrivateKey)
+	der, err := s.keys.OpenPrivateKey(kp.MasterKeyID, kp.KeyID, kp.SealedPrivateKey)
+	if errors.Is(err, seal.ErrUnknownMasterKey) {
+		s.log.Warn("registration with a key pair sealed under a master key that is no longer configured",
+			slog.String("master_key_id", kp.MasterKeyID))
+		return nil, 0, badRequest("keyId: this key can no longer be used; call publickey again")
+	}
 	if err != nil {
 		return nil, 0, err
 	}

@@ -20,10 +20,14 @@ var (
 		Namespace: "ensgate", Subsystem: "ens", Name: "key_pool_free",
 		Help: "Pre-generated key pairs ready for publickey, as last counted by this node.",
 	})
+	keyPairsResealed = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "ensgate", Subsystem: "ens", Name: "key_pairs_resealed_total",
+		Help: "Key pairs this node moved from an accepted (rotated-out) master key to the current one.",
+	})
 )
 
 // Register adds ENS's metrics to reg; registering twice (a config reload)
 // is fine.
 func Register(reg prometheus.Registerer) error {
-	return promreg.Register(reg, notifications, registrations, keyPoolFree)
+	return promreg.Register(reg, notifications, registrations, keyPoolFree, keyPairsResealed)
 }

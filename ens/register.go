@@ -118,14 +118,15 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	if err != nil {
 		return err
 	}
-	mailbox := s.master.MailboxHash(req.Email)
+	mailbox := s.keys.Current.MailboxHash(req.Email)
 	sub, err := s.store.Register(ctx, store.Registration{
 		Subscription: store.Subscription{PublicID: publicID, TenantID: t.ID, MailboxHash: mailbox, EndpointID: row.ID,
 			AuthType: req.AuthType, SealedCredentials: key.Seal(publicID, sealed), EWSSubscriptionID: ewsSub.ID,
 			Watermark: ewsSub.Watermark, StatusFrequency: s.cfg.StatusFrequency},
 		Device: store.Device{TenantID: t.ID, DeviceID: req.DeviceID, MailboxHash: mailbox, Platform: req.Platform,
 			PushToken: req.PushToken, Topic: req.Topic, NotificationLevel: *req.NotificationLevel},
-		KeyPairID: keyPairID,
+		KeyPairID:           keyPairID,
+		FormerMailboxHashes: s.keys.AcceptedMailboxHashes(req.Email),
 	})
 	if err != nil {
 		return err

@@ -28,6 +28,11 @@ type Config struct {
 	Push      push.Sender
 	Logger    *slog.Logger
 
+	// AcceptedMasterKeys are further 32-byte master keys, kept while the
+	// master key is rotated: key pairs sealed under them are re-sealed
+	// under MasterKey, and mailbox hashes made with them still match.
+	AcceptedMasterKeys [][]byte
+
 	KeyPoolSize     int            // free key pairs kept ready; DefaultKeyPoolSize
 	KeyBits         int            // RSA key size; DefaultKeyBits
 	StatusFrequency int            // minutes between Exchange's status pings; DefaultStatusFrequency
@@ -65,11 +70,11 @@ const (
 
 // Service is ENS: the device API, the webhook and the background workers.
 type Service struct {
-	cfg    Config
-	store  *store.Store
-	master *seal.MasterKey
-	push   push.Sender
-	log    *slog.Logger
+	cfg   Config
+	store *store.Store
+	keys  *seal.Keyring
+	push  push.Sender
+	log   *slog.Logger
 
 	tenants   tenantCache
 	limiters  sync.Map // tenant ID → *rate.Limiter
@@ -85,7 +90,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Store == nil || cfg.PublicURL == nil || cfg.Push == nil {
 		return nil, errors.New("ens: Store, PublicURL and Push are required")
 	}
-	master, err := seal.NewMasterKey(cfg.MasterKey)
+	keys, err := seal.NewKeyring(cfg.MasterKey, cfg.AcceptedMasterKeys...)
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +113,7 @@ func New(cfg Config) (*Service, error) {
 	return &Service{
 		cfg:         cfg,
 		store:       cfg.Store,
-		master:      master,
+		keys:        keys,
 		push:        cfg.Push,
 		log:         cfg.Logger,
 		tenants:     tenantCache{entries: map[[sha256.Size]byte]cachedTenant{}},

@@ -27,20 +27,20 @@ func TestKeyPoolFillsOnceAcrossNodesAndAssignsEachPairOnce(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 4 { // four nodes at once
 		wg.Go(func() {
-			if _, err := s.FillKeyPool(ctx, 10, gen); err != nil {
+			if _, err := s.FillKeyPool(ctx, 10, "m", gen); err != nil {
 				t.Error(err)
 			}
 		})
 	}
 	wg.Wait()
-	if free, _ := s.FreeKeyPairs(ctx); free != 10 {
+	if free, _ := s.FreeKeyPairs(ctx, "m"); free != 10 {
 		t.Fatalf("%d free key pairs after four concurrent fills to 10", free)
 	}
 
 	got := make(chan string, 20)
 	for i := range 12 {
 		wg.Go(func() {
-			kp, err := s.AssignKeyPair(ctx, tenant.ID, fmt.Sprintf("dev-%d", i))
+			kp, err := s.AssignKeyPair(ctx, tenant.ID, fmt.Sprintf("dev-%d", i), "m")
 			if errors.Is(err, store.ErrPoolEmpty) {
 				return
 			}
@@ -68,14 +68,111 @@ func TestKeyPoolFillsOnceAcrossNodesAndAssignsEachPairOnce(t *testing.T) {
 	}
 }
 
+// While the master key is rotated, only pairs under the current key are
+// handed out; the others are re-sealed, each once, and then join the pool.
+func TestKeyPoolIsPerMasterKeyAndResealsOnce(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	tenant, _, _ := s.CreateTenant(ctx, "contoso", 0)
+	n := 0
+	gen := func() (store.KeyPair, error) {
+		n++
+		return store.KeyPair{KeyID: fmt.Sprintf("k%d", n), PublicKey: []byte("pub"), SealedPrivateKey: []byte("under old"), MasterKeyID: "old"}, nil
+	}
+	if _, err := s.FillKeyPool(ctx, 3, "old", gen); err != nil {
+		t.Fatal(err)
+	}
+	if free, _ := s.FreeKeyPairs(ctx, "new"); free != 0 {
+		t.Fatalf("%d free pairs under the new key, want 0", free)
+	}
+	if _, err := s.AssignKeyPair(ctx, tenant.ID, "phone", "new"); !errors.Is(err, store.ErrPoolEmpty) {
+		t.Fatalf("a pair under the old key was handed out for the new one: %v", err)
+	}
+	assigned, err := s.AssignKeyPair(ctx, tenant.ID, "tablet", "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	pairs, err := s.KeyPairsSealedUnder(ctx, []string{"old", "other"}, 10)
+	if err != nil || len(pairs) != 3 {
+		t.Fatalf("pairs under old: %d, %v; want all 3, free and assigned", len(pairs), err)
+	}
+	for _, kp := range pairs {
+		if ok, err := s.ResealKeyPair(ctx, kp, []byte("under new"), "new"); !ok || err != nil {
+			t.Fatalf("re-seal %s: %v, %v", kp.KeyID, ok, err)
+		}
+		if ok, _ := s.ResealKeyPair(ctx, kp, []byte("again"), "new"); ok {
+			t.Fatalf("%s re-sealed twice from the same read", kp.KeyID)
+		}
+	}
+	if left, _ := s.KeyPairsSealedUnder(ctx, []string{"old"}, 10); len(left) != 0 {
+		t.Fatalf("%d pairs still under the old key", len(left))
+	}
+	kp, err := s.DeviceKeyPair(ctx, tenant.ID, "tablet", assigned.KeyID)
+	if err != nil || kp.MasterKeyID != "new" || string(kp.SealedPrivateKey) != "under new" {
+		t.Fatalf("the assigned pair after re-sealing: %+v, %v", kp, err)
+	}
+	if free, _ := s.FreeKeyPairs(ctx, "new"); free != 2 {
+		t.Fatalf("%d free pairs under the new key after re-sealing, want 2", free)
+	}
+	if err := s.DeleteKeyPair(ctx, kp.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DeviceKeyPair(ctx, tenant.ID, "tablet", assigned.KeyID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleted pair: %v", err)
+	}
+}
+
+// A registration after a master-key rotation gathers the mailbox's rows
+// made under the old key: one live subscription, every device on it.
+func TestRegisterMovesAMailboxToItsNewHash(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	tenant, _, _ := s.CreateTenant(ctx, "contoso", 0)
+	ep, _ := s.AddEndpoint(ctx, tenant.ID, "https://mail.example.test/EWS/Exchange.asmx", "")
+	register := func(device, mailbox string, former ...[]byte) store.Subscription {
+		t.Helper()
+		sub, err := s.Register(ctx, store.Registration{
+			Subscription: store.Subscription{PublicID: "sub-" + device, TenantID: tenant.ID, MailboxHash: []byte(mailbox), EndpointID: ep.ID,
+				AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: "ews-" + device, StatusFrequency: 15},
+			Device:              store.Device{TenantID: tenant.ID, DeviceID: device, MailboxHash: []byte(mailbox), Platform: "ios", PushToken: device},
+			FormerMailboxHashes: former,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sub
+	}
+	old := register("phone", "alice under old key")
+	register("laptop", "bob under old key")
+	renewed := register("tablet", "alice under new key", []byte("alice under old key"), []byte("alice under older key"))
+
+	if sub, _ := s.SubscriptionByPublicID(ctx, old.PublicID); sub.State != store.SubscriptionEnded || sub.StateReason != store.ReasonSuperseded {
+		t.Errorf("the old-key subscription: %s/%s, want ended/superseded", sub.State, sub.StateReason)
+	}
+	devices, err := s.ActiveDevices(ctx, tenant.ID, renewed.MailboxHash)
+	if err != nil || len(devices) != 2 {
+		t.Fatalf("devices under the new hash: %d, %v; want phone and tablet", len(devices), err)
+	}
+	if left, _ := s.ActiveDevices(ctx, tenant.ID, []byte("alice under old key")); len(left) != 0 {
+		t.Errorf("%d devices left under the old hash", len(left))
+	}
+	if bob, _ := s.ActiveDevices(ctx, tenant.ID, []byte("bob under old key")); len(bob) != 1 {
+		t.Errorf("another mailbox was moved: %d devices left for bob", len(bob))
+	}
+	if latest, err := s.LatestSubscription(ctx, tenant.ID, renewed.MailboxHash); err != nil || latest.PublicID != renewed.PublicID {
+		t.Errorf("latest subscription: %s, %v", latest.PublicID, err)
+	}
+}
+
 func TestPushClaimsAreExclusiveAndExpire(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	tenant, _, _ := s.CreateTenant(ctx, "contoso", 0)
 	ep, _ := s.AddEndpoint(ctx, tenant.ID, "https://mail.example.test/EWS/Exchange.asmx", "")
 	kp := store.KeyPair{KeyID: "k", PublicKey: []byte("p"), SealedPrivateKey: []byte("s"), MasterKeyID: "m"}
-	s.FillKeyPool(ctx, 1, func() (store.KeyPair, error) { return kp, nil })
-	assigned, _ := s.AssignKeyPair(ctx, tenant.ID, "phone")
+	s.FillKeyPool(ctx, 1, "m", func() (store.KeyPair, error) { return kp, nil })
+	assigned, _ := s.AssignKeyPair(ctx, tenant.ID, "phone", "m")
 	sub, err := s.Register(ctx, store.Registration{
 		Subscription: store.Subscription{PublicID: "sub", TenantID: tenant.ID, MailboxHash: []byte("mbx"), EndpointID: ep.ID,
 			AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: "ews", StatusFrequency: 15},

@@ -19,6 +19,14 @@ type KeyPair struct {
 	MasterKeyID      string
 }
 
+const keyPairColumns = `id, key_id, public_key, sealed_private_key, master_key_id`
+
+func scanKeyPair(row pgx.Row) (KeyPair, error) {
+	var kp KeyPair
+	err := row.Scan(&kp.ID, &kp.KeyID, &kp.PublicKey, &kp.SealedPrivateKey, &kp.MasterKeyID)
+	return kp, err
+}
+
 // ErrPoolEmpty means no pre-generated key pair is free.
 var ErrPoolEmpty = errors.New("key pool is empty")
 
@@ -26,19 +34,21 @@ var ErrPoolEmpty = errors.New("key pool is empty")
 // each generate the whole shortfall.
 const keyPoolLock = int64(0x656e73_6b657973) // "ens" "keys"
 
-// FreeKeyPairs counts the pool.
-func (s *Store) FreeKeyPairs(ctx context.Context) (int, error) {
+// FreeKeyPairs counts the pool of key pairs sealed under masterKeyID (the
+// current master key; pairs under others are not handed out).
+func (s *Store) FreeKeyPairs(ctx context.Context, masterKeyID string) (int, error) {
 	var n int
-	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM key_pairs WHERE assigned_at IS NULL`).Scan(&n)
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = $1`, masterKeyID).Scan(&n)
 	if err != nil {
 		return 0, s.queryError("count key pool", err)
 	}
 	return n, nil
 }
 
-// FillKeyPool adds key pairs made by generate until target are free. Only
-// one node fills at a time; the others return at once with 0.
-func (s *Store) FillKeyPool(ctx context.Context, target int, generate func() (KeyPair, error)) (added int, err error) {
+// FillKeyPool adds key pairs made by generate until target are free under
+// masterKeyID. Only one node fills at a time; the others return at once
+// with 0.
+func (s *Store) FillKeyPool(ctx context.Context, target int, masterKeyID string, generate func() (KeyPair, error)) (added int, err error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return 0, s.unreachable(err)
@@ -52,7 +62,7 @@ func (s *Store) FillKeyPool(ctx context.Context, target int, generate func() (Ke
 		return 0, nil
 	}
 	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, keyPoolLock)
-	free, err := s.FreeKeyPairs(ctx)
+	free, err := s.FreeKeyPairs(ctx, masterKeyID)
 	if err != nil {
 		return 0, err
 	}
@@ -71,15 +81,14 @@ func (s *Store) FillKeyPool(ctx context.Context, target int, generate func() (Ke
 	return added, nil
 }
 
-// AssignKeyPair hands a free key pair to a device. Concurrent callers never
-// get the same pair.
-func (s *Store) AssignKeyPair(ctx context.Context, tenantID int64, deviceID string) (KeyPair, error) {
-	var kp KeyPair
-	err := s.pool.QueryRow(ctx, `
+// AssignKeyPair hands a free key pair sealed under masterKeyID to a device.
+// Concurrent callers never get the same pair.
+func (s *Store) AssignKeyPair(ctx context.Context, tenantID int64, deviceID, masterKeyID string) (KeyPair, error) {
+	kp, err := scanKeyPair(s.pool.QueryRow(ctx, `
 		UPDATE key_pairs SET tenant_id = $1, device_id = $2, assigned_at = now()
-		WHERE id = (SELECT id FROM key_pairs WHERE assigned_at IS NULL ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-		RETURNING id, key_id, public_key, sealed_private_key, master_key_id`, tenantID, deviceID).
-		Scan(&kp.ID, &kp.KeyID, &kp.PublicKey, &kp.SealedPrivateKey, &kp.MasterKeyID)
+		WHERE id = (SELECT id FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = $3
+			ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+		RETURNING `+keyPairColumns, tenantID, deviceID, masterKeyID))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return KeyPair{}, ErrPoolEmpty
 	}
@@ -92,11 +101,8 @@ func (s *Store) AssignKeyPair(ctx context.Context, tenantID int64, deviceID stri
 // DeviceKeyPair returns the key pair keyID if it was assigned to this
 // tenant's device.
 func (s *Store) DeviceKeyPair(ctx context.Context, tenantID int64, deviceID, keyID string) (KeyPair, error) {
-	var kp KeyPair
-	err := s.pool.QueryRow(ctx, `
-		SELECT id, key_id, public_key, sealed_private_key, master_key_id FROM key_pairs
-		WHERE key_id = $1 AND tenant_id = $2 AND device_id = $3`, keyID, tenantID, deviceID).
-		Scan(&kp.ID, &kp.KeyID, &kp.PublicKey, &kp.SealedPrivateKey, &kp.MasterKeyID)
+	kp, err := scanKeyPair(s.pool.QueryRow(ctx, `SELECT `+keyPairColumns+` FROM key_pairs
+		WHERE key_id = $1 AND tenant_id = $2 AND device_id = $3`, keyID, tenantID, deviceID))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return KeyPair{}, fmt.Errorf("key %q for this device: %w", keyID, ErrNotFound)
 	}
@@ -104,6 +110,42 @@ func (s *Store) DeviceKeyPair(ctx context.Context, tenantID int64, deviceID, key
 		return KeyPair{}, s.queryError("find key pair", err)
 	}
 	return kp, nil
+}
+
+// KeyPairsSealedUnder returns up to limit key pairs, free or assigned,
+// sealed under one of masterKeyIDs.
+func (s *Store) KeyPairsSealedUnder(ctx context.Context, masterKeyIDs []string, limit int) ([]KeyPair, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+keyPairColumns+` FROM key_pairs
+		WHERE master_key_id = ANY($1) ORDER BY id LIMIT $2`, masterKeyIDs, limit)
+	if err != nil {
+		return nil, s.queryError("find key pairs to re-seal", err)
+	}
+	pairs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (KeyPair, error) { return scanKeyPair(row) })
+	if err != nil {
+		return nil, s.queryError("find key pairs to re-seal", err)
+	}
+	return pairs, nil
+}
+
+// ResealKeyPair replaces the sealed private key of kp (as read) with sealed,
+// made under masterKeyID. It reports false, changing nothing, if the row
+// changed or went away meanwhile (another node re-sealed or used it).
+func (s *Store) ResealKeyPair(ctx context.Context, kp KeyPair, sealed []byte, masterKeyID string) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE key_pairs SET sealed_private_key = $3, master_key_id = $4
+		WHERE id = $1 AND master_key_id = $2`, kp.ID, kp.MasterKeyID, sealed, masterKeyID)
+	if err != nil {
+		return false, s.queryError("re-seal key pair", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// DeleteKeyPair removes one key pair.
+func (s *Store) DeleteKeyPair(ctx context.Context, id int64) error {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM key_pairs WHERE id = $1`, id); err != nil {
+		return s.queryError("delete key pair", err)
+	}
+	return nil
 }
 
 // DeleteStaleKeyPairs removes key pairs handed out longer ago than maxAge

@@ -59,6 +59,11 @@ type Registration struct {
 	Subscription Subscription // the new subscription (ID, state and times are set by Register)
 	Device       Device       // the device (ID, state and times are set by Register)
 	KeyPairID    int64        // the key pair used; deleted, as RSA is used once
+
+	// FormerMailboxHashes are the mailbox's hashes under master keys that
+	// are being rotated out: its rows found under them move to the new
+	// hash, so the mailbox keeps one subscription for all its devices.
+	FormerMailboxHashes [][]byte
 }
 
 // Register stores a new subscription for the device's mailbox, superseding
@@ -76,9 +81,18 @@ func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, e
 		}
 		if _, err := tx.Exec(ctx, `
 			UPDATE subscriptions SET state = 'ended', state_reason = $3, ended_at = now()
-			WHERE tenant_id = $1 AND mailbox_hash = $2 AND state = 'active'`,
-			sub.TenantID, sub.MailboxHash, ReasonSuperseded); err != nil {
+			WHERE tenant_id = $1 AND mailbox_hash = ANY($2) AND state = 'active'`,
+			sub.TenantID, append([][]byte{sub.MailboxHash}, reg.FormerMailboxHashes...), ReasonSuperseded); err != nil {
 			return err
+		}
+		if len(reg.FormerMailboxHashes) > 0 {
+			// After the superseding above, so no second live row appears under the new hash.
+			for _, table := range []string{"subscriptions", "devices"} {
+				if _, err := tx.Exec(ctx, `UPDATE `+table+` SET mailbox_hash = $2 WHERE tenant_id = $1 AND mailbox_hash = ANY($3)`,
+					sub.TenantID, sub.MailboxHash, reg.FormerMailboxHashes); err != nil {
+					return err
+				}
+			}
 		}
 		sub, err = scanSubscription(tx.QueryRow(ctx, `
 			INSERT INTO subscriptions (public_id, tenant_id, mailbox_hash, endpoint_id, auth_type,

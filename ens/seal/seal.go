@@ -64,11 +64,8 @@ func (m *MasterKey) SealPrivateKey(keyID string, der []byte) []byte {
 	return sealWith(m.wrap, der, "private key "+keyID)
 }
 
-// OpenPrivateKey decrypts what SealPrivateKey sealed under masterKeyID.
-func (m *MasterKey) OpenPrivateKey(masterKeyID, keyID string, sealed []byte) ([]byte, error) {
-	if masterKeyID != m.id {
-		return nil, fmt.Errorf("seal: private key %s is sealed under master key %s, but the configured master key is %s", keyID, masterKeyID, m.id)
-	}
+// OpenPrivateKey decrypts what SealPrivateKey sealed.
+func (m *MasterKey) OpenPrivateKey(keyID string, sealed []byte) ([]byte, error) {
 	return openWith(m.wrap, sealed, "private key "+keyID)
 }
 
@@ -79,6 +76,70 @@ func (m *MasterKey) MailboxHash(address string) []byte {
 	mac := hmac.New(sha256.New, m.mailbox)
 	mac.Write([]byte(strings.ToLower(strings.TrimSpace(address))))
 	return mac.Sum(nil)
+}
+
+// Keyring is the master key in use and the others still accepted while the
+// master key is rotated: everything new is sealed and hashed under Current,
+// and what was sealed or hashed under an accepted key stays readable.
+type Keyring struct {
+	Current  *MasterKey
+	Accepted []*MasterKey
+}
+
+// ErrUnknownMasterKey means a value was sealed under a master key that is
+// neither the current one nor an accepted one.
+var ErrUnknownMasterKey = errors.New("seal: sealed under a master key that is not configured")
+
+// NewKeyring derives the current and the accepted master keys.
+func NewKeyring(current []byte, accepted ...[]byte) (*Keyring, error) {
+	cur, err := NewMasterKey(current)
+	if err != nil {
+		return nil, err
+	}
+	k := &Keyring{Current: cur}
+	seen := map[string]bool{cur.id: true}
+	for i, secret := range accepted {
+		m, err := NewMasterKey(secret)
+		if err != nil {
+			return nil, fmt.Errorf("accepted master key %d: %w", i+1, err)
+		}
+		if seen[m.id] {
+			return nil, fmt.Errorf("seal: master key %s is listed twice", m.id)
+		}
+		seen[m.id] = true
+		k.Accepted = append(k.Accepted, m)
+	}
+	return k, nil
+}
+
+// AcceptedIDs names the accepted keys, to find what is still sealed under them.
+func (k *Keyring) AcceptedIDs() []string {
+	ids := make([]string, len(k.Accepted))
+	for i, m := range k.Accepted {
+		ids[i] = m.id
+	}
+	return ids
+}
+
+// OpenPrivateKey decrypts a private key sealed under the master key named
+// masterKeyID, the current one or an accepted one.
+func (k *Keyring) OpenPrivateKey(masterKeyID, keyID string, sealed []byte) ([]byte, error) {
+	for _, m := range append([]*MasterKey{k.Current}, k.Accepted...) {
+		if m.id == masterKeyID {
+			return m.OpenPrivateKey(keyID, sealed)
+		}
+	}
+	return nil, fmt.Errorf("private key %s under master key %s: %w", keyID, masterKeyID, ErrUnknownMasterKey)
+}
+
+// AcceptedMailboxHashes returns the address's hashes under the accepted
+// keys: rows made before a rotation carry one of them.
+func (k *Keyring) AcceptedMailboxHashes(address string) [][]byte {
+	hashes := make([][]byte, len(k.Accepted))
+	for i, m := range k.Accepted {
+		hashes[i] = m.MailboxHash(address)
+	}
+	return hashes
 }
 
 // SubscriptionKey seals one subscription's credentials. It is never stored:

@@ -25,14 +25,14 @@ func TestPrivateKeysOpenOnlyWithTheirMasterKeyAndRow(t *testing.T) {
 	if bytes.Contains(sealed, []byte("der bytes")) {
 		t.Fatal("sealed private key contains the plaintext")
 	}
-	got, err := m.OpenPrivateKey(m.ID(), "k1", sealed)
+	got, err := m.OpenPrivateKey("k1", sealed)
 	if err != nil || string(got) != "der bytes" {
 		t.Fatalf("open = %q, %v", got, err)
 	}
-	if _, err := m.OpenPrivateKey(m.ID(), "k2", sealed); !errors.Is(err, ErrOpen) {
+	if _, err := m.OpenPrivateKey("k2", sealed); !errors.Is(err, ErrOpen) {
 		t.Errorf("opened under another key id: %v", err)
 	}
-	if _, err := other.OpenPrivateKey(m.ID(), "k1", sealed); err == nil || !strings.Contains(err.Error(), "master key") {
+	if _, err := other.OpenPrivateKey("k1", sealed); !errors.Is(err, ErrOpen) {
 		t.Errorf("another master key: %v", err)
 	}
 	if _, err := NewMasterKey(make([]byte, 16)); err == nil {
@@ -83,5 +83,47 @@ func TestMailboxHashIsKeyedAndCaseInsensitive(t *testing.T) {
 	}
 	if bytes.Equal(a, m.MailboxHash("bob@contoso.com")) {
 		t.Fatal("two addresses hash alike")
+	}
+}
+
+func TestKeyringOpensWhatItsKeysSealed(t *testing.T) {
+	old, next := bytes.Repeat([]byte{1}, KeySize), bytes.Repeat([]byte{2}, KeySize)
+	before, err := NewKeyring(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed := before.Current.SealPrivateKey("k1", []byte("der bytes"))
+	rotated, err := NewKeyring(next, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rotated.Current.ID() == before.Current.ID() || strings.Join(rotated.AcceptedIDs(), ",") != before.Current.ID() {
+		t.Fatalf("current %s, accepted %v, old %s", rotated.Current.ID(), rotated.AcceptedIDs(), before.Current.ID())
+	}
+	if got, err := rotated.OpenPrivateKey(before.Current.ID(), "k1", sealed); err != nil || string(got) != "der bytes" {
+		t.Fatalf("open under the accepted key = %q, %v", got, err)
+	}
+	if _, err := rotated.OpenPrivateKey(rotated.Current.ID(), "k1", sealed); !errors.Is(err, ErrOpen) {
+		t.Errorf("opened under the wrong master key: %v", err)
+	}
+	dropped, _ := NewKeyring(next)
+	if _, err := dropped.OpenPrivateKey(before.Current.ID(), "k1", sealed); !errors.Is(err, ErrUnknownMasterKey) ||
+		!strings.Contains(err.Error(), before.Current.ID()) {
+		t.Errorf("a key sealed under a dropped master key: %v", err)
+	}
+
+	hashes := rotated.AcceptedMailboxHashes("Alice@contoso.com")
+	if len(hashes) != 1 || !bytes.Equal(hashes[0], before.Current.MailboxHash("alice@contoso.com")) {
+		t.Errorf("accepted mailbox hashes %x, want the old key's", hashes)
+	}
+
+	for name, accepted := range map[string][][]byte{
+		"current listed again": {next},
+		"listed twice":         {old, old},
+		"short":                {make([]byte, 16)},
+	} {
+		if _, err := NewKeyring(next, accepted...); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }
