@@ -165,6 +165,40 @@ func TestRegisterMovesAMailboxToItsNewHash(t *testing.T) {
 	}
 }
 
+func TestConcurrentRegistrationsOfOneMailboxLeaveOneLiveSubscription(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	tenant, _, _ := s.CreateTenant(ctx, "contoso", 0)
+	ep, _ := s.AddEndpoint(ctx, tenant.ID, "https://mail.example.test/EWS/Exchange.asmx", "")
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			device := fmt.Sprintf("dev-%d", i)
+			former := [][]byte{[]byte("alice under old key")}
+			if i%2 == 0 {
+				former = nil
+			}
+			_, err := s.Register(ctx, store.Registration{
+				Subscription: store.Subscription{PublicID: "sub-" + device, TenantID: tenant.ID, MailboxHash: []byte("alice"), EndpointID: ep.ID,
+					AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: "ews-" + device, StatusFrequency: 15},
+				Device:              store.Device{TenantID: tenant.ID, DeviceID: device, MailboxHash: []byte("alice"), Platform: "ios", PushToken: device},
+				FormerMailboxHashes: former,
+			})
+			if err != nil {
+				t.Errorf("register %s: %v", device, err)
+			}
+		})
+	}
+	wg.Wait()
+	var live int
+	if err := s.Pool().QueryRow(ctx, `SELECT count(*) FROM subscriptions WHERE state = 'active'`).Scan(&live); err != nil || live != 1 {
+		t.Fatalf("%d live subscriptions after 8 concurrent registrations of one mailbox (%v), want 1", live, err)
+	}
+	if devices, _ := s.ActiveDevices(ctx, tenant.ID, []byte("alice")); len(devices) != 8 {
+		t.Fatalf("%d active devices, want 8", len(devices))
+	}
+}
+
 func TestPushClaimsAreExclusiveAndExpire(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)

@@ -2,8 +2,10 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -73,25 +75,34 @@ type Registration struct {
 func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, error) {
 	sub, dev := reg.Subscription, reg.Device
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Rows are locked devices first, then subscriptions, as everywhere else.
 		var previousMailbox []byte
-		err := tx.QueryRow(ctx, `SELECT mailbox_hash FROM devices WHERE tenant_id = $1 AND device_id = $2 AND state = 'active'`,
+		err := tx.QueryRow(ctx, `SELECT mailbox_hash FROM devices WHERE tenant_id = $1 AND device_id = $2 AND state = 'active' FOR UPDATE`,
 			dev.TenantID, dev.DeviceID).Scan(&previousMailbox)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
+		mailboxes := append([][]byte{sub.MailboxHash}, reg.FormerMailboxHashes...)
+		if err := lockMailboxes(ctx, tx, sub.TenantID, append(mailboxes, previousMailbox)); err != nil {
+			return err
+		}
+		if len(reg.FormerMailboxHashes) > 0 {
+			if _, err := tx.Exec(ctx, `UPDATE devices SET mailbox_hash = $2 WHERE tenant_id = $1 AND mailbox_hash = ANY($3) AND state = 'active'`,
+				sub.TenantID, sub.MailboxHash, reg.FormerMailboxHashes); err != nil {
+				return err
+			}
+		}
 		if _, err := tx.Exec(ctx, `
 			UPDATE subscriptions SET state = 'ended', state_reason = $3, ended_at = now()
 			WHERE tenant_id = $1 AND mailbox_hash = ANY($2) AND state = 'active'`,
-			sub.TenantID, append([][]byte{sub.MailboxHash}, reg.FormerMailboxHashes...), ReasonSuperseded); err != nil {
+			sub.TenantID, mailboxes, ReasonSuperseded); err != nil {
 			return err
 		}
 		if len(reg.FormerMailboxHashes) > 0 {
 			// After the superseding above, so no second live row appears under the new hash.
-			for _, table := range []string{"subscriptions", "devices"} {
-				if _, err := tx.Exec(ctx, `UPDATE `+table+` SET mailbox_hash = $2 WHERE tenant_id = $1 AND mailbox_hash = ANY($3)`,
-					sub.TenantID, sub.MailboxHash, reg.FormerMailboxHashes); err != nil {
-					return err
-				}
+			if _, err := tx.Exec(ctx, `UPDATE subscriptions SET mailbox_hash = $2 WHERE tenant_id = $1 AND mailbox_hash = ANY($3)`,
+				sub.TenantID, sub.MailboxHash, reg.FormerMailboxHashes); err != nil {
+				return err
 			}
 		}
 		sub, err = scanSubscription(tx.QueryRow(ctx, `
@@ -127,6 +138,30 @@ func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, e
 		return Subscription{}, s.queryError("register device", err)
 	}
 	return sub, nil
+}
+
+// lockMailboxes serialises the registrations that touch any of the mailboxes
+// (nil hashes are skipped) until the transaction ends, so that two at once
+// cannot both supersede the same subscription and insert a live one each.
+// The locks are taken in a fixed order: two registrations never wait on
+// each other in a circle.
+func lockMailboxes(ctx context.Context, tx pgx.Tx, tenantID int64, hashes [][]byte) error {
+	var keys []int64
+	for _, h := range hashes {
+		if h == nil {
+			continue
+		}
+		var b [8]byte
+		copy(b[:], h) // a keyed hash: its first bytes are as good as random
+		keys = append(keys, int64(binary.BigEndian.Uint64(b[:]))^tenantID)
+	}
+	slices.Sort(keys)
+	for _, k := range slices.Compact(keys) {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // endIfNoDevices ends the mailbox's live subscription if it has no active
