@@ -5,6 +5,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -212,13 +214,21 @@ func (a *App) resolve() error {
 	for _, v := range a.AcceptedMasterKeys {
 		accepted = append(accepted, strings.Fields(get(v))...)
 	}
+	var keys [][]byte
 	for i, mk := range accepted {
-		if key, err := decodeMasterKey(mk); err != nil {
+		key, err := decodeMasterKey(mk)
+		switch {
+		case err != nil:
 			fail("accepted_master_keys", "key %d of %d %v", i+1, len(accepted), err)
-		} else {
-			a.accepted = append(a.accepted, key)
+		case bytes.Equal(key, a.masterKey):
+			fail("accepted_master_keys", "key %d of %d is master_key itself: list only the other key (when rotating, the old one; set ENS_ACCEPTED_MASTER_KEYS)", i+1, len(accepted))
+		case slices.ContainsFunc(keys, func(k []byte) bool { return bytes.Equal(k, key) }):
+			fail("accepted_master_keys", "key %d of %d is listed twice", i+1, len(accepted))
+		default:
+			keys = append(keys, key)
 		}
 	}
+	a.accepted = keys
 
 	if pu := get(a.PublicURL); pu == "" {
 		fail("public_url", "is required (set ENS_PUBLIC_URL to the https:// base URL Exchange can reach)")

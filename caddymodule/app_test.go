@@ -29,13 +29,23 @@ func TestAcceptedMasterKeysMayShareOneVariable(t *testing.T) {
 	other := "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=" // 32 bytes
 	t.Setenv("TEST_ACCEPTED", "  "+goodKey+"\t"+other+" ")
 	t.Setenv("TEST_UNSET_ACCEPTED", "")
-	a := &App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x",
+	a := &App{DatabaseURL: "postgres://x", MasterKey: "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY=", PublicURL: "https://x",
 		AcceptedMasterKeys: []string{"{env.TEST_ACCEPTED}", "{env.TEST_UNSET_ACCEPTED}"}}
 	if err := a.resolve(); err != nil {
 		t.Fatal(err)
 	}
 	if len(a.accepted) != 2 || string(a.accepted[0]) != "0123456789abcdef0123456789abcdef" || string(a.accepted[1]) != "fedcba9876543210fedcba9876543210" {
 		t.Fatalf("accepted keys %q", a.accepted)
+	}
+	// Or in a file, one key per line, read again at every reload.
+	file := filepath.Join(t.TempDir(), "accepted-master-keys")
+	os.WriteFile(file, []byte(other+"\n"+goodKey+"\n"), 0o600)
+	a.AcceptedMasterKeys = []string{"{file." + file + "}"}
+	if err := a.resolve(); err != nil {
+		t.Fatal(err)
+	}
+	if len(a.accepted) != 2 || string(a.accepted[0]) != "fedcba9876543210fedcba9876543210" || string(a.accepted[1]) != "0123456789abcdef0123456789abcdef" {
+		t.Fatalf("accepted keys from a file %q", a.accepted)
 	}
 }
 
@@ -52,6 +62,11 @@ func TestAppValidationNamesEveryBadField(t *testing.T) {
 		{"not base64", App{DatabaseURL: "postgres://x", MasterKey: "%%%", PublicURL: "https://x"}, []string{"master_key must be base64 of exactly 32 bytes (got something that is not base64)"}},
 		{"accepted key", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", AcceptedMasterKeys: []string{goodKey + " c2hvcnQ="}},
 			[]string{"accepted_master_keys key 2 of 2 must be base64 of exactly 32 bytes (got 5 bytes)"}},
+		{"accepted key is the master key", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", AcceptedMasterKeys: []string{goodKey}},
+			[]string{"accepted_master_keys key 1 of 1 is master_key itself"}},
+		{"accepted key twice", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x",
+			AcceptedMasterKeys: []string{"ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=", "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="}},
+			[]string{"accepted_master_keys key 2 of 2 is listed twice"}},
 		{"public url", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x/?q=1"}, []string{`public_url "https://x/?q=1": must be an absolute http(s) URL`}},
 		{"admin token", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", AdminToken: "short"}, []string{"admin_token is too short (5 characters)"}},
 		{"apns partial", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", APNs: &APNsConfig{KeyID: "ABCDE12345"}},

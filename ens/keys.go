@@ -48,9 +48,9 @@ func randomID() string {
 // waits for a key to be generated.
 func (s *Service) fillKeyPool(ctx context.Context) {
 	s.resealKeyPairs(ctx)
-	current := s.keys.Current.ID()
-	added, err := s.store.FillKeyPool(ctx, s.cfg.KeyPoolSize, current, s.newKeyPair)
-	if free, err := s.store.FreeKeyPairs(ctx, current); err == nil {
+	usable := s.keys.IDs()
+	added, err := s.store.FillKeyPool(ctx, s.cfg.KeyPoolSize, usable, s.newKeyPair)
+	if free, err := s.store.FreeKeyPairs(ctx, usable); err == nil {
 		keyPoolFree.Set(float64(free))
 	}
 	if err != nil && ctx.Err() == nil {
@@ -130,7 +130,7 @@ func (s *Service) publicKey(w http.ResponseWriter, r *http.Request, t store.Tena
 	if err := checkEmail(req.Email); err != nil {
 		return err
 	}
-	kp, err := s.store.AssignKeyPair(r.Context(), t.ID, req.DeviceID, s.keys.Current.ID())
+	kp, err := s.store.AssignKeyPair(r.Context(), t.ID, req.DeviceID, s.keys.IDs())
 	s.wakeKeyPool()
 	if errors.Is(err, store.ErrPoolEmpty) {
 		w.Header().Set("Retry-After", "1")

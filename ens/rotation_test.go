@@ -3,21 +3,23 @@ package ens_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ens/seal"
+	"github.com/ensgate/ensgate/store"
 )
 
-func masterKeyID(t *testing.T, key []byte) string {
+func masterKey(t *testing.T, key []byte) *seal.MasterKey {
 	t.Helper()
 	m, err := seal.NewMasterKey(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return m.ID()
+	return m
 }
 
 // Rotating the master key with the old one accepted loses nothing: a key
@@ -33,14 +35,24 @@ func TestMasterKeyRotation(t *testing.T) {
 	pending := e.registerBody(e.basicDevice("tablet", alice, alicePW, 0)) // its key pair is sealed under the old key
 
 	e.restart(func(c *ens.Config) { c.MasterKey, c.AcceptedMasterKeys = newKey, [][]byte{oldKey} })
-	oldID, newID := masterKeyID(t, oldKey), masterKeyID(t, newKey)
+	oldMaster, newMaster := masterKey(t, oldKey), masterKey(t, newKey)
 	e.waitFor("every key pair re-sealed under the new master key", func() bool {
-		left, err := e.store.KeyPairsSealedUnder(ctx, []string{oldID}, 100)
-		free, _ := e.store.FreeKeyPairs(ctx, newID)
+		left, err := e.store.KeyPairsSealedUnder(ctx, []string{oldMaster.ID()}, 100)
+		free, _ := e.store.FreeKeyPairs(ctx, []string{newMaster.ID()})
 		return err == nil && len(left) == 0 && free > 0
 	})
 	if status, body := e.call("POST", "/api/ens/registerdevicev2", pending); status != http.StatusOK {
 		t.Fatalf("registration with a key pair from before the rotation: %d %v", status, body)
+	}
+	// Alice's phone moved to the new hash and her old subscription ended.
+	if devices, err := e.store.ActiveDevices(ctx, e.tenant.ID, newMaster.MailboxHash(alice)); err != nil || len(devices) != 2 {
+		t.Fatalf("alice's active devices under the new key: %d, %v; want phone and tablet", len(devices), err)
+	}
+	if sub, err := e.store.LatestSubscription(ctx, e.tenant.ID, oldMaster.MailboxHash(alice)); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a subscription is left under alice's old hash: %s/%s, %v", sub.State, sub.StateReason, err)
+	}
+	if bobs, _ := e.store.ActiveDevices(ctx, e.tenant.ID, oldMaster.MailboxHash(bob)); len(bobs) != 1 {
+		t.Fatalf("bob, who did not register again, has %d devices under his old hash, want 1", len(bobs))
 	}
 	e.deliver(alice, mailFromCarol)
 	e.waitFor("pushes to alice's phone (registered before) and tablet (after)", func() bool {

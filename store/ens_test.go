@@ -27,20 +27,20 @@ func TestKeyPoolFillsOnceAcrossNodesAndAssignsEachPairOnce(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 4 { // four nodes at once
 		wg.Go(func() {
-			if _, err := s.FillKeyPool(ctx, 10, "m", gen); err != nil {
+			if _, err := s.FillKeyPool(ctx, 10, []string{"m"}, gen); err != nil {
 				t.Error(err)
 			}
 		})
 	}
 	wg.Wait()
-	if free, _ := s.FreeKeyPairs(ctx, "m"); free != 10 {
+	if free, _ := s.FreeKeyPairs(ctx, []string{"m"}); free != 10 {
 		t.Fatalf("%d free key pairs after four concurrent fills to 10", free)
 	}
 
 	got := make(chan string, 20)
 	for i := range 12 {
 		wg.Go(func() {
-			kp, err := s.AssignKeyPair(ctx, tenant.ID, fmt.Sprintf("dev-%d", i), "m")
+			kp, err := s.AssignKeyPair(ctx, tenant.ID, fmt.Sprintf("dev-%d", i), []string{"m"})
 			if errors.Is(err, store.ErrPoolEmpty) {
 				return
 			}
@@ -68,8 +68,8 @@ func TestKeyPoolFillsOnceAcrossNodesAndAssignsEachPairOnce(t *testing.T) {
 	}
 }
 
-// While the master key is rotated, only pairs under the current key are
-// handed out; the others are re-sealed, each once, and then join the pool.
+// Only pairs under keys the node can open are counted and handed out; pairs
+// are re-sealed each once.
 func TestKeyPoolIsPerMasterKeyAndResealsOnce(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
@@ -79,16 +79,16 @@ func TestKeyPoolIsPerMasterKeyAndResealsOnce(t *testing.T) {
 		n++
 		return store.KeyPair{KeyID: fmt.Sprintf("k%d", n), PublicKey: []byte("pub"), SealedPrivateKey: []byte("under old"), MasterKeyID: "old"}, nil
 	}
-	if _, err := s.FillKeyPool(ctx, 3, "old", gen); err != nil {
+	if _, err := s.FillKeyPool(ctx, 3, []string{"old"}, gen); err != nil {
 		t.Fatal(err)
 	}
-	if free, _ := s.FreeKeyPairs(ctx, "new"); free != 0 {
+	if free, _ := s.FreeKeyPairs(ctx, []string{"new"}); free != 0 {
 		t.Fatalf("%d free pairs under the new key, want 0", free)
 	}
-	if _, err := s.AssignKeyPair(ctx, tenant.ID, "phone", "new"); !errors.Is(err, store.ErrPoolEmpty) {
-		t.Fatalf("a pair under the old key was handed out for the new one: %v", err)
+	if _, err := s.AssignKeyPair(ctx, tenant.ID, "phone", []string{"new"}); !errors.Is(err, store.ErrPoolEmpty) {
+		t.Fatalf("a pair under the old key was handed out to a node that cannot open it: %v", err)
 	}
-	assigned, err := s.AssignKeyPair(ctx, tenant.ID, "tablet", "old")
+	assigned, err := s.AssignKeyPair(ctx, tenant.ID, "tablet", []string{"new", "old"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestKeyPoolIsPerMasterKeyAndResealsOnce(t *testing.T) {
 	if err != nil || kp.MasterKeyID != "new" || string(kp.SealedPrivateKey) != "under new" {
 		t.Fatalf("the assigned pair after re-sealing: %+v, %v", kp, err)
 	}
-	if free, _ := s.FreeKeyPairs(ctx, "new"); free != 2 {
+	if free, _ := s.FreeKeyPairs(ctx, []string{"new"}); free != 2 {
 		t.Fatalf("%d free pairs under the new key after re-sealing, want 2", free)
 	}
 	if err := s.DeleteKeyPair(ctx, kp.ID); err != nil {
@@ -205,8 +205,8 @@ func TestPushClaimsAreExclusiveAndExpire(t *testing.T) {
 	tenant, _, _ := s.CreateTenant(ctx, "contoso", 0)
 	ep, _ := s.AddEndpoint(ctx, tenant.ID, "https://mail.example.test/EWS/Exchange.asmx", "")
 	kp := store.KeyPair{KeyID: "k", PublicKey: []byte("p"), SealedPrivateKey: []byte("s"), MasterKeyID: "m"}
-	s.FillKeyPool(ctx, 1, "m", func() (store.KeyPair, error) { return kp, nil })
-	assigned, _ := s.AssignKeyPair(ctx, tenant.ID, "phone", "m")
+	s.FillKeyPool(ctx, 1, []string{"m"}, func() (store.KeyPair, error) { return kp, nil })
+	assigned, _ := s.AssignKeyPair(ctx, tenant.ID, "phone", []string{"m"})
 	sub, err := s.Register(ctx, store.Registration{
 		Subscription: store.Subscription{PublicID: "sub", TenantID: tenant.ID, MailboxHash: []byte("mbx"), EndpointID: ep.ID,
 			AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: "ews", StatusFrequency: 15},

@@ -34,11 +34,12 @@ var ErrPoolEmpty = errors.New("key pool is empty")
 // each generate the whole shortfall.
 const keyPoolLock = int64(0x656e73_6b657973) // "ens" "keys"
 
-// FreeKeyPairs counts the pool of key pairs sealed under masterKeyID (the
-// current master key; pairs under others are not handed out).
-func (s *Store) FreeKeyPairs(ctx context.Context, masterKeyID string) (int, error) {
+// FreeKeyPairs counts the pool of key pairs sealed under one of
+// masterKeyIDs (the keys a node can open; pairs under others are not
+// handed out).
+func (s *Store) FreeKeyPairs(ctx context.Context, masterKeyIDs []string) (int, error) {
 	var n int
-	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = $1`, masterKeyID).Scan(&n)
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = ANY($1)`, masterKeyIDs).Scan(&n)
 	if err != nil {
 		return 0, s.queryError("count key pool", err)
 	}
@@ -46,9 +47,9 @@ func (s *Store) FreeKeyPairs(ctx context.Context, masterKeyID string) (int, erro
 }
 
 // FillKeyPool adds key pairs made by generate until target are free under
-// masterKeyID. Only one node fills at a time; the others return at once
+// masterKeyIDs. Only one node fills at a time; the others return at once
 // with 0.
-func (s *Store) FillKeyPool(ctx context.Context, target int, masterKeyID string, generate func() (KeyPair, error)) (added int, err error) {
+func (s *Store) FillKeyPool(ctx context.Context, target int, masterKeyIDs []string, generate func() (KeyPair, error)) (added int, err error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return 0, s.unreachable(err)
@@ -62,7 +63,7 @@ func (s *Store) FillKeyPool(ctx context.Context, target int, masterKeyID string,
 		return 0, nil
 	}
 	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, keyPoolLock)
-	free, err := s.FreeKeyPairs(ctx, masterKeyID)
+	free, err := s.FreeKeyPairs(ctx, masterKeyIDs)
 	if err != nil {
 		return 0, err
 	}
@@ -81,14 +82,14 @@ func (s *Store) FillKeyPool(ctx context.Context, target int, masterKeyID string,
 	return added, nil
 }
 
-// AssignKeyPair hands a free key pair sealed under masterKeyID to a device.
-// Concurrent callers never get the same pair.
-func (s *Store) AssignKeyPair(ctx context.Context, tenantID int64, deviceID, masterKeyID string) (KeyPair, error) {
+// AssignKeyPair hands a free key pair sealed under one of masterKeyIDs to a
+// device. Concurrent callers never get the same pair.
+func (s *Store) AssignKeyPair(ctx context.Context, tenantID int64, deviceID string, masterKeyIDs []string) (KeyPair, error) {
 	kp, err := scanKeyPair(s.pool.QueryRow(ctx, `
 		UPDATE key_pairs SET tenant_id = $1, device_id = $2, assigned_at = now()
-		WHERE id = (SELECT id FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = $3
+		WHERE id = (SELECT id FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = ANY($3)
 			ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-		RETURNING `+keyPairColumns, tenantID, deviceID, masterKeyID))
+		RETURNING `+keyPairColumns, tenantID, deviceID, masterKeyIDs))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return KeyPair{}, ErrPoolEmpty
 	}

@@ -113,10 +113,14 @@ func NewKeyring(current []byte, accepted ...[]byte) (*Keyring, error) {
 }
 
 // AcceptedIDs names the accepted keys, to find what is still sealed under them.
-func (k *Keyring) AcceptedIDs() []string {
-	ids := make([]string, len(k.Accepted))
-	for i, m := range k.Accepted {
-		ids[i] = m.id
+func (k *Keyring) AcceptedIDs() []string { return k.IDs()[1:] }
+
+// IDs names every key of the ring, the current one first: what is sealed
+// under any of them can be opened.
+func (k *Keyring) IDs() []string {
+	ids := []string{k.Current.id}
+	for _, m := range k.Accepted {
+		ids = append(ids, m.id)
 	}
 	return ids
 }
