@@ -165,38 +165,41 @@ func TestRegisterMovesAMailboxToItsNewHash(t *testing.T) {
 	}
 }
 
+// Registrations of one mailbox at once, first of new devices, then of the
+// same devices after a master-key rotation (moving every device row while
+// each registration holds its own): all succeed, one subscription stays.
 func TestConcurrentRegistrationsOfOneMailboxLeaveOneLiveSubscription(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	tenant, _, _ := s.CreateTenant(ctx, "contoso", 0)
 	ep, _ := s.AddEndpoint(ctx, tenant.ID, "https://mail.example.test/EWS/Exchange.asmx", "")
-	var wg sync.WaitGroup
-	for i := range 8 {
-		wg.Go(func() {
-			device := fmt.Sprintf("dev-%d", i)
-			former := [][]byte{[]byte("alice under old key")}
-			if i%2 == 0 {
-				former = nil
-			}
-			_, err := s.Register(ctx, store.Registration{
-				Subscription: store.Subscription{PublicID: "sub-" + device, TenantID: tenant.ID, MailboxHash: []byte("alice"), EndpointID: ep.ID,
-					AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: "ews-" + device, StatusFrequency: 15},
-				Device:              store.Device{TenantID: tenant.ID, DeviceID: device, MailboxHash: []byte("alice"), Platform: "ios", PushToken: device},
-				FormerMailboxHashes: former,
+	registerAll := func(round, mailbox string, former [][]byte) {
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Go(func() {
+				device := fmt.Sprintf("dev-%d", i)
+				_, err := s.Register(ctx, store.Registration{
+					Subscription: store.Subscription{PublicID: round + device, TenantID: tenant.ID, MailboxHash: []byte(mailbox), EndpointID: ep.ID,
+						AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: round + device, StatusFrequency: 15},
+					Device:              store.Device{TenantID: tenant.ID, DeviceID: device, MailboxHash: []byte(mailbox), Platform: "ios", PushToken: device},
+					FormerMailboxHashes: former,
+				})
+				if err != nil {
+					t.Errorf("%s: register %s: %v", round, device, err)
+				}
 			})
-			if err != nil {
-				t.Errorf("register %s: %v", device, err)
-			}
-		})
+		}
+		wg.Wait()
+		var live int
+		if err := s.Pool().QueryRow(ctx, `SELECT count(*) FROM subscriptions WHERE state = 'active'`).Scan(&live); err != nil || live != 1 {
+			t.Fatalf("%s: %d live subscriptions after 8 concurrent registrations of one mailbox (%v), want 1", round, live, err)
+		}
+		if devices, _ := s.ActiveDevices(ctx, tenant.ID, []byte(mailbox)); len(devices) != 8 {
+			t.Fatalf("%s: %d active devices, want 8", round, len(devices))
+		}
 	}
-	wg.Wait()
-	var live int
-	if err := s.Pool().QueryRow(ctx, `SELECT count(*) FROM subscriptions WHERE state = 'active'`).Scan(&live); err != nil || live != 1 {
-		t.Fatalf("%d live subscriptions after 8 concurrent registrations of one mailbox (%v), want 1", live, err)
-	}
-	if devices, _ := s.ActiveDevices(ctx, tenant.ID, []byte("alice")); len(devices) != 8 {
-		t.Fatalf("%d active devices, want 8", len(devices))
-	}
+	registerAll("new devices", "alice under old key", nil)
+	registerAll("after rotation", "alice under new key", [][]byte{[]byte("alice under old key")})
 }
 
 func TestPushClaimsAreExclusiveAndExpire(t *testing.T) {

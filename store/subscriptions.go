@@ -75,15 +75,27 @@ type Registration struct {
 func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, error) {
 	sub, dev := reg.Subscription, reg.Device
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		// Rows are locked devices first, then subscriptions, as everywhere else.
-		var previousMailbox []byte
-		err := tx.QueryRow(ctx, `SELECT mailbox_hash FROM devices WHERE tenant_id = $1 AND device_id = $2 AND state = 'active' FOR UPDATE`,
-			dev.TenantID, dev.DeviceID).Scan(&previousMailbox)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		// Locks are taken mailboxes first, then device rows, then subscription
+		// rows (the order SetDeviceState uses for rows), so that no two
+		// transactions wait on each other in a circle.
+		previousMailbox := func(lock string) ([]byte, error) {
+			var hash []byte
+			err := tx.QueryRow(ctx, `SELECT mailbox_hash FROM devices WHERE tenant_id = $1 AND device_id = $2 AND state = 'active' `+lock,
+				dev.TenantID, dev.DeviceID).Scan(&hash)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil, nil
+			}
+			return hash, err
+		}
+		previous, err := previousMailbox("")
+		if err != nil {
 			return err
 		}
 		mailboxes := append([][]byte{sub.MailboxHash}, reg.FormerMailboxHashes...)
-		if err := lockMailboxes(ctx, tx, sub.TenantID, append(mailboxes, previousMailbox)); err != nil {
+		if err := lockMailboxes(ctx, tx, sub.TenantID, append(slices.Clip(mailboxes), previous)); err != nil {
+			return err
+		}
+		if previous, err = previousMailbox("FOR UPDATE"); err != nil { // it may have moved before the lock
 			return err
 		}
 		if len(reg.FormerMailboxHashes) > 0 {
@@ -126,8 +138,8 @@ func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, e
 			dev.TenantID, dev.DeviceID, dev.MailboxHash, dev.Platform, dev.PushToken, dev.Topic, dev.NotificationLevel); err != nil {
 			return err
 		}
-		if previousMailbox != nil && string(previousMailbox) != string(dev.MailboxHash) {
-			if _, err := endIfNoDevices(ctx, tx, dev.TenantID, previousMailbox); err != nil {
+		if previous != nil && string(previous) != string(dev.MailboxHash) {
+			if _, err := endIfNoDevices(ctx, tx, dev.TenantID, previous); err != nil {
 				return err
 			}
 		}
