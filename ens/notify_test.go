@@ -81,7 +81,10 @@ func TestTenantLevelIsACeiling(t *testing.T) {
 }
 
 func TestExchangeRetriesAndConcurrentDuplicatesGiveOnePush(t *testing.T) {
-	e := newEnv(t, envOptions{})
+	// Exchange drops a subscription whose failures would outlast its status
+	// frequency: with 1 minute (100 ms here), a loaded machine's slow 503
+	// got it dropped instead of retried. 30 minutes leave 3 s.
+	e := newEnv(t, envOptions{statusFrequency: 30})
 	e.register(e.basicDevice("phone", alice, alicePW, 0))
 	// The first push attempt fails: ENS answers 503, Exchange retries after
 	// 30 s (compressed), and the retry delivers.

@@ -26,7 +26,7 @@ import (
 // knowledge: the database lacks the callback key, the URL lacks the
 // credentials, and both together open them.
 func TestNoSecretOrPersonalDataInLogsOrDatabase(t *testing.T) {
-	e := newEnv(t, envOptions{})
+	e := newEnv(t, envOptions{statusFrequency: 30}) // room for Exchange's retry (see TestExchangeRetries…)
 	if err := e.sim.SetToken(bob, "bob-access-token-secret"); err != nil {
 		t.Fatal(err)
 	}
