@@ -176,23 +176,3 @@ func (s *Service) endpointByID(ctx context.Context, id int64) (*endpoint, error)
 	}
 	return s.endpointFor(row)
 }
-
-// compliantDevices drops devices that the compliance state keeps from
-// mail: blocked, wiped or non-compliant. Unknown devices stay: whether they
-// may reach Exchange is the EWS proxy's policy, which answers ENS's calls.
-func (s *Service) compliantDevices(devices []store.Device) ([]store.Device, error) {
-	if s.cfg.Compliance == nil {
-		return devices, nil
-	}
-	var ok []store.Device
-	for _, dev := range devices {
-		state, err := s.cfg.Compliance.State(store.DeviceKey{TenantID: dev.TenantID, DeviceID: dev.DeviceID})
-		if err != nil {
-			return nil, err
-		}
-		if state == "" || state == store.Compliant {
-			ok = append(ok, dev)
-		}
-	}
-	return ok, nil
-}
