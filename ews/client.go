@@ -3,6 +3,7 @@ package ews
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -24,9 +26,17 @@ const (
 	DefaultUserAgent             = "ENSGate"
 )
 
-// maxBackOff caps how long one server answer can stop calls to an endpoint,
-// so that a bogus Retry-After cannot wedge a long-lived Client.
-const maxBackOff = time.Hour
+// Back-off caps, so that a bogus answer cannot wedge a long-lived Client.
+const (
+	// maxBackOff caps ErrorServerBusy's BackOffMilliseconds, which stops
+	// one credential's calls, and the Retry-After reported in an HTTPError.
+	maxBackOff = time.Hour
+	// maxEndpointBackOff caps how long an HTTP Retry-After (a 503 or 429
+	// from the server or a load balancer in front of it) stops every call
+	// to the endpoint: it speaks for the server, not one user, so it must
+	// not let one answer silence every mailbox for long.
+	maxEndpointBackOff = 30 * time.Second
+)
 
 // Config configures a Client for one EWS endpoint. Only URL is required.
 type Config struct {
@@ -65,11 +75,17 @@ type Config struct {
 // it answered. Subscribe is never replayed: a duplicate would leave a
 // second live subscription behind.
 //
-// Back-off: when Exchange answers ErrorServerBusy with BackOffMilliseconds,
-// or an HTTP error with Retry-After, the Client refuses every call to the
-// endpoint until that time has passed, returning a *ThrottledError without
-// touching the network, so many mailboxes cannot turn one busy answer into
-// a retry storm.
+// Back-off: while one is running the Client refuses the calls it covers
+// with a *ThrottledError, without touching the network, so that a busy
+// answer cannot turn into a retry storm. Exchange throttles per user, so
+// ErrorServerBusy with BackOffMilliseconds (at most an hour is honoured)
+// stops only the calls with the same credential: the same mailbox and
+// Basic username or bearer token (or, on a certificate Client, the same
+// mailbox). Other users of the endpoint go on. An HTTP error with
+// Retry-After, such as a 503 from a server or load balancer that cannot
+// serve anyone, stops every call to the endpoint, but for at most 30
+// seconds. Credentials are remembered only as SHA-256 hashes, and only
+// while their back-off runs.
 type Client struct {
 	url       string
 	version   string
@@ -79,10 +95,25 @@ type Client struct {
 	http      *http.Client
 	now       func() time.Time // replaced in tests
 
-	mu           sync.Mutex
-	blockedUntil time.Time
-	blockedBy    error
+	mu          sync.Mutex
+	endpoint    throttle                // from an HTTP Retry-After
+	credentials map[credential]throttle // from ErrorServerBusy; expired ones are dropped
+	sweepAt     int                     // len(credentials) at which expired entries are next dropped
 }
+
+// throttle is a running back-off and the answer that started it.
+type throttle struct {
+	until time.Time
+	cause error
+}
+
+// credential identifies whom Exchange throttles: a SHA-256 over the
+// mailbox and the authenticating identity, so no secret is kept.
+type credential [sha256.Size]byte
+
+// minSweep is the smallest number of remembered credentials at which
+// expired ones are dropped.
+const minSweep = 64
 
 // NewClient returns a Client for cfg.URL.
 func NewClient(cfg Config) (*Client, error) {
@@ -100,6 +131,9 @@ func NewClient(cfg Config) (*Client, error) {
 		maxSize:   or(cfg.MaxResponseSize, DefaultMaxResponseSize),
 		timeout:   or(cfg.Timeout, DefaultTimeout),
 		now:       time.Now,
+
+		credentials: map[credential]throttle{},
+		sweepAt:     minSweep,
 	}
 	if err := checkVersion(c.version); err != nil {
 		return nil, err
@@ -157,7 +191,7 @@ func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
 
 // Subscribe creates a push subscription on acct's Inbox.
 func (c *Client) Subscribe(ctx context.Context, acct Account, req SubscribeRequest) (*Subscription, error) {
-	body, err := BuildSubscribe(c.version, req)
+	body, err := BuildSubscribe(c.version, acct.Mailbox, req)
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +209,7 @@ func (c *Client) GetItem(ctx context.Context, acct Account, id ItemID) (*Item, e
 
 // GetInbox fetches the Inbox's unread count.
 func (c *Client) GetInbox(ctx context.Context, acct Account) (*Folder, error) {
-	body, err := BuildGetInbox(c.version)
+	body, err := BuildGetInbox(c.version, acct.Mailbox)
 	if err != nil {
 		return nil, err
 	}
@@ -184,14 +218,32 @@ func (c *Client) GetInbox(ctx context.Context, acct Account) (*Folder, error) {
 
 // call posts body and parses the answer, applying and recording back-off.
 func call[T any](ctx context.Context, c *Client, acct Account, body []byte, idempotent bool, parse func([]byte) (*T, error)) (*T, error) {
-	if err := c.throttled(); err != nil {
+	cred := credentialOf(acct)
+	if err := c.throttled(cred); err != nil {
 		return nil, err
 	}
 	v, err := roundTrip(ctx, c, acct, body, idempotent, parse)
-	if d := RetryAfter(err); d > 0 {
-		c.backOff(d, err)
-	}
+	c.recordBackOff(cred, err)
 	return v, err
+}
+
+// credentialOf hashes whom a call authenticates as and for which mailbox.
+// A password is left out: a changed password is still the same user.
+func credentialOf(acct Account) credential {
+	var id string
+	switch a := acct.Auth.(type) {
+	case BasicAuth:
+		id = "basic\x00" + strings.ToLower(a.Username)
+	case *BasicAuth:
+		id = "basic\x00" + strings.ToLower(a.Username)
+	case BearerAuth:
+		id = "bearer\x00" + a.Token
+	case *BearerAuth:
+		id = "bearer\x00" + a.Token
+	default: // nil: the Client's certificate, one credential per Client
+		id = "certificate"
+	}
+	return sha256.Sum256([]byte(strings.ToLower(acct.Mailbox) + "\x00" + id))
 }
 
 func roundTrip[T any](ctx context.Context, c *Client, acct Account, body []byte, idempotent bool, parse func([]byte) (*T, error)) (*T, error) {
@@ -268,24 +320,55 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 	return 0
 }
 
-// throttled returns a *ThrottledError while a back-off is running.
-func (c *Client) throttled() error {
+// throttled returns a *ThrottledError while a back-off for the endpoint or
+// for cred is running; the longer one is reported.
+func (c *Client) throttled(cred credential) error {
+	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if left := c.blockedUntil.Sub(c.now()); left > 0 {
-		return &ThrottledError{Remaining: left, Err: c.blockedBy}
+	b := c.endpoint
+	if cb, ok := c.credentials[cred]; ok {
+		if !cb.until.After(now) {
+			delete(c.credentials, cred)
+		} else if cb.until.After(b.until) {
+			b = cb
+		}
+	}
+	if left := b.until.Sub(now); left > 0 {
+		return &ThrottledError{Remaining: left, Err: b.cause}
 	}
 	return nil
 }
 
-// backOff stops calls for d (at most maxBackOff), never shortening a
-// back-off already running.
-func (c *Client) backOff(d time.Duration, cause error) {
-	until := c.now().Add(min(d, maxBackOff))
+// recordBackOff starts the back-off that err asks for, if any: for the
+// credential on ErrorServerBusy, for the endpoint on an HTTP Retry-After.
+// A back-off already running is never shortened.
+func (c *Client) recordBackOff(cred credential, err error) {
+	var re *ResponseError
+	var he *HTTPError
+	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if until.After(c.blockedUntil) {
-		c.blockedUntil, c.blockedBy = until, cause
+	switch {
+	case errors.As(err, &re) && re.BackOff > 0:
+		until := now.Add(min(re.BackOff, maxBackOff))
+		if until.After(c.credentials[cred].until) {
+			c.credentials[cred] = throttle{until, err}
+		}
+		if len(c.credentials) >= c.sweepAt {
+			for k, b := range c.credentials {
+				if !b.until.After(now) {
+					delete(c.credentials, k)
+				}
+			}
+			// Doubling keeps the sweeps' cost constant per back-off added.
+			c.sweepAt = max(minSweep, 2*len(c.credentials))
+		}
+	case errors.As(err, &he) && he.RetryAfter > 0:
+		until := now.Add(min(he.RetryAfter, maxEndpointBackOff))
+		if until.After(c.endpoint.until) {
+			c.endpoint = throttle{until, err}
+		}
 	}
 }
 

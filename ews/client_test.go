@@ -258,16 +258,141 @@ func TestParseRetryAfterDate(t *testing.T) {
 	}
 }
 
-// After ErrorServerBusy the endpoint is left alone, for every mailbox, until
-// the back-off has passed.
-func TestClientHonoursBackOff(t *testing.T) {
+// perMailbox answers ServerBusy to the mailboxes in busy and the Inbox to
+// the others, counting the requests that reach it per mailbox.
+type perMailbox struct {
+	mu    sync.Mutex
+	busy  map[string]bool
+	calls map[string]int
+}
+
+func (p *perMailbox) serve(t *testing.T) *httptest.Server {
+	busy := sample(t, "13-error-serverbusy.soapfault-http500.xml")
+	inbox := sample(t, "12-getfolder-inbox.response.xml")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mailbox := r.Header.Get("X-AnchorMailbox")
+		p.mu.Lock()
+		p.calls[mailbox]++
+		isBusy := p.busy[mailbox]
+		p.mu.Unlock()
+		if isBusy {
+			w.WriteHeader(http.StatusInternalServerError)
+			w.Write(busy)
+			return
+		}
+		w.Write(inbox)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func (p *perMailbox) count(mailbox string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.calls[mailbox]
+}
+
+// Exchange throttles per user: bob's ErrorServerBusy stops bob's calls
+// until its back-off has passed, without touching the network, and
+// nobody else's.
+func TestClientBacksOffPerCredential(t *testing.T) {
+	p := &perMailbox{busy: map[string]bool{"bob@example.com": true}, calls: map[string]int{}}
+	cl := newClient(t, Config{URL: p.serve(t).URL})
+	now := time.Date(2024, 5, 1, 9, 0, 0, 0, time.UTC)
+	cl.now = func() time.Time { return now }
+	bob := Account{Mailbox: "bob@example.com", Auth: BasicAuth{Username: "EXAMPLE\\bob", Password: "pw"}}
+	bobToken := Account{Mailbox: "bob@example.com", Auth: BearerAuth{Token: "bobs-token"}}
+
+	if _, err := cl.GetInbox(context.Background(), bob); !errors.Is(err, ErrServerBusy) {
+		t.Fatalf("bob's first call: %v", err)
+	}
+	p.mu.Lock()
+	p.busy = nil
+	p.mu.Unlock()
+	now = now.Add(time.Minute)
+
+	if f, err := cl.GetInbox(context.Background(), basicAccount); err != nil || f.UnreadCount != 7 {
+		t.Fatalf("alice's call during bob's back-off: %+v, %v", f, err)
+	}
+	_, err := cl.GetItem(context.Background(), bob, ItemID{ID: "x"})
+	var te *ThrottledError
+	if !errors.As(err, &te) || !errors.Is(err, ErrServerBusy) {
+		t.Fatalf("bob's second call: %v", err)
+	}
+	if want := 297749*time.Millisecond - time.Minute; te.Remaining != want || RetryAfter(err) != want {
+		t.Errorf("remaining %v, want %v", te.Remaining, want)
+	}
+	// The same user with another password is the same credential.
+	bobNewPassword := Account{Mailbox: "Bob@Example.com", Auth: BasicAuth{Username: "example\\BOB", Password: "new"}}
+	if _, err := cl.GetInbox(context.Background(), bobNewPassword); !errors.As(err, &te) {
+		t.Fatalf("bob with another password: %v", err)
+	}
+	if n := p.count("bob@example.com"); n != 1 {
+		t.Fatalf("%d of bob's requests reached the server during his back-off", n)
+	}
+	// Another credential for the same mailbox is another throttling budget.
+	if _, err := cl.GetInbox(context.Background(), bobToken); err != nil {
+		t.Fatalf("bob's token during his password's back-off: %v", err)
+	}
+
+	now = now.Add(297749*time.Millisecond - time.Minute)
+	if f, err := cl.GetInbox(context.Background(), bob); err != nil || f.UnreadCount != 7 {
+		t.Fatalf("after back-off: %+v, %v", f, err)
+	}
+	if n := p.count("bob@example.com"); n != 3 {
+		t.Fatalf("%d of bob's requests, want 3", n)
+	}
+}
+
+// A certificate Client is one credential per mailbox.
+func TestClientCertificateBackOffIsPerMailbox(t *testing.T) {
+	if credentialOf(Account{Mailbox: "bob@example.com"}) == credentialOf(Account{Mailbox: testMailbox}) {
+		t.Error("two mailboxes of a certificate Client share a back-off")
+	}
+	if credentialOf(Account{Mailbox: testMailbox, Auth: BearerAuth{Token: "a"}}) == credentialOf(Account{Mailbox: testMailbox, Auth: BearerAuth{Token: "b"}}) {
+		t.Error("two tokens share a back-off")
+	}
+	if credentialOf(basicAccount) != credentialOf(Account{Mailbox: testMailbox, Auth: &BasicAuth{Username: "example\\ALICE"}}) {
+		t.Error("the same Basic user is two credentials")
+	}
+}
+
+// Remembered credentials are dropped once their back-off has passed, so
+// the map does not grow with every user ever throttled.
+func TestClientForgetsExpiredBackOffs(t *testing.T) {
+	busy := map[string]bool{}
+	for i := range 3 * minSweep {
+		busy[fmt.Sprintf("user%d@example.com", i)] = true
+	}
+	p := &perMailbox{busy: busy, calls: map[string]int{}}
+	cl := newClient(t, Config{URL: p.serve(t).URL})
+	now := time.Date(2024, 5, 1, 9, 0, 0, 0, time.UTC)
+	cl.now = func() time.Time { return now }
+	peak := 0
+	for i := range 3 * minSweep {
+		cl.GetInbox(context.Background(), Account{Mailbox: fmt.Sprintf("user%d@example.com", i), Auth: BearerAuth{Token: "t"}})
+		now = now.Add(30 * time.Second) // each back-off (297.7 s) outlives about ten more
+		cl.mu.Lock()
+		peak = max(peak, len(cl.credentials))
+		cl.mu.Unlock()
+	}
+	if peak > minSweep {
+		t.Errorf("%d credentials remembered at once, with at most 10 back-offs running", peak)
+	}
+}
+
+// An HTTP Retry-After speaks for the server: it stops every caller, but for
+// at most maxEndpointBackOff however long it asks for.
+func TestClientEndpointBackOffIsBrief(t *testing.T) {
 	var c capture
-	busy := true
+	var unavailable atomic.Bool
+	unavailable.Store(true)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c.record(r)
-		if busy {
-			w.WriteHeader(http.StatusInternalServerError)
-			w.Write(sample(t, "13-error-serverbusy.soapfault-http500.xml"))
+		if unavailable.Load() {
+			w.Header().Set("Retry-After", "3600")
+			w.WriteHeader(http.StatusServiceUnavailable)
 			return
 		}
 		w.Write(sample(t, "12-getfolder-inbox.response.xml"))
@@ -277,28 +402,22 @@ func TestClientHonoursBackOff(t *testing.T) {
 	now := time.Date(2024, 5, 1, 9, 0, 0, 0, time.UTC)
 	cl.now = func() time.Time { return now }
 
-	_, err := cl.GetInbox(context.Background(), basicAccount)
-	if !errors.Is(err, ErrServerBusy) {
+	if _, err := cl.GetInbox(context.Background(), basicAccount); !errors.Is(err, ErrServiceUnavailable) || RetryAfter(err) != time.Hour {
 		t.Fatalf("first call: %v", err)
 	}
-	busy = false
-	now = now.Add(time.Minute)
-	other := Account{Mailbox: "bob@example.com", Auth: BearerAuth{Token: "t"}}
-	_, err = cl.GetItem(context.Background(), other, ItemID{ID: "x"})
+	unavailable.Store(false)
+	bob := Account{Mailbox: "bob@example.com", Auth: BearerAuth{Token: "t"}}
+	_, err := cl.GetInbox(context.Background(), bob)
 	var te *ThrottledError
-	if !errors.As(err, &te) || !errors.Is(err, ErrServerBusy) {
-		t.Fatalf("second call: %v", err)
-	}
-	if want := 297749*time.Millisecond - time.Minute; te.Remaining != want || RetryAfter(err) != want {
-		t.Errorf("remaining %v, want %v", te.Remaining, want)
+	if !errors.As(err, &te) || !errors.Is(err, ErrServiceUnavailable) || te.Remaining != maxEndpointBackOff {
+		t.Fatalf("another user's call during the server's back-off: %v", err)
 	}
 	if n := c.calls.Load(); n != 1 {
-		t.Fatalf("%d requests reached the server during back-off", n)
+		t.Fatalf("%d requests reached the server during its back-off", n)
 	}
-
-	now = now.Add(297749*time.Millisecond - time.Minute)
-	if f, err := cl.GetInbox(context.Background(), basicAccount); err != nil || f.UnreadCount != 7 {
-		t.Fatalf("after back-off: %+v, %v", f, err)
+	now = now.Add(maxEndpointBackOff)
+	if _, err := cl.GetInbox(context.Background(), bob); err != nil {
+		t.Fatalf("after %v: %v", maxEndpointBackOff, err)
 	}
 	if n := c.calls.Load(); n != 2 {
 		t.Fatalf("%d requests, want 2", n)

@@ -135,17 +135,18 @@ func (e *HTTPError) Is(target error) bool {
 	return false
 }
 
-// ThrottledError is returned without any network call while the endpoint's
-// back-off, set by an earlier ErrorServerBusy or Retry-After, is running.
-// It wraps the error that started the back-off, so errors.Is(err,
-// ErrServerBusy) still holds.
+// ThrottledError is returned without any network call while a back-off
+// covering the call is running: the credential's, set by an earlier
+// ErrorServerBusy, or the endpoint's, set by an HTTP Retry-After. It wraps
+// the error that started the back-off, so errors.Is(err, ErrServerBusy)
+// still holds.
 type ThrottledError struct {
 	Remaining time.Duration
 	Err       error
 }
 
 func (e *ThrottledError) Error() string {
-	return fmt.Sprintf("ews: endpoint asked to back off, %s left: %v", e.Remaining, e.Err)
+	return fmt.Sprintf("ews: Exchange asked to back off, %s left: %v", e.Remaining, e.Err)
 }
 
 func (e *ThrottledError) Unwrap() error { return e.Err }
