@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/beevik/etree"
 )
 
 // DefaultServerVersion is the RequestServerVersion sent unless configured
@@ -90,10 +92,33 @@ func plainText(s string) bool {
 	return utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
-// BuildSubscribe returns a Subscribe request for a push subscription on the
-// Inbox for NewMailEvent and CreatedEvent.
-func BuildSubscribe(version string, r SubscribeRequest) ([]byte, error) {
+// addInbox adds a DistinguishedFolderId for the Inbox of mailbox (the
+// primary SMTP address), or of the logged-in user when mailbox is empty.
+// Naming the mailbox makes Exchange itself check that the caller may open
+// it, rather than acting on whichever mailbox the credentials log in to.
+func addInbox(parent *etree.Element, mailbox string) {
+	inbox := parent.CreateElement("t:DistinguishedFolderId")
+	inbox.CreateAttr("Id", "inbox")
+	if mailbox != "" {
+		inbox.CreateElement("t:Mailbox").CreateElement("t:EmailAddress").SetText(mailbox)
+	}
+}
+
+// checkMailbox validates a mailbox address before it goes into XML.
+func checkMailbox(mailbox string) error {
+	if len(mailbox) > 320 || !plainText(mailbox) {
+		return errors.New("ews: mailbox address is too long or contains control characters")
+	}
+	return nil
+}
+
+// BuildSubscribe returns a Subscribe request for a push subscription on
+// mailbox's Inbox for NewMailEvent and CreatedEvent.
+func BuildSubscribe(version, mailbox string, r SubscribeRequest) ([]byte, error) {
 	if err := checkVersion(version); err != nil {
+		return nil, err
+	}
+	if err := checkMailbox(mailbox); err != nil {
 		return nil, err
 	}
 	if err := r.validate(); err != nil {
@@ -103,7 +128,7 @@ func BuildSubscribe(version string, r SubscribeRequest) ([]byte, error) {
 	// Element order follows t:PushSubscriptionRequestType: FolderIds,
 	// EventTypes, Watermark?, StatusFrequency, URL.
 	push := env.body.CreateElement("m:Subscribe").CreateElement("m:PushSubscriptionRequest")
-	push.CreateElement("t:FolderIds").CreateElement("t:DistinguishedFolderId").CreateAttr("Id", "inbox")
+	addInbox(push.CreateElement("t:FolderIds"), mailbox)
 	types := push.CreateElement("t:EventTypes")
 	types.CreateElement("t:EventType").SetText(string(NewMailEvent))
 	types.CreateElement("t:EventType").SetText(string(CreatedEvent))
@@ -115,12 +140,14 @@ func BuildSubscribe(version string, r SubscribeRequest) ([]byte, error) {
 	return env.bytes(), nil
 }
 
-// itemProperties are what a push notification may show: sender, subject,
-// preview, and the time for ordering.
-var itemProperties = []string{"item:Subject", "message:From", "item:Preview", "item:DateTimeReceived"}
+// itemProperties are what a push notification may show (sender, subject,
+// preview) and what decides whether it may be shown: the folder it is in
+// and when it arrived.
+var itemProperties = []string{"item:ParentFolderId", "item:Subject", "message:From", "item:Preview", "item:DateTimeReceived"}
 
-// BuildGetItem returns a GetItem request for one item's Subject, From,
-// Preview and DateTimeReceived, and nothing else (no body, no attachments).
+// BuildGetItem returns a GetItem request for one item's ParentFolderId,
+// Subject, From, Preview and DateTimeReceived, and nothing else (no body,
+// no attachments).
 func BuildGetItem(version string, id ItemID) ([]byte, error) {
 	if err := checkVersion(version); err != nil {
 		return nil, err
@@ -144,10 +171,13 @@ func BuildGetItem(version string, id ItemID) ([]byte, error) {
 	return env.bytes(), nil
 }
 
-// BuildGetInbox returns a GetFolder request for the Inbox's UnreadCount, the
-// badge count; nothing else is asked for.
-func BuildGetInbox(version string) ([]byte, error) {
+// BuildGetInbox returns a GetFolder request for the UnreadCount of
+// mailbox's Inbox, the badge count; nothing else is asked for.
+func BuildGetInbox(version, mailbox string) ([]byte, error) {
 	if err := checkVersion(version); err != nil {
+		return nil, err
+	}
+	if err := checkMailbox(mailbox); err != nil {
 		return nil, err
 	}
 	env := newEnvelope(version)
@@ -155,6 +185,28 @@ func BuildGetInbox(version string) ([]byte, error) {
 	shape := get.CreateElement("m:FolderShape")
 	shape.CreateElement("t:BaseShape").SetText("IdOnly")
 	shape.CreateElement("t:AdditionalProperties").CreateElement("t:FieldURI").CreateAttr("FieldURI", "folder:UnreadCount")
-	get.CreateElement("m:FolderIds").CreateElement("t:DistinguishedFolderId").CreateAttr("Id", "inbox")
+	addInbox(get.CreateElement("m:FolderIds"), mailbox)
+	return env.bytes(), nil
+}
+
+// BuildVerifyMailbox returns one GetFolder request for two Inboxes: the
+// logged-in user's own and mailbox's. They are the same folder exactly
+// when the credentials belong to mailbox (see Client.VerifyMailbox).
+func BuildVerifyMailbox(version, mailbox string) ([]byte, error) {
+	if err := checkVersion(version); err != nil {
+		return nil, err
+	}
+	if mailbox == "" {
+		return nil, errors.New("ews: VerifyMailbox needs a mailbox address")
+	}
+	if err := checkMailbox(mailbox); err != nil {
+		return nil, err
+	}
+	env := newEnvelope(version)
+	get := env.body.CreateElement("m:GetFolder")
+	get.CreateElement("m:FolderShape").CreateElement("t:BaseShape").SetText("IdOnly")
+	ids := get.CreateElement("m:FolderIds")
+	addInbox(ids, "")
+	addInbox(ids, mailbox)
 	return env.bytes(), nil
 }

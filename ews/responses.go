@@ -27,6 +27,7 @@ type Mailbox struct {
 // Item is the part of a message a push notification may show.
 type Item struct {
 	ID               ItemID
+	ParentFolderID   FolderID // the folder the item is in
 	Subject          string
 	From             Mailbox // zero if the item has no sender (e.g. a draft)
 	Preview          string
@@ -70,7 +71,8 @@ func ParseGetItemResponse(data []byte) (*Item, error) {
 		return nil, fmt.Errorf("%w: GetItemResponse without an item", ErrMalformed)
 	}
 	item := &Item{
-		ID: parseItemID(child(e, NamespaceTypes, "ItemId")),
+		ID:             parseItemID(child(e, NamespaceTypes, "ItemId")),
+		ParentFolderID: parseFolderID(child(e, NamespaceTypes, "ParentFolderId")),
 		// Subject, preview and names are taken verbatim: their whitespace
 		// is the sender's.
 		Subject: text(child(e, NamespaceTypes, "Subject")),
@@ -135,6 +137,17 @@ func parseCount(field, s string) (int, error) {
 // responseMessage returns the first <m:{message}> of a <m:{root}> in a SOAP
 // body, or the error that the body or the message reports.
 func responseMessage(data []byte, root, message string) (*etree.Element, error) {
+	msgs, err := responseMessages(data, root, message)
+	if err != nil {
+		return nil, err
+	}
+	return msgs[0], checkResponseClass(msgs[0])
+}
+
+// responseMessages returns every <m:{message}> of a <m:{root}> in a SOAP
+// body (at least one), or the SOAP fault; their ResponseClass is the
+// caller's to check.
+func responseMessages(data []byte, root, message string) ([]*etree.Element, error) {
 	body, err := parseEnvelope(data)
 	if err != nil {
 		return nil, err
@@ -142,11 +155,16 @@ func responseMessage(data []byte, root, message string) (*etree.Element, error) 
 	if f := child(body, NamespaceSOAP, "Fault"); f != nil {
 		return nil, parseFault(f)
 	}
-	msg := child(child(child(body, NamespaceMessages, root), NamespaceMessages, "ResponseMessages"), NamespaceMessages, message)
-	if msg == nil {
+	var msgs []*etree.Element
+	for e := range child(child(body, NamespaceMessages, root), NamespaceMessages, "ResponseMessages").NotNil().ChildElementsSeq() {
+		if is(e, NamespaceMessages, message) {
+			msgs = append(msgs, e)
+		}
+	}
+	if len(msgs) == 0 {
 		return nil, fmt.Errorf("%w: expected m:%s in m:%s", ErrMalformed, message, root)
 	}
-	return msg, checkResponseClass(msg)
+	return msgs, nil
 }
 
 // checkResponseClass turns a response message that is not a Success into a

@@ -54,6 +54,9 @@ func (s *Server) controlMux() *http.ServeMux {
 	handle("DELETE /_sim/users/{address}/token", func(w http.ResponseWriter, r *http.Request) {
 		writeResult(w, s.SetToken(r.PathValue("address"), ""))
 	})
+	handle("PUT /_sim/users/{address}/delegates/{delegate}", func(w http.ResponseWriter, r *http.Request) {
+		writeResult(w, s.GrantAccess(r.PathValue("address"), r.PathValue("delegate")))
+	})
 	handle("POST /_sim/users/{address}/mail", func(w http.ResponseWriter, r *http.Request) {
 		var m Mail
 		if !readJSON(w, r, &m) {

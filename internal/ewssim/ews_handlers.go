@@ -138,14 +138,15 @@ func (s *Server) getItem(w http.ResponseWriter, user string, op *etree.Element, 
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := s.users[user]
 	for _, idEl := range ids {
 		id := idEl.SelectAttrValue("Id", "")
 		if deleteFirst {
-			m.deleteItem(id)
+			if m, _ := s.findItemFor(user, id); m != nil {
+				m.deleteItem(id)
+			}
 		}
-		it, ok := m.items[id]
-		if !ok {
+		m, it := s.findItemFor(user, id)
+		if it == nil {
 			s.responseMessage(rms, "m:GetItemResponseMessage", "ErrorItemNotFound").CreateElement("m:Items")
 			continue
 		}
@@ -204,13 +205,6 @@ func writeMailbox(parent *etree.Element, name, address string) {
 	text(mb, "t:MailboxType", "Mailbox")
 }
 
-// isInbox reports whether a folder id element (DistinguishedFolderId or
-// FolderId) names the user's Inbox.
-func isInbox(m *mailbox, e *etree.Element) bool {
-	f, ok := m.folder(e)
-	return ok && f.id == m.inboxID
-}
-
 func (s *Server) getFolder(w http.ResponseWriter, user string, op *etree.Element) {
 	folders := child(op, nsMsgs, "FolderIds")
 	if folders == nil || len(folders.ChildElements()) == 0 {
@@ -223,11 +217,10 @@ func (s *Server) getFolder(w http.ResponseWriter, user string, op *etree.Element
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := s.users[user]
 	for _, fid := range folders.ChildElements() {
-		f, ok := m.folder(fid)
-		if !ok {
-			s.responseMessage(rms, "m:GetFolderResponseMessage", "ErrorFolderNotFound")
+		_, f, code := s.openFolder(user, fid)
+		if code != "" {
+			s.responseMessage(rms, "m:GetFolderResponseMessage", code)
 			continue
 		}
 		rm := s.responseMessage(rms, "m:GetFolderResponseMessage", "NoError")

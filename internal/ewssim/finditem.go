@@ -50,11 +50,10 @@ func (s *Server) findItem(w http.ResponseWriter, user string, op *etree.Element)
 	rms := body.CreateElement("m:FindItemResponse").CreateElement("m:ResponseMessages")
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := s.users[user]
 	for _, fid := range folders.ChildElements() {
-		f, ok := m.folder(fid)
-		if !ok {
-			s.responseMessage(rms, "m:FindItemResponseMessage", "ErrorFolderNotFound")
+		m, f, code := s.openFolder(user, fid)
+		if code != "" {
+			s.responseMessage(rms, "m:FindItemResponseMessage", code)
 			continue
 		}
 		var view []*Item

@@ -80,6 +80,9 @@ type mailbox struct {
 	seq      uint64  // sequence number of the latest event
 	events   []event // the latest events, oldest first
 	subs     map[string]*subscription
+	// delegates may open this mailbox (full access or delegate rights),
+	// by their primary SMTP address.
+	delegates map[string]bool
 }
 
 func newMailbox(u User) *mailbox {
@@ -94,6 +97,8 @@ func newMailbox(u User) *mailbox {
 		inboxVer: 1,
 		items:    map[string]*Item{},
 		subs:     map[string]*subscription{},
+
+		delegates: map[string]bool{},
 	}
 }
 
@@ -127,8 +132,8 @@ type folder struct {
 const staticCK = "AQAAAA=="
 
 // folder returns the folder a DistinguishedFolderId or FolderId element
-// names, if the simulator has it. A DistinguishedFolderId naming another
-// mailbox is not found: delegate access is not simulated.
+// names in this mailbox, if the simulator has it. Which mailbox an element
+// addresses is Server.mailboxFor's to decide.
 func (m *mailbox) folder(e *etree.Element) (folder, bool) {
 	if e.NamespaceURI() != nsTypes {
 		return folder{}, false
@@ -136,9 +141,6 @@ func (m *mailbox) folder(e *etree.Element) (folder, bool) {
 	id := e.SelectAttrValue("Id", "")
 	switch {
 	case e.Tag == "DistinguishedFolderId":
-		if mb := child(child(e, nsTypes, "Mailbox"), nsTypes, "EmailAddress"); mb != nil && normAddr(mb.Text()) != m.Address {
-			return folder{}, false
-		}
 		switch id {
 		case "root":
 			id = m.hierID
@@ -401,4 +403,82 @@ func (s *Server) UnreadCount(address string) (int, error) {
 		return 0, ErrNoSuchUser
 	}
 	return m.unread, nil
+}
+
+// GrantAccess lets delegate open owner's mailbox, as Exchange's full access
+// or delegate permissions do.
+func (s *Server) GrantAccess(owner, delegate string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.users[normAddr(owner)]
+	if !ok || s.users[normAddr(delegate)] == nil {
+		return ErrNoSuchUser
+	}
+	m.delegates[normAddr(delegate)] = true
+	return nil
+}
+
+// mailboxFor returns the mailbox a folder element addresses for user: the
+// one a DistinguishedFolderId names in its Mailbox, else user's own; a
+// FolderId is looked up in user's own mailbox, then in those user may
+// open. Like Exchange, it answers ErrorNonExistentMailbox for an address it
+// does not know and ErrorFolderNotFound for a mailbox user may not open
+// ("Handling delegation-related errors in EWS in Exchange", Microsoft
+// Learn). Called with s.mu held.
+func (s *Server) mailboxFor(user string, e *etree.Element) (*mailbox, string) {
+	own := s.users[user]
+	if e.Tag == "DistinguishedFolderId" {
+		addr := child(child(e, nsTypes, "Mailbox"), nsTypes, "EmailAddress")
+		if addr == nil {
+			return own, ""
+		}
+		m := s.users[normAddr(addr.Text())]
+		switch {
+		case m == nil:
+			return nil, "ErrorNonExistentMailbox"
+		case m != own && !m.delegates[user]:
+			return nil, "ErrorFolderNotFound"
+		}
+		return m, ""
+	}
+	if _, ok := own.folder(e); ok {
+		return own, ""
+	}
+	for _, m := range s.users {
+		if m.delegates[user] {
+			if _, ok := m.folder(e); ok {
+				return m, ""
+			}
+		}
+	}
+	return own, ""
+}
+
+// openFolder resolves a folder element for user: the mailbox and folder,
+// or the ResponseCode to answer. Called with s.mu held.
+func (s *Server) openFolder(user string, e *etree.Element) (*mailbox, folder, string) {
+	m, code := s.mailboxFor(user, e)
+	if code != "" {
+		return nil, folder{}, code
+	}
+	f, ok := m.folder(e)
+	if !ok {
+		return nil, folder{}, "ErrorFolderNotFound"
+	}
+	return m, f, ""
+}
+
+// findItem looks an item up in user's own mailbox, then in those user may
+// open; another mailbox's item is not found. Called with s.mu held.
+func (s *Server) findItemFor(user, id string) (*mailbox, *Item) {
+	own := s.users[user]
+	if it, ok := own.items[id]; ok {
+		return own, it
+	}
+	for _, m := range s.users {
+		if it, ok := m.items[id]; ok && m.delegates[user] {
+			return m, it
+		}
+	}
+	return own, nil
 }

@@ -65,7 +65,7 @@ type SubscriptionInfo struct {
 type subscription struct {
 	srv     *Server
 	id      string
-	user    string
+	user    string // the subscribed mailbox's address
 	url     string
 	freq    time.Duration // StatusFrequency, in Exchange time
 	types   map[string]bool
@@ -155,13 +155,22 @@ func (s *Server) subscribe(w http.ResponseWriter, user string, op *etree.Element
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// The subscription is on the mailbox its folders name (the simulator
+	// has push subscriptions on one Inbox only), which may be a mailbox
+	// user opens as a delegate.
 	m := s.users[user]
 	if folders != nil {
-		for _, f := range folders.ChildElements() {
-			if !isInbox(m, f) {
+		for i, e := range folders.ChildElements() {
+			fm, f, code := s.openFolder(user, e)
+			switch {
+			case code != "":
+				fail(code)
+				return
+			case f.id != fm.inboxID || (i > 0 && fm != m):
 				fail("ErrorFolderNotFound")
 				return
 			}
+			m = fm
 		}
 	}
 	if s.closed {
@@ -187,7 +196,7 @@ func (s *Server) subscribe(w http.ResponseWriter, user string, op *etree.Element
 		start = seq
 	}
 	sub := &subscription{
-		srv: s, id: newSubscriptionID(), user: user, url: callback,
+		srv: s, id: newSubscriptionID(), user: m.Address, url: callback,
 		freq: time.Duration(freq) * time.Minute, types: types, created: time.Now().UTC(),
 		mbKey: m.key, inboxID: m.inboxID, rootID: m.rootID,
 		state: StateActive, last: start,
