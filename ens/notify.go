@@ -167,8 +167,8 @@ func itemHash(id ews.ItemID) []byte {
 
 // endpointByID returns the shared state of the subscription's endpoint.
 func (s *Service) endpointByID(ctx context.Context, id int64) (*endpoint, error) {
-	if ep, ok := s.endpoints.Load(id); ok {
-		return ep.(*endpoint), nil
+	if ep := s.endpoints.get(id); ep != nil {
+		return ep, nil
 	}
 	row, err := s.store.EndpointByID(ctx, id)
 	if err != nil {

@@ -15,7 +15,6 @@ import (
 
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ens/seal"
-	"github.com/ensgate/ensgate/ews"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -78,7 +77,7 @@ type Service struct {
 
 	tenants   tenantCache
 	limiters  sync.Map // tenant ID → *rate.Limiter
-	endpoints sync.Map // endpoint ID → *endpoint
+	endpoints endpointCache
 
 	keyPoolWake chan struct{}
 	stop        context.CancelFunc
@@ -138,6 +137,14 @@ func (s *Service) Start() {
 	s.every(ctx, 2*time.Second, s.keyPoolWake, s.fillKeyPool)
 	s.every(ctx, 30*time.Second, nil, s.failSilentSubscriptions)
 	s.every(ctx, 10*time.Minute, nil, s.cleanUp)
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		s.store.ListenEndpoints(ctx, s.endpoints.reset, s.endpoints.forget, func(err error) {
+			s.endpoints.reset() // changes go unseen until the listener is back
+			s.log.Warn("listening for EWS endpoint changes; retrying", slog.Any("error", err))
+		})
+	}()
 }
 
 // Stop ends the workers and waits for them.
@@ -184,56 +191,4 @@ func (s *Service) limiter(tenantID int64) *rate.Limiter {
 	}
 	l, _ := s.limiters.LoadOrStore(tenantID, rate.NewLimiter(rate.Limit(s.cfg.RateLimit), int(2*s.cfg.RateLimit)+1))
 	return l.(*rate.Limiter)
-}
-
-// endpoint is a tenant's allowed EWS endpoint with its shared client and the
-// bulkhead that keeps one slow Exchange from taking every goroutine.
-type endpoint struct {
-	store.Endpoint
-	pin    ews.Fingerprint
-	client *ews.Client
-	slots  chan struct{}
-}
-
-func (s *Service) ewsConfig(e store.Endpoint, pin ews.Fingerprint) ews.Config {
-	return ews.Config{URL: e.URL, Pin: pin, RootCAs: s.cfg.EWSRootCAs, UserAgent: s.cfg.UserAgent, Timeout: s.cfg.EWSTimeout}
-}
-
-// endpointFor returns the shared state for an endpoint row.
-func (s *Service) endpointFor(e store.Endpoint) (*endpoint, error) {
-	if ep, ok := s.endpoints.Load(e.ID); ok {
-		return ep.(*endpoint), nil
-	}
-	var pin ews.Fingerprint
-	if e.Fingerprint != "" {
-		var err error
-		if pin, err = ews.ParseFingerprint(e.Fingerprint); err != nil {
-			return nil, fmt.Errorf("endpoint %d: %w", e.ID, err)
-		}
-	}
-	client, err := ews.NewClient(s.ewsConfig(e, pin))
-	if err != nil {
-		return nil, err
-	}
-	ep, loaded := s.endpoints.LoadOrStore(e.ID, &endpoint{Endpoint: e, pin: pin, client: client,
-		slots: make(chan struct{}, s.cfg.EWSConcurrency)})
-	if loaded {
-		client.CloseIdleConnections()
-	}
-	return ep.(*endpoint), nil
-}
-
-// errEndpointBusy means the endpoint's bulkhead is full.
-var errEndpointBusy = errors.New("too many calls in flight to this Exchange")
-
-// acquire takes a slot for an EWS call, waiting at most a second.
-func (ep *endpoint) acquire(ctx context.Context) (release func(), err error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	select {
-	case ep.slots <- struct{}{}:
-		return func() { <-ep.slots }, nil
-	case <-ctx.Done():
-		return nil, errEndpointBusy
-	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,7 +22,18 @@ type Endpoint struct {
 	URL         string
 	Fingerprint string
 	CreatedAt   time.Time
+	// ReadAt is when the query that read the row began: a node's cache may
+	// keep the row only if no change to it was announced since.
+	ReadAt time.Time `db:"-"`
 }
+
+// EndpointChannel is the PostgreSQL NOTIFY channel that announces a
+// changed, removed or re-added endpoint; the payload is its id.
+const EndpointChannel = "ensgate_endpoints"
+
+// ReasonEndpointRemoved is recorded on the subscriptions that ended because
+// an admin removed their endpoint.
+const ReasonEndpointRemoved = "endpoint_removed"
 
 // NormalizeEWSURL returns the form in which EWS URLs are stored and compared:
 // scheme and host lower-cased and the scheme's default port dropped; the path
@@ -60,17 +72,27 @@ func NormalizeEWSURL(raw string) (string, error) {
 }
 
 // AddEndpoint allows rawURL for the tenant. fingerprint is empty (no pin) or
-// canonical.
+// canonical. A removed endpoint is added again under its old id; its ended
+// subscriptions stay ended.
 func (s *Store) AddEndpoint(ctx context.Context, tenantID int64, rawURL, fingerprint string) (Endpoint, error) {
 	u, err := NormalizeEWSURL(rawURL)
 	if err != nil {
 		return Endpoint{}, err
 	}
 	e := Endpoint{TenantID: tenantID, URL: u, Fingerprint: fingerprint}
-	err = s.pool.QueryRow(ctx, `
-		INSERT INTO ews_endpoints (tenant_id, url, fingerprint) VALUES ($1, $2, NULLIF($3, ''))
-		RETURNING id, created_at`, tenantID, u, fingerprint).Scan(&e.ID, &e.CreatedAt)
-	if isUniqueViolation(err) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `
+			INSERT INTO ews_endpoints (tenant_id, url, fingerprint) VALUES ($1, $2, NULLIF($3, ''))
+			ON CONFLICT (tenant_id, url) DO UPDATE
+				SET fingerprint = excluded.fingerprint, removed_at = NULL, created_at = now()
+				WHERE ews_endpoints.removed_at IS NOT NULL
+			RETURNING id, created_at`, tenantID, u, fingerprint).Scan(&e.ID, &e.CreatedAt)
+		if err != nil {
+			return err
+		}
+		return notifyEndpoint(ctx, tx, e.ID)
+	})
+	if errors.Is(err, pgx.ErrNoRows) { // the conflict's WHERE kept a live entry
 		return Endpoint{}, fmt.Errorf("endpoint %s: %w for this tenant", u, ErrExists)
 	}
 	if err != nil {
@@ -79,16 +101,102 @@ func (s *Store) AddEndpoint(ctx context.Context, tenantID int64, rawURL, fingerp
 	return e, nil
 }
 
+// SetEndpointPin replaces the pin of the tenant's entry for rawURL
+// (fingerprint empty: no pin). Every node uses the new pin within seconds.
+func (s *Store) SetEndpointPin(ctx context.Context, tenantID int64, rawURL, fingerprint string) (Endpoint, error) {
+	u, err := NormalizeEWSURL(rawURL)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	e := Endpoint{TenantID: tenantID, URL: u, Fingerprint: fingerprint}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `
+			UPDATE ews_endpoints SET fingerprint = NULLIF($3, '')
+			WHERE tenant_id = $1 AND url = $2 AND removed_at IS NULL
+			RETURNING id, created_at`, tenantID, u, fingerprint).Scan(&e.ID, &e.CreatedAt)
+		if err != nil {
+			return err
+		}
+		return notifyEndpoint(ctx, tx, e.ID)
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Endpoint{}, fmt.Errorf("endpoint %s: %w for this tenant", u, ErrNotFound)
+	}
+	if err != nil {
+		return Endpoint{}, s.queryError("pin endpoint", err)
+	}
+	return e, nil
+}
+
+// RemoveEndpoint takes rawURL off the tenant's list. Its live subscriptions
+// end with ReasonEndpointRemoved, so that Exchange's next callback for each
+// is answered Unsubscribe (their rows stay for that); new registrations for
+// the URL are refused. It returns how many subscriptions ended.
+func (s *Store) RemoveEndpoint(ctx context.Context, tenantID int64, rawURL string) (ended int64, err error) {
+	u, err := NormalizeEWSURL(rawURL)
+	if err != nil {
+		return 0, err
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var id int64
+		err := tx.QueryRow(ctx, `SELECT id FROM ews_endpoints WHERE tenant_id = $1 AND url = $2 AND removed_at IS NULL`,
+			tenantID, u).Scan(&id)
+		if err != nil {
+			return err
+		}
+		// Locks in the order registrations take them: their mailboxes, then
+		// the endpoint row, which a registration holds in share mode from
+		// its insert until it commits (trigger subscriptions_endpoint_live).
+		// So the update of subscriptions below sees every registration that
+		// got in first, and every later one sees the removal.
+		var mailboxes [][]byte
+		rows, err := tx.Query(ctx, `SELECT DISTINCT mailbox_hash FROM subscriptions WHERE endpoint_id = $1 AND state = 'active'`, id)
+		if err != nil {
+			return err
+		}
+		if mailboxes, err = pgx.CollectRows(rows, pgx.RowTo[[]byte]); err != nil {
+			return err
+		}
+		if err := lockMailboxes(ctx, tx, tenantID, mailboxes); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE ews_endpoints SET removed_at = now() WHERE id = $1`, id); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `
+			UPDATE subscriptions SET state = 'ended', state_reason = $2, ended_at = now()
+			WHERE endpoint_id = $1 AND state = 'active'`, id, ReasonEndpointRemoved)
+		if err != nil {
+			return err
+		}
+		ended = tag.RowsAffected()
+		return notifyEndpoint(ctx, tx, id)
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("endpoint %s: %w for this tenant", u, ErrNotFound)
+	}
+	if err != nil {
+		return 0, s.queryError("remove endpoint", err)
+	}
+	return ended, nil
+}
+
+// notifyEndpoint tells every node, when tx commits, that endpoint id changed.
+func notifyEndpoint(ctx context.Context, tx pgx.Tx, id int64) error {
+	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, EndpointChannel, strconv.FormatInt(id, 10))
+	return err
+}
+
 // EndpointFor returns the tenant's entry matching rawURL after normalisation.
 func (s *Store) EndpointFor(ctx context.Context, tenantID int64, rawURL string) (Endpoint, error) {
 	u, err := NormalizeEWSURL(rawURL)
 	if err != nil {
 		return Endpoint{}, err
 	}
-	e := Endpoint{TenantID: tenantID, URL: u}
+	e := Endpoint{TenantID: tenantID, URL: u, ReadAt: time.Now()}
 	err = s.pool.QueryRow(ctx, `
 		SELECT id, coalesce(fingerprint, ''), created_at FROM ews_endpoints
-		WHERE tenant_id = $1 AND url = $2`, tenantID, u).Scan(&e.ID, &e.Fingerprint, &e.CreatedAt)
+		WHERE tenant_id = $1 AND url = $2 AND removed_at IS NULL`, tenantID, u).Scan(&e.ID, &e.Fingerprint, &e.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Endpoint{}, fmt.Errorf("endpoint %s: %w", u, ErrNotFound)
 	}
@@ -102,7 +210,7 @@ func (s *Store) EndpointFor(ctx context.Context, tenantID int64, rawURL string) 
 func (s *Store) Endpoints(ctx context.Context, tenantID int64) ([]Endpoint, error) {
 	rows, err := s.pool.Query(ctx, `
 		SELECT id, tenant_id, url, coalesce(fingerprint, ''), created_at FROM ews_endpoints
-		WHERE tenant_id = $1 ORDER BY id`, tenantID)
+		WHERE tenant_id = $1 AND removed_at IS NULL ORDER BY id`, tenantID)
 	if err != nil {
 		return nil, s.queryError("list endpoints", err)
 	}
@@ -113,10 +221,12 @@ func (s *Store) Endpoints(ctx context.Context, tenantID int64) ([]Endpoint, erro
 	return endpoints, nil
 }
 
-// EndpointByID finds an endpoint by its id.
+// EndpointByID finds an endpoint that is not removed by its id.
 func (s *Store) EndpointByID(ctx context.Context, id int64) (Endpoint, error) {
-	e := Endpoint{ID: id}
-	err := s.pool.QueryRow(ctx, `SELECT tenant_id, url, coalesce(fingerprint, ''), created_at FROM ews_endpoints WHERE id = $1`, id).
+	e := Endpoint{ID: id, ReadAt: time.Now()}
+	err := s.pool.QueryRow(ctx, `
+		SELECT tenant_id, url, coalesce(fingerprint, ''), created_at FROM ews_endpoints
+		WHERE id = $1 AND removed_at IS NULL`, id).
 		Scan(&e.TenantID, &e.URL, &e.Fingerprint, &e.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Endpoint{}, fmt.Errorf("endpoint %d: %w", id, ErrNotFound)
@@ -125,4 +235,46 @@ func (s *Store) EndpointByID(ctx context.Context, id int64) (Endpoint, error) {
 		return Endpoint{}, s.queryError("find endpoint", err)
 	}
 	return e, nil
+}
+
+// ListenEndpoints calls changed with the id of each endpoint whose entry
+// changes (pin, removal, addition), and reset after each (re)connection,
+// when changes may have been missed, until ctx ends. It holds one
+// connection of its own; when that is lost it reports the error to failed
+// and starts over a second later.
+func (s *Store) ListenEndpoints(ctx context.Context, reset func(), changed func(id int64), failed func(error)) {
+	for ctx.Err() == nil {
+		err := s.listenEndpoints(ctx, reset, changed)
+		if ctx.Err() != nil {
+			return
+		}
+		failed(err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (s *Store) listenEndpoints(ctx context.Context, reset func(), changed func(int64)) error {
+	pooled, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return s.unreachable(err)
+	}
+	// The connection carries LISTEN state: it never goes back to the pool.
+	conn := pooled.Hijack()
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "LISTEN "+EndpointChannel); err != nil {
+		return err
+	}
+	reset()
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		if id, err := strconv.ParseInt(n.Payload, 10, 64); err == nil {
+			changed(id)
+		}
+	}
 }

@@ -5,6 +5,30 @@
 -- NULL for devices registered before this version (docs/security.md).
 ALTER TABLE devices ADD COLUMN secret_hash bytea CHECK (length(secret_hash) = 32);
 
+-- Endpoint removal (ensgate ens endpoint remove): a removed entry stays,
+-- marked, so its subscriptions end cleanly (their rows answer Exchange's
+-- next callback with Unsubscribe) instead of vanishing by cascade.
+ALTER TABLE ews_endpoints ADD COLUMN removed_at timestamptz;
+-- A registration may not add a live subscription to a removed endpoint:
+-- FOR SHARE waits for a removal in progress and then sees it, and a removal
+-- waits for the registrations holding it (store.RemoveEndpoint).
+CREATE FUNCTION ensgate_endpoint_live() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM ews_endpoints WHERE id = NEW.endpoint_id AND removed_at IS NULL FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'EWS endpoint % was removed', NEW.endpoint_id USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER subscriptions_endpoint_live BEFORE INSERT ON subscriptions
+    FOR EACH ROW EXECUTE FUNCTION ensgate_endpoint_live();
+
 ---- create above / drop below ----
 
 ALTER TABLE devices DROP COLUMN secret_hash;
+
+-- Endpoint removal: removed entries go, with their ended subscriptions.
+DROP TRIGGER subscriptions_endpoint_live ON subscriptions;
+DROP FUNCTION ensgate_endpoint_live();
+DELETE FROM ews_endpoints WHERE removed_at IS NOT NULL;
+ALTER TABLE ews_endpoints DROP COLUMN removed_at;
