@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
-	"time"
 
 	"github.com/ensgate/ensgate/store"
 )
@@ -57,19 +55,17 @@ func badRequest(format string, args ...any) *apiError {
 
 var errUnknownDevice = &apiError{http.StatusNotFound, "unknown_device", "this device is not registered"}
 
-// tenantAPI authenticates the tenant, applies its rate limit and turns the
-// handler's error into the API's error shape.
+// tenantAPI authenticates the tenant, applies the rate limits of the
+// client's address and the tenant (the handler applies the device's) and
+// turns the handler's error into the API's error shape.
 func (s *Service) tenantAPI(h func(w http.ResponseWriter, r *http.Request, t store.Tenant) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		t, err := s.authenticate(r.Context(), r)
 		if err == nil {
-			if res := s.limiter(t.ID).Reserve(); res.Delay() > 0 {
-				res.Cancel()
-				w.Header().Set("Retry-After", strconv.Itoa(int(res.Delay()/time.Second)+1))
-				err = &apiError{http.StatusTooManyRequests, "rate_limited", "too many requests for this tenant; retry later"}
-			} else {
-				err = h(w, r, t)
-			}
+			err = s.limitRequest(w, r, t)
+		}
+		if err == nil {
+			err = h(w, r, t)
 		}
 		if err == nil {
 			return

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 
@@ -118,7 +120,8 @@ type publicKeyRequest struct {
 	Email    string `json:"email"`
 }
 
-// publicKey hands the device a key pair from the pool, as a JWK.
+// publicKey hands the device a key pair, as a JWK: its own unused one if it
+// asked before, otherwise one from the pool, within the tenant's share.
 func (s *Service) publicKey(w http.ResponseWriter, r *http.Request, t store.Tenant) error {
 	var req publicKeyRequest
 	if err := decodeJSON(w, r, &req); err != nil {
@@ -130,15 +133,28 @@ func (s *Service) publicKey(w http.ResponseWriter, r *http.Request, t store.Tena
 	if err := checkEmail(req.Email); err != nil {
 		return err
 	}
-	kp, err := s.store.AssignKeyPair(r.Context(), t.ID, req.DeviceID, s.keys.IDs())
-	s.wakeKeyPool()
-	if errors.Is(err, store.ErrPoolEmpty) {
-		w.Header().Set("Retry-After", "1")
-		return &apiError{http.StatusServiceUnavailable, "overloaded", "no key is ready; retry in a second"}
-	}
-	if err != nil {
+	if err := s.limitDevice(w, t, req.DeviceID); err != nil {
 		return err
 	}
+	if err := s.refuseNonCompliant(r.Context(), t, req.DeviceID); err != nil {
+		return err
+	}
+	kp, err := s.store.AssignKeyPair(r.Context(), t.ID, req.DeviceID, s.keys.IDs(), s.keyPairLimits())
+	var capErr *store.KeyPairCapError
+	switch {
+	case errors.As(err, &capErr):
+		// The pool was not touched: no need to wake its worker.
+		w.Header().Set("Retry-After", strconv.Itoa(int(capErr.RetryAfter/time.Second)+1))
+		return &apiError{http.StatusTooManyRequests, "rate_limited",
+			"this tenant holds too many unused keys; retry when one expires or register with the key already given"}
+	case errors.Is(err, store.ErrPoolEmpty):
+		s.wakeKeyPool()
+		w.Header().Set("Retry-After", "1")
+		return &apiError{http.StatusServiceUnavailable, "overloaded", "no key is ready; retry in a second"}
+	case err != nil:
+		return err
+	}
+	s.wakeKeyPool()
 	pub, err := x509.ParsePKIXPublicKey(kp.PublicKey)
 	if err != nil {
 		return fmt.Errorf("key pair %s: %w", kp.KeyID, err)
@@ -148,11 +164,21 @@ func (s *Service) publicKey(w http.ResponseWriter, r *http.Request, t store.Tena
 	return nil
 }
 
+// keyPairLimits is a tenant's share of the key pool. Half the pool is kept
+// for tenants that hold fewer than that many unused pairs, so a tenant
+// working towards its cap cannot empty the pool for the others.
+func (s *Service) keyPairLimits() store.KeyPairLimits {
+	return store.KeyPairLimits{MaxAge: s.cfg.KeyPairTTL, PerTenant: s.cfg.KeyPairsPerTenant, Reserve: s.cfg.KeyPoolSize / 2}
+}
+
 // privateKey opens the device's key pair keyID.
 func (s *Service) privateKey(ctx context.Context, t store.Tenant, deviceID, keyID string) (*rsa.PrivateKey, int64, error) {
-	kp, err := s.store.DeviceKeyPair(ctx, t.ID, deviceID, keyID)
+	kp, err := s.store.DeviceKeyPair(ctx, t.ID, deviceID, keyID, s.cfg.KeyPairTTL)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, 0, badRequest("keyId: no such key for this device; call publickey first")
+	}
+	if errors.Is(err, store.ErrKeyPairExpired) {
+		return nil, 0, badRequest("keyId: this key expired unused (after %s); call publickey again", s.cfg.KeyPairTTL)
 	}
 	if err != nil {
 		return nil, 0, err

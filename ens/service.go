@@ -7,11 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"sync"
 	"time"
-
-	"golang.org/x/time/rate"
 
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ens/seal"
@@ -35,11 +34,28 @@ type Config struct {
 	KeyPoolSize     int            // free key pairs kept ready; DefaultKeyPoolSize
 	KeyBits         int            // RSA key size; DefaultKeyBits
 	StatusFrequency int            // minutes between Exchange's status pings; DefaultStatusFrequency
-	RateLimit       float64        // device API requests per second per tenant; DefaultRateLimit
+	RateLimit       float64        // device API requests per second per client address of a tenant; DefaultRateLimit
 	EWSTimeout      time.Duration  // one EWS call; DefaultEWSTimeout
 	EWSConcurrency  int            // EWS calls in flight per endpoint; DefaultEWSConcurrency
 	EWSRootCAs      *x509.CertPool // trusted for Exchange; nil: the system roots (SSL_CERT_FILE adds to them)
 	UserAgent       string         // sent to Exchange
+
+	// Fair shares: one device, address or tenant over its share is refused
+	// alone. Rates are per node, with bursts of twice the rate.
+	DeviceRateLimit float64 // device API requests per second per device; RateLimit/2
+	// TenantRateLimit is a tenant's ceiling, far above a normal tenant's
+	// load; 25 × RateLimit.
+	TenantRateLimit float64
+	// ClientIP is the request's client address, the key of RateLimit; nil
+	// or an empty answer: the host of r.RemoteAddr. Behind proxies the
+	// host passes the address it trusts.
+	ClientIP func(*http.Request) string
+	// KeyPairTTL is how long a key pair handed out by publickey stays
+	// usable unless a registration uses it; DefaultKeyPairTTL.
+	KeyPairTTL time.Duration
+	// KeyPairsPerTenant bounds a tenant's unexpired, unused key pairs;
+	// DefaultKeyPairsPerTenant.
+	KeyPairsPerTenant int
 
 	// Compliance is the EWS proxy's view of devices; nil: every device may
 	// be notified. Blocked, wiped and non-compliant devices get no pushes.
@@ -65,6 +81,12 @@ const (
 	DefaultRateLimit       = 20
 	DefaultEWSTimeout      = 20 * time.Second
 	DefaultEWSConcurrency  = 16
+
+	// A device asks for a key and registers within seconds; 10 minutes
+	// covers a user typing a password. 100 unused pairs at once is more
+	// than a tenant's devices onboarding together need.
+	DefaultKeyPairTTL        = 10 * time.Minute
+	DefaultKeyPairsPerTenant = 100
 )
 
 // Service is ENS: the device API, the webhook and the background workers.
@@ -76,7 +98,7 @@ type Service struct {
 	log   *slog.Logger
 
 	tenants   tenantCache
-	limiters  sync.Map // tenant ID → *rate.Limiter
+	limits    rateLimits
 	endpoints endpointCache
 
 	keyPoolWake chan struct{}
@@ -97,6 +119,13 @@ func New(cfg Config) (*Service, error) {
 	cfg.KeyBits = or(cfg.KeyBits, DefaultKeyBits)
 	cfg.StatusFrequency = or(cfg.StatusFrequency, DefaultStatusFrequency)
 	cfg.RateLimit = or(cfg.RateLimit, DefaultRateLimit)
+	cfg.DeviceRateLimit = or(cfg.DeviceRateLimit, cfg.RateLimit/2)
+	cfg.TenantRateLimit = or(cfg.TenantRateLimit, 25*cfg.RateLimit)
+	cfg.KeyPairTTL = or(cfg.KeyPairTTL, DefaultKeyPairTTL)
+	cfg.KeyPairsPerTenant = or(cfg.KeyPairsPerTenant, DefaultKeyPairsPerTenant)
+	if cfg.ClientIP == nil {
+		cfg.ClientIP = remoteHost
+	}
 	cfg.EWSTimeout = or(cfg.EWSTimeout, DefaultEWSTimeout)
 	cfg.EWSConcurrency = or(cfg.EWSConcurrency, DefaultEWSConcurrency)
 	cfg.UserAgent = or(cfg.UserAgent, "ENSGate/"+Version())
@@ -116,6 +145,7 @@ func New(cfg Config) (*Service, error) {
 		push:        cfg.Push,
 		log:         cfg.Logger,
 		tenants:     tenantCache{entries: map[[sha256.Size]byte]cachedTenant{}},
+		limits:      newRateLimits(cfg),
 		keyPoolWake: make(chan struct{}, 1),
 	}, nil
 }
@@ -136,7 +166,7 @@ func (s *Service) Start() {
 	s.stop = cancel
 	s.every(ctx, 2*time.Second, s.keyPoolWake, s.fillKeyPool)
 	s.every(ctx, 30*time.Second, nil, s.failSilentSubscriptions)
-	s.every(ctx, 10*time.Minute, nil, s.cleanUp)
+	s.every(ctx, time.Minute, nil, s.cleanUp) // unused key pairs expire in minutes
 	s.workers.Add(1)
 	go func() {
 		defer s.workers.Done()
@@ -179,16 +209,7 @@ func (s *Service) cleanUp(ctx context.Context) {
 	if _, err := s.store.DeleteOldClaims(ctx, 24*time.Hour); err != nil && ctx.Err() == nil {
 		s.log.Warn("cleaning up push claims", slog.Any("error", err))
 	}
-	if _, err := s.store.DeleteStaleKeyPairs(ctx, 24*time.Hour); err != nil && ctx.Err() == nil {
+	if _, err := s.store.DeleteStaleKeyPairs(ctx, s.cfg.KeyPairTTL); err != nil && ctx.Err() == nil {
 		s.log.Warn("cleaning up unused key pairs", slog.Any("error", err))
 	}
-}
-
-// limiter is the tenant's device-API rate limiter on this node.
-func (s *Service) limiter(tenantID int64) *rate.Limiter {
-	if l, ok := s.limiters.Load(tenantID); ok {
-		return l.(*rate.Limiter)
-	}
-	l, _ := s.limiters.LoadOrStore(tenantID, rate.NewLimiter(rate.Limit(s.cfg.RateLimit), int(2*s.cfg.RateLimit)+1))
-	return l.(*rate.Limiter)
 }

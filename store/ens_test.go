@@ -40,7 +40,7 @@ func TestKeyPoolFillsOnceAcrossNodesAndAssignsEachPairOnce(t *testing.T) {
 	got := make(chan string, 20)
 	for i := range 12 {
 		wg.Go(func() {
-			kp, err := s.AssignKeyPair(ctx, tenant.ID, fmt.Sprintf("dev-%d", i), []string{"m"})
+			kp, err := s.AssignKeyPair(ctx, tenant.ID, fmt.Sprintf("dev-%d", i), []string{"m"}, roomy)
 			if errors.Is(err, store.ErrPoolEmpty) {
 				return
 			}
@@ -63,7 +63,7 @@ func TestKeyPoolFillsOnceAcrossNodesAndAssignsEachPairOnce(t *testing.T) {
 	if len(seen) != 10 {
 		t.Fatalf("%d key pairs assigned from a pool of 10", len(seen))
 	}
-	if _, err := s.DeviceKeyPair(ctx, tenant.ID, "someone-else", "k1"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.DeviceKeyPair(ctx, tenant.ID, "someone-else", "k1", time.Hour); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("a key pair was found for a device it was not assigned to: %v", err)
 	}
 }
@@ -85,10 +85,10 @@ func TestKeyPoolIsPerMasterKeyAndResealsOnce(t *testing.T) {
 	if free, _ := s.FreeKeyPairs(ctx, []string{"new"}); free != 0 {
 		t.Fatalf("%d free pairs under the new key, want 0", free)
 	}
-	if _, err := s.AssignKeyPair(ctx, tenant.ID, "phone", []string{"new"}); !errors.Is(err, store.ErrPoolEmpty) {
+	if _, err := s.AssignKeyPair(ctx, tenant.ID, "phone", []string{"new"}, roomy); !errors.Is(err, store.ErrPoolEmpty) {
 		t.Fatalf("a pair under the old key was handed out to a node that cannot open it: %v", err)
 	}
-	assigned, err := s.AssignKeyPair(ctx, tenant.ID, "tablet", []string{"new", "old"})
+	assigned, err := s.AssignKeyPair(ctx, tenant.ID, "tablet", []string{"new", "old"}, roomy)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func TestKeyPoolIsPerMasterKeyAndResealsOnce(t *testing.T) {
 	if left, _ := s.KeyPairsSealedUnder(ctx, []string{"old"}, 10); len(left) != 0 {
 		t.Fatalf("%d pairs still under the old key", len(left))
 	}
-	kp, err := s.DeviceKeyPair(ctx, tenant.ID, "tablet", assigned.KeyID)
+	kp, err := s.DeviceKeyPair(ctx, tenant.ID, "tablet", assigned.KeyID, time.Hour)
 	if err != nil || kp.MasterKeyID != "new" || string(kp.SealedPrivateKey) != "under new" {
 		t.Fatalf("the assigned pair after re-sealing: %+v, %v", kp, err)
 	}
@@ -118,7 +118,7 @@ func TestKeyPoolIsPerMasterKeyAndResealsOnce(t *testing.T) {
 	if err := s.DeleteKeyPair(ctx, kp.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.DeviceKeyPair(ctx, tenant.ID, "tablet", assigned.KeyID); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.DeviceKeyPair(ctx, tenant.ID, "tablet", assigned.KeyID, time.Hour); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("deleted pair: %v", err)
 	}
 }
@@ -209,7 +209,7 @@ func TestPushClaimsAreExclusiveAndExpire(t *testing.T) {
 	ep, _ := s.AddEndpoint(ctx, tenant.ID, "https://mail.example.test/EWS/Exchange.asmx", "")
 	kp := store.KeyPair{KeyID: "k", PublicKey: []byte("p"), SealedPrivateKey: []byte("s"), MasterKeyID: "m"}
 	s.FillKeyPool(ctx, 1, []string{"m"}, func() (store.KeyPair, error) { return kp, nil })
-	assigned, _ := s.AssignKeyPair(ctx, tenant.ID, "phone", []string{"m"})
+	assigned, _ := s.AssignKeyPair(ctx, tenant.ID, "phone", []string{"m"}, roomy)
 	sub, err := s.Register(ctx, store.Registration{
 		Subscription: store.Subscription{PublicID: "sub", TenantID: tenant.ID, MailboxHash: []byte("mbx"), EndpointID: ep.ID,
 			AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: "ews", StatusFrequency: 15},

@@ -27,7 +27,7 @@ func scanKeyPair(row pgx.Row) (KeyPair, error) {
 	return kp, err
 }
 
-// ErrPoolEmpty means no pre-generated key pair is free.
+// ErrPoolEmpty means no pre-generated key pair is free for the caller.
 var ErrPoolEmpty = errors.New("key pool is empty")
 
 // keyPoolLock serialises pool top-ups across nodes, so that N nodes do not
@@ -82,33 +82,119 @@ func (s *Store) FillKeyPool(ctx context.Context, target int, masterKeyIDs []stri
 	return added, nil
 }
 
-// AssignKeyPair hands a free key pair sealed under one of masterKeyIDs to a
-// device. Concurrent callers never get the same pair.
-func (s *Store) AssignKeyPair(ctx context.Context, tenantID int64, deviceID string, masterKeyIDs []string) (KeyPair, error) {
-	kp, err := scanKeyPair(s.pool.QueryRow(ctx, `
-		UPDATE key_pairs SET tenant_id = $1, device_id = $2, assigned_at = now()
-		WHERE id = (SELECT id FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = ANY($3)
-			ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-		RETURNING `+keyPairColumns, tenantID, deviceID, masterKeyIDs))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return KeyPair{}, ErrPoolEmpty
-	}
-	if err != nil {
+// KeyPairLimits bound one tenant's share of the key pool. A pair handed
+// out and not yet used by a registration is "outstanding" until MaxAge has
+// passed since it was last handed out; then it has expired.
+type KeyPairLimits struct {
+	MaxAge time.Duration
+	// PerTenant is how many outstanding pairs a tenant may hold.
+	PerTenant int
+	// Reserve free pairs are kept for tenants holding fewer than Reserve
+	// outstanding pairs, so that one tenant's run on the pool, even below
+	// its cap, cannot leave the others without keys.
+	Reserve int
+}
+
+// ErrKeyPairExpired means a device's key pair was handed out longer ago
+// than KeyPairLimits.MaxAge and was never used.
+var ErrKeyPairExpired = errors.New("key pair expired unused")
+
+// KeyPairCapError means the tenant already holds KeyPairLimits.PerTenant
+// outstanding key pairs; the oldest expires after RetryAfter.
+type KeyPairCapError struct {
+	RetryAfter time.Duration
+}
+
+func (e *KeyPairCapError) Error() string {
+	return fmt.Sprintf("the tenant holds its limit of unused key pairs; the next expires in %s", e.RetryAfter)
+}
+
+// keyPairTenantLock is the class of the per-tenant transaction advisory
+// lock (the two-integer key space, apart from the single-bigint locks)
+// that serialises a tenant's key requests on every node, so that its
+// count of outstanding pairs holds.
+const keyPairTenantLock = int32(0x6b657973) // "keys"
+
+// AssignKeyPair hands a key pair sealed under one of masterKeyIDs to a
+// device: the device's own outstanding pair if it has one (its expiry starts
+// again), otherwise a free pair from the pool, within lim. It returns a
+// *KeyPairCapError when the tenant is at lim.PerTenant, and ErrPoolEmpty
+// when no free pair is left for it. Concurrent callers, on any node, never
+// get the same free pair nor take a tenant past its limit.
+func (s *Store) AssignKeyPair(ctx context.Context, tenantID int64, deviceID string, masterKeyIDs []string, lim KeyPairLimits) (KeyPair, error) {
+	var kp KeyPair
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashint8($2))`, keyPairTenantLock, tenantID); err != nil {
+			return err
+		}
+		var err error
+		kp, err = scanKeyPair(tx.QueryRow(ctx, `
+			UPDATE key_pairs SET assigned_at = now()
+			WHERE id = (SELECT id FROM key_pairs WHERE tenant_id = $1 AND device_id = $2
+				AND assigned_at > now() - $3::interval AND master_key_id = ANY($4)
+				ORDER BY assigned_at DESC LIMIT 1)
+			RETURNING `+keyPairColumns, tenantID, deviceID, lim.MaxAge, masterKeyIDs))
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		var held int
+		var oldestLeft float64
+		if err := tx.QueryRow(ctx, `
+			SELECT count(*), coalesce(extract(epoch FROM min(assigned_at) + $2::interval - now()), 0)
+			FROM key_pairs WHERE tenant_id = $1 AND assigned_at > now() - $2::interval`,
+			tenantID, lim.MaxAge).Scan(&held, &oldestLeft); err != nil {
+			return err
+		}
+		if held >= lim.PerTenant {
+			return &KeyPairCapError{RetryAfter: time.Duration(oldestLeft * float64(time.Second))}
+		}
+		if held >= lim.Reserve {
+			var free int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = ANY($1)`,
+				masterKeyIDs).Scan(&free); err != nil {
+				return err
+			}
+			if free <= lim.Reserve {
+				return ErrPoolEmpty
+			}
+		}
+		kp, err = scanKeyPair(tx.QueryRow(ctx, `
+			UPDATE key_pairs SET tenant_id = $1, device_id = $2, assigned_at = now()
+			WHERE id = (SELECT id FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = ANY($3)
+				ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+			RETURNING `+keyPairColumns, tenantID, deviceID, masterKeyIDs))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrPoolEmpty
+		}
+		return err
+	})
+	var capErr *KeyPairCapError
+	switch {
+	case errors.Is(err, ErrPoolEmpty) || errors.As(err, &capErr):
+		return KeyPair{}, err
+	case err != nil:
 		return KeyPair{}, s.queryError("assign key pair", err)
 	}
 	return kp, nil
 }
 
 // DeviceKeyPair returns the key pair keyID if it was assigned to this
-// tenant's device.
-func (s *Store) DeviceKeyPair(ctx context.Context, tenantID int64, deviceID, keyID string) (KeyPair, error) {
-	kp, err := scanKeyPair(s.pool.QueryRow(ctx, `SELECT `+keyPairColumns+` FROM key_pairs
-		WHERE key_id = $1 AND tenant_id = $2 AND device_id = $3`, keyID, tenantID, deviceID))
+// tenant's device, or ErrKeyPairExpired if it was handed out longer ago
+// than maxAge.
+func (s *Store) DeviceKeyPair(ctx context.Context, tenantID int64, deviceID, keyID string, maxAge time.Duration) (KeyPair, error) {
+	var kp KeyPair
+	var fresh bool
+	err := s.pool.QueryRow(ctx, `SELECT `+keyPairColumns+`, assigned_at > now() - $4::interval FROM key_pairs
+		WHERE key_id = $1 AND tenant_id = $2 AND device_id = $3`, keyID, tenantID, deviceID, maxAge).
+		Scan(&kp.ID, &kp.KeyID, &kp.PublicKey, &kp.SealedPrivateKey, &kp.MasterKeyID, &fresh)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return KeyPair{}, fmt.Errorf("key %q for this device: %w", keyID, ErrNotFound)
 	}
 	if err != nil {
 		return KeyPair{}, s.queryError("find key pair", err)
+	}
+	if !fresh {
+		return KeyPair{}, fmt.Errorf("key %q for this device: %w", keyID, ErrKeyPairExpired)
 	}
 	return kp, nil
 }
@@ -150,7 +236,7 @@ func (s *Store) DeleteKeyPair(ctx context.Context, id int64) error {
 }
 
 // DeleteStaleKeyPairs removes key pairs handed out longer ago than maxAge
-// and never used for a registration.
+// and never used for a registration (a registration deletes its pair).
 func (s *Store) DeleteStaleKeyPairs(ctx context.Context, maxAge time.Duration) (int64, error) {
 	tag, err := s.pool.Exec(ctx, `DELETE FROM key_pairs WHERE assigned_at < now() - $1::interval`, maxAge)
 	if err != nil {

@@ -5,6 +5,11 @@
 -- NULL for devices registered before this version (docs/security.md).
 ALTER TABLE devices ADD COLUMN secret_hash bytea CHECK (length(secret_hash) = 32);
 
+-- Fair shares (key pool): publickey counts a tenant's unused key pairs and
+-- finds a device's own again; the clean-up deletes them by age.
+CREATE INDEX key_pairs_handed_out ON key_pairs (tenant_id, device_id) WHERE assigned_at IS NOT NULL;
+CREATE INDEX key_pairs_expiry ON key_pairs (assigned_at) WHERE assigned_at IS NOT NULL;
+
 -- Endpoint removal (ensgate ens endpoint remove): a removed entry stays,
 -- marked, so its subscriptions end cleanly (their rows answer Exchange's
 -- next callback with Unsubscribe) instead of vanishing by cascade.
@@ -26,6 +31,10 @@ CREATE TRIGGER subscriptions_endpoint_live BEFORE INSERT ON subscriptions
 ---- create above / drop below ----
 
 ALTER TABLE devices DROP COLUMN secret_hash;
+
+-- Fair shares (key pool).
+DROP INDEX key_pairs_expiry;
+DROP INDEX key_pairs_handed_out;
 
 -- Endpoint removal: removed entries go, with their ended subscriptions.
 DROP TRIGGER subscriptions_endpoint_live ON subscriptions;
