@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"hash"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -22,13 +24,25 @@ const (
 	AcceptedHeader = "X-Ensgate-Accepted-Devices"
 )
 
-// attestationMaxAge bounds replays and clock skew between nodes.
-const attestationMaxAge = 5 * time.Minute
+// attestationMaxAge bounds replays and clock skew between nodes: ENS signs
+// each request just before sending it.
+const attestationMaxAge = time.Minute
+
+// maxAttestedBody bounds the body the proxy reads to check an attestation
+// bound to it: ENS's own calls (Subscribe, GetItem, GetFolder) are a few
+// kilobytes.
+const maxAttestedBody = 1 << 20
 
 var errBadAttestation = errors.New("invalid or expired device attestation")
 
 // Attestation signs and verifies DevicesHeader values:
-// v1;<unix time>;<tenant id>;<escaped ids, comma-separated>;<HMAC-SHA256>.
+//
+//	v2;<unix time>;<tenant id>;<escaped ids, comma-separated>;<HMAC-SHA256>
+//
+// whose HMAC also covers the request it accompanies (method, path,
+// Authorization and the SHA-256 of the body), so that it cannot be
+// replayed with another request; and the older, unbound v1 of the same
+// form, which Sign still makes.
 type Attestation struct {
 	Secret []byte
 	Now    func() time.Time // nil: time.Now
@@ -41,20 +55,44 @@ func (a Attestation) now() time.Time {
 	return time.Now()
 }
 
-// Sign returns the header value naming deviceIDs of the tenant.
-func (a Attestation) Sign(tenantID int64, deviceIDs []string) string {
-	body := "v1;" + strconv.FormatInt(a.now().Unix(), 10) + ";" + strconv.FormatInt(tenantID, 10) + ";" + JoinIDs(deviceIDs)
-	return body + ";" + a.mac(body)
+// SignRequest returns the header value naming deviceIDs of the tenant for
+// r, whose body is body; r's Authorization must be set already.
+func (a Attestation) SignRequest(tenantID int64, deviceIDs []string, r *http.Request, body []byte) string {
+	head := "v2;" + strconv.FormatInt(a.now().Unix(), 10) + ";" + strconv.FormatInt(tenantID, 10) + ";" + JoinIDs(deviceIDs)
+	return head + ";" + a.mac(head, r, body)
 }
 
-// Verify checks a header value and returns its tenant and devices.
-func (a Attestation) Verify(value string) (tenantID int64, deviceIDs []string, err error) {
+// Signer returns a function that sets DevicesHeader on each request it is
+// given (ews.Headers.Sign).
+func (a Attestation) Signer(tenantID int64, deviceIDs []string) func(r *http.Request, body []byte) {
+	return func(r *http.Request, body []byte) {
+		r.Header.Set(DevicesHeader, a.SignRequest(tenantID, deviceIDs, r, body))
+	}
+}
+
+// Sign returns an unbound (v1) header value naming deviceIDs of the
+// tenant, valid with any request for attestationMaxAge.
+func (a Attestation) Sign(tenantID int64, deviceIDs []string) string {
+	head := "v1;" + strconv.FormatInt(a.now().Unix(), 10) + ";" + strconv.FormatInt(tenantID, 10) + ";" + JoinIDs(deviceIDs)
+	return head + ";" + a.mac(head, nil, nil)
+}
+
+// Verify checks a header value that came with r and its body, and returns
+// its tenant and devices.
+func (a Attestation) Verify(value string, r *http.Request, body []byte) (tenantID int64, deviceIDs []string, err error) {
 	i := strings.LastIndexByte(value, ';')
-	if i < 0 || len(a.Secret) == 0 || !hmac.Equal([]byte(value[i+1:]), []byte(a.mac(value[:i]))) {
+	if i < 0 || len(a.Secret) == 0 {
 		return 0, nil, errBadAttestation
 	}
-	parts := strings.Split(value[:i], ";")
-	if len(parts) != 4 || parts[0] != "v1" {
+	head := value[:i]
+	if strings.HasPrefix(head, "v1;") {
+		r, body = nil, nil
+	}
+	if !hmac.Equal([]byte(value[i+1:]), []byte(a.mac(head, r, body))) {
+		return 0, nil, errBadAttestation
+	}
+	parts := strings.Split(head, ";")
+	if len(parts) != 4 || (parts[0] != "v1" && parts[0] != "v2") {
 		return 0, nil, errBadAttestation
 	}
 	ts, err1 := strconv.ParseInt(parts[1], 10, 64)
@@ -67,10 +105,24 @@ func (a Attestation) Verify(value string) (tenantID int64, deviceIDs []string, e
 	return tenantID, ids, nil
 }
 
-func (a Attestation) mac(body string) string {
+// mac signs head and, for v2, the request: fields are NUL-separated (no
+// field can hold a NUL: the path is checked, header values cannot) and the
+// body enters as its SHA-256.
+func (a Attestation) mac(head string, r *http.Request, body []byte) string {
 	m := hmac.New(sha256.New, a.Secret)
-	m.Write([]byte("ensgate devices\x00" + body))
+	m.Write([]byte("ensgate devices\x00" + head))
+	if r != nil {
+		sum := sha256.Sum256(body)
+		write(m, r.Method, r.URL.Path, strings.Join(r.Header.Values("Authorization"), "\n"), string(sum[:]))
+	}
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+func write(h hash.Hash, fields ...string) {
+	for _, f := range fields {
+		h.Write([]byte{0})
+		h.Write([]byte(f))
+	}
 }
 
 // JoinIDs encodes device ids for a header: escaped, comma-separated.

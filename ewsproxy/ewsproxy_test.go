@@ -6,6 +6,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/base64"
 	"errors"
 	"io"
 	"log/slog"
@@ -151,6 +153,7 @@ func TestGuardDecidesBeforeTheUpstream(t *testing.T) {
 		header, query string
 		attested      []string
 		forged        bool
+		replayed      bool // an attestation made for another request
 		status        int
 		accepted      string
 	}{
@@ -166,6 +169,7 @@ func TestGuardDecidesBeforeTheUpstream(t *testing.T) {
 		{name: "ENS, some accepted", attested: []string{"blocked", "good", "wiped"}, status: 401, accepted: "good"},
 		{name: "ENS, none accepted", attested: []string{"blocked", "wiped"}, status: 403, accepted: ""},
 		{name: "ENS, forged", attested: []string{"good"}, forged: true, status: 403},
+		{name: "ENS, replayed", attested: []string{"good"}, replayed: true, status: 403},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := ewsproxy.NewGuard(ewsproxy.Config{TenantID: tenant.ID, DeviceHeader: "X-Device-Id", DeviceQuery: "deviceId",
@@ -183,7 +187,11 @@ func TestGuardDecidesBeforeTheUpstream(t *testing.T) {
 				if tc.forged {
 					signer = ewsproxy.Attestation{Secret: []byte("a device's guess")}
 				}
-				r.Header.Set(ewsproxy.DevicesHeader, signer.Sign(tenant.ID, tc.attested))
+				signed := getItem
+				if tc.replayed {
+					signed = strings.Replace(getItem, "GetItem", "GetFolder", 2)
+				}
+				r.Header.Set(ewsproxy.DevicesHeader, signer.SignRequest(tenant.ID, tc.attested, r, []byte(signed)))
 			}
 			w := httptest.NewRecorder()
 			up := &upstream{}
@@ -196,7 +204,7 @@ func TestGuardDecidesBeforeTheUpstream(t *testing.T) {
 			if want := map[bool]int{true: 1, false: 0}[tc.status != 403]; up.calls != want {
 				t.Fatalf("%d upstream calls, want %d", up.calls, want)
 			}
-			if tc.attested != nil && !tc.forged && w.Header().Get(ewsproxy.AcceptedHeader) != tc.accepted {
+			if tc.attested != nil && !tc.forged && !tc.replayed && w.Header().Get(ewsproxy.AcceptedHeader) != tc.accepted {
 				t.Errorf("accepted devices %q, want %q", w.Header().Get(ewsproxy.AcceptedHeader), tc.accepted)
 			}
 			if up.calls == 1 {
@@ -340,8 +348,16 @@ func TestOperationPeekKeepsLargeBodiesIntact(t *testing.T) {
 func TestAttestationExpiresAndBindsEverything(t *testing.T) {
 	now := time.Now()
 	a := ewsproxy.Attestation{Secret: []byte("s"), Now: func() time.Time { return now }}
-	v := a.Sign(7, []string{"a,b", "c;d", "é"})
-	tenant, ids, err := a.Verify(v)
+	request := func(method, target, auth, body string) (*http.Request, []byte) {
+		r := httptest.NewRequest(method, target, strings.NewReader(body))
+		if auth != "" {
+			r.Header.Set("Authorization", auth)
+		}
+		return r, []byte(body)
+	}
+	r, body := request("POST", "/EWS/Exchange.asmx", "Basic YWxpY2U6cHc=", getItem)
+	v := a.SignRequest(7, []string{"a,b", "c;d", "é"}, r, body)
+	tenant, ids, err := a.Verify(v, r, body)
 	if err != nil || tenant != 7 || strings.Join(ids, "|") != "a,b|c;d|é" {
 		t.Fatalf("verify = %d %q %v", tenant, ids, err)
 	}
@@ -349,14 +365,39 @@ func TestAttestationExpiresAndBindsEverything(t *testing.T) {
 		"other tenant": strings.Replace(v, ";7;", ";8;", 1),
 		"truncated":    v[:len(v)-2],
 		"empty":        "",
+		"as v1":        strings.Replace(v, "v2;", "v1;", 1),
 	} {
-		if _, _, err := a.Verify(bad); err == nil {
+		if _, _, err := a.Verify(bad, r, body); err == nil {
 			t.Errorf("%s: verified", name)
 		}
 	}
-	later := ewsproxy.Attestation{Secret: []byte("s"), Now: func() time.Time { return now.Add(6 * time.Minute) }}
-	if _, _, err := later.Verify(v); err == nil {
-		t.Error("a 6-minute-old attestation verified")
+	// Replayed with any other request, it is worthless.
+	for name, other := range map[string][4]string{
+		"other body":          {"POST", "/EWS/Exchange.asmx", "Basic YWxpY2U6cHc=", strings.Replace(getItem, "GetItem", "FindItem", 2)},
+		"other path":          {"POST", "/EWS/Exchange2.asmx", "Basic YWxpY2U6cHc=", getItem},
+		"other credentials":   {"POST", "/EWS/Exchange.asmx", "Basic Ym9iOnB3", getItem},
+		"without credentials": {"POST", "/EWS/Exchange.asmx", "", getItem},
+		"other method":        {"PUT", "/EWS/Exchange.asmx", "Basic YWxpY2U6cHc=", getItem},
+	} {
+		r, body := request(other[0], other[1], other[2], other[3])
+		if _, _, err := a.Verify(v, r, body); err == nil {
+			t.Errorf("%s: verified", name)
+		}
+	}
+	for _, age := range []time.Duration{61 * time.Second, -61 * time.Second} {
+		later := ewsproxy.Attestation{Secret: []byte("s"), Now: func() time.Time { return now.Add(age) }}
+		if _, _, err := later.Verify(v, r, body); err == nil {
+			t.Errorf("an attestation verified %v later", age)
+		}
+	}
+	// The unbound form ENS used to send is good for a minute only.
+	v1 := a.Sign(7, []string{"a"})
+	if _, _, err := a.Verify(v1, r, body); err != nil {
+		t.Errorf("v1: %v", err)
+	}
+	later := ewsproxy.Attestation{Secret: []byte("s"), Now: func() time.Time { return now.Add(2 * time.Minute) }}
+	if _, _, err := later.Verify(v1, r, body); err == nil {
+		t.Error("a 2-minute-old v1 attestation verified")
 	}
 }
 
@@ -438,7 +479,10 @@ func TestCertificateClientsGetKerberosInsteadOfTheirCredentials(t *testing.T) {
 // need that.
 func TestClientKerberosIsConnectionBound(t *testing.T) {
 	g := ewsproxy.NewGuard(ewsproxy.Config{AllowUnknown: true, RemoveUnsupportedAuth: true}, nil, quiet)
-	for auth, bound := range map[string]bool{"Negotiate YIIclientkerberos": true, "negotiate YII": true, "Basic Y2xpZW50": false, "": false} {
+	// A truncated token such as "YII" counts as NTLM in disguise, so the
+	// lower-case one is a well-formed SPNEGO Kerberos token.
+	kerberos := base64.StdEncoding.EncodeToString(spnego(t, true, true, []asn1.ObjectIdentifier{oidKerberos}, []byte{0x60, 0x03, 0x06, 0x01, 0x00}))
+	for auth, bound := range map[string]bool{"Negotiate YIIclientkerberos": true, "negotiate " + kerberos: true, "Basic Y2xpZW50": false, "": false} {
 		r := httptest.NewRequest("POST", "/EWS/Exchange.asmx", strings.NewReader(getItem))
 		if auth != "" {
 			r.Header.Set("Authorization", auth)

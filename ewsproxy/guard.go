@@ -1,13 +1,16 @@
 package ewsproxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ensgate/ensgate/store"
@@ -18,6 +21,13 @@ type Config struct {
 	// TenantID owns direct device traffic on this route; 0: any tenant
 	// (the most restrictive state across tenants applies).
 	TenantID int64
+	// FindTenant, if set, supplies TenantID at first use (a tenant named in
+	// the configuration needs the database, which may be down when the
+	// route is set up); until it succeeds, direct device traffic gets 503.
+	FindTenant func(context.Context) (int64, error)
+	// MaxRequestBody refuses larger request bodies with 413 before they
+	// reach Exchange; 0: no limit.
+	MaxRequestBody int64
 	// DeviceHeader and DeviceQuery name where direct device traffic
 	// carries its device id (header first).
 	DeviceHeader string
@@ -56,6 +66,7 @@ type Guard struct {
 	cfg        Config
 	compliance *Compliance
 	log        *slog.Logger
+	tenant     atomic.Int64 // TenantID once FindTenant has found it
 }
 
 // firstLoadWait bounds how long a request that reaches a starting node
@@ -64,7 +75,9 @@ const firstLoadWait = 5 * time.Second
 
 // NewGuard returns a guard that judges devices by compliance.
 func NewGuard(cfg Config, compliance *Compliance, log *slog.Logger) *Guard {
-	return &Guard{cfg: cfg, compliance: compliance, log: log}
+	g := &Guard{cfg: cfg, compliance: compliance, log: log}
+	g.tenant.Store(cfg.TenantID)
+	return g
 }
 
 // Forward sends an allowed request to Exchange. connectionBound tells that
@@ -80,8 +93,20 @@ type Forward func(w http.ResponseWriter, r *http.Request, connectionBound bool) 
 // writer that applies the auth-header policy. Refused requests never reach
 // forward.
 func (g *Guard) Serve(w http.ResponseWriter, r *http.Request, forward Forward) error {
-	op := Operation(r)
-	decision, kerberos := g.decide(w, r, op)
+	// Path and size first: they need no body, and the operation is read
+	// from a body that is already limited.
+	var body *limitedBody
+	decision := g.screen(w, r)
+	op := ""
+	kerberos := false
+	if decision == "" {
+		if g.cfg.MaxRequestBody > 0 && r.Body != nil && r.Body != http.NoBody {
+			body = &limitedBody{ReadCloser: r.Body, left: g.cfg.MaxRequestBody}
+			r.Body = body
+		}
+		op = Operation(r)
+		decision, kerberos = g.decide(w, r, op)
+	}
 	requests.WithLabelValues(operationLabel(op), decision).Inc()
 	if g.cfg.Annotate != nil {
 		g.cfg.Annotate(r, op, decision)
@@ -89,10 +114,66 @@ func (g *Guard) Serve(w http.ResponseWriter, r *http.Request, forward Forward) e
 	if decision != "forwarded" {
 		return nil
 	}
-	if g.cfg.RemoveUnsupportedAuth {
-		w = &challengeFilter{ResponseWriter: w, kerberos: kerberos}
+	rw := &responseWriter{ResponseWriter: w, filter: g.cfg.RemoveUnsupportedAuth, kerberos: kerberos}
+	err := forward(rw, r, kerberos || isNegotiate(r.Header))
+	if err != nil && body != nil && body.exceeded && !rw.wroteHeader {
+		// A chunked body ran over the limit while streaming: the upstream
+		// request was cut off there.
+		g.log.Info("EWS request refused: body too large", slog.String("operation", op))
+		tooLarge(w, g.cfg.MaxRequestBody)
+		return nil
 	}
-	return forward(w, r, kerberos || isNegotiate(r.Header.Get("Authorization")))
+	return err
+}
+
+// screen refuses a request whose path leaves /EWS/ or whose declared body
+// is over the limit, and says so ("refused_path", "refused_size"); ""
+// lets it on, with its path decoded and normalised for the upstream.
+func (g *Guard) screen(w http.ResponseWriter, r *http.Request) string {
+	p, err := cleanPath(r.URL)
+	if err != nil {
+		g.log.Info("EWS request refused: bad path", slog.Any("error", err))
+		http.Error(w, "Bad request path: it contains "+err.Error()+".", http.StatusBadRequest)
+		return "refused_path"
+	}
+	r.URL.Path, r.URL.RawPath = p, ""
+	if g.cfg.MaxRequestBody > 0 && r.ContentLength > g.cfg.MaxRequestBody {
+		g.log.Info("EWS request refused: body too large", slog.Int64("length", r.ContentLength))
+		tooLarge(w, g.cfg.MaxRequestBody)
+		return "refused_size"
+	}
+	return ""
+}
+
+func tooLarge(w http.ResponseWriter, limit int64) {
+	w.Header().Set("Connection", "close") // the rest of the body is not read
+	http.Error(w, fmt.Sprintf("Request body too large: this gateway forwards at most %d bytes.", limit), http.StatusRequestEntityTooLarge)
+}
+
+// limitedBody ends a request body with an error once more than left
+// bytes have been read, and remembers that it did.
+type limitedBody struct {
+	io.ReadCloser
+	left     int64
+	exceeded bool
+}
+
+var errBodyTooLarge = errors.New("request body over the gateway's limit")
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.exceeded {
+		return 0, errBodyTooLarge
+	}
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1] // one byte more tells a body that only fills the limit from a longer one
+	}
+	n, err := b.ReadCloser.Read(p)
+	if int64(n) > b.left {
+		b.exceeded = true
+		return int(b.left), errBodyTooLarge
+	}
+	b.left -= int64(n)
+	return n, err
 }
 
 // decide answers refused requests itself and says what it did:
@@ -102,7 +183,7 @@ func (g *Guard) Serve(w http.ResponseWriter, r *http.Request, forward Forward) e
 // refused_kerberos.
 func (g *Guard) decide(w http.ResponseWriter, r *http.Request, op string) (decision string, kerberos bool) {
 	log := g.log.With(slog.String("operation", op))
-	if g.cfg.RemoveUnsupportedAuth && isNTLM(r.Header.Get("Authorization")) {
+	if g.cfg.RemoveUnsupportedAuth && isNTLM(r.Header) {
 		log.Info("EWS request refused: NTLM")
 		realm := g.cfg.Realm
 		if realm == "" {
@@ -113,6 +194,11 @@ func (g *Guard) decide(w http.ResponseWriter, r *http.Request, op string) (decis
 		return "refused_ntlm", false
 	}
 	ids, tenantID, fromENS, err := g.identify(r)
+	if errors.Is(err, errTenantUnknown) {
+		log.Error("EWS request refused: the route's tenant cannot be found", slog.Any("error", err))
+		writeFault(w, http.StatusServiceUnavailable, "ErrorServerBusy", "The gateway cannot check devices right now; retry later.")
+		return "unavailable", false
+	}
 	if err != nil {
 		log.Warn("EWS request refused: bad device attestation", slog.Any("error", err))
 		writeFault(w, http.StatusForbidden, "ErrorAccessDenied", "The request's device attestation is invalid.")
@@ -151,8 +237,16 @@ func (g *Guard) decide(w http.ResponseWriter, r *http.Request, op string) (decis
 // one a device names in the configured header or query parameter.
 func (g *Guard) identify(r *http.Request) (ids []string, tenantID int64, fromENS bool, err error) {
 	if v := r.Header.Get(DevicesHeader); v != "" {
-		tenantID, ids, err = g.cfg.Attestation.Verify(v)
+		body, err := peekBody(r, maxAttestedBody)
+		if err != nil {
+			return nil, 0, true, err
+		}
+		tenantID, ids, err = g.cfg.Attestation.Verify(v, r, body)
 		return ids, tenantID, true, err
+	}
+	tenantID, err = g.tenantID(r.Context())
+	if err != nil {
+		return nil, 0, false, err
 	}
 	var id string
 	if g.cfg.DeviceHeader != "" {
@@ -162,9 +256,41 @@ func (g *Guard) identify(r *http.Request) (ids []string, tenantID int64, fromENS
 		id = r.URL.Query().Get(g.cfg.DeviceQuery)
 	}
 	if id == "" {
-		return nil, g.cfg.TenantID, false, nil
+		return nil, tenantID, false, nil
 	}
-	return []string{id}, g.cfg.TenantID, false, nil
+	return []string{id}, tenantID, false, nil
+}
+
+var errTenantUnknown = errors.New("the route's tenant is not known yet")
+
+// tenantID returns the route's tenant, looking it up on first use.
+func (g *Guard) tenantID(ctx context.Context) (int64, error) {
+	if id := g.tenant.Load(); id != 0 || g.cfg.FindTenant == nil {
+		return id, nil
+	}
+	id, err := g.cfg.FindTenant(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", errTenantUnknown, err)
+	}
+	g.tenant.Store(id)
+	return id, nil
+}
+
+// peekBody reads the whole body, at most max bytes, and leaves it intact
+// for the upstream.
+func peekBody(r *http.Request, max int64) ([]byte, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(body)) > max {
+		return nil, fmt.Errorf("an attested request body over %d bytes", max)
+	}
+	r.Body = readCloser{bytes.NewReader(body), r.Body}
+	return body, nil
 }
 
 // allowed returns whether the request may reach Exchange, and which of its
