@@ -147,6 +147,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		Store: s, MasterKey: a.masterKey, AcceptedMasterKeys: a.accepted, PublicURL: a.publicURL, Push: sender, Logger: ctx.Slogger(),
 		Compliance: a.compliance, ProxySecret: a.proxySecret, AdminToken: a.adminToken,
 		KeyPoolSize: a.KeyPoolSize, StatusFrequency: int(time.Duration(a.StatusFrequency) / time.Minute), RateLimit: a.RateLimit,
+		ClientIP: caddyClientIP,
 	})
 	if err != nil {
 		return fmt.Errorf("ens: %w", err)

@@ -82,3 +82,10 @@ var (
 	_ caddyhttp.MiddlewareHandler = (*ENSHandler)(nil)
 	_ caddyfile.Unmarshaler       = (*ENSHandler)(nil)
 )
+
+// caddyClientIP is the client address Caddy found for r, which honours the
+// server's trusted_proxies: ENS's device API rate limits are keyed by it.
+func caddyClientIP(r *http.Request) string {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	return ip
+}
