@@ -1,10 +1,14 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -12,11 +16,12 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
-
+	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
 	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/kcd"
+	"github.com/ensgate/ensgate/store"
 )
 
 func init() {
@@ -35,6 +40,8 @@ func init() {
 //		device_id_header <header>        # where devices name themselves
 //		device_id_query  <parameter>
 //		unknown_devices  allow|deny      # default deny
+//		tenant           <name>          # whose devices these are; default: any tenant
+//		max_request_body <size>          # default 64MiB, Exchange's own EWS limit
 //		remove_unsupported_auth on|off   # default on
 //		kerberos { ... }                 # KCD for certificate clients, see Kerberos
 //		<reverse_proxy subdirectives>
@@ -49,6 +56,13 @@ type EWSProxy struct {
 	DeviceIDQuery string `json:"device_id_query,omitempty"`
 	// "allow" or "deny" (default) devices without a compliance state.
 	UnknownDevices string `json:"unknown_devices,omitempty"`
+	// The tenant (its name) whose devices use this route: a device's state
+	// in other tenants does not matter. Empty: any tenant, and a device id
+	// known in several tenants gets the most restrictive of its states.
+	Tenant string `json:"tenant,omitempty"`
+	// Larger request bodies get 413 without reaching Exchange (bytes;
+	// default DefaultMaxRequestBody).
+	MaxRequestBody int64 `json:"max_request_body,omitempty"`
 	// Remove NTLM/Negotiate challenges and refuse NTLM (default true).
 	RemoveUnsupportedAuth *bool `json:"remove_unsupported_auth,omitempty"`
 	// Kerberos Constrained Delegation for clients with a certificate that
@@ -63,6 +77,16 @@ type EWSProxy struct {
 	guard       *ewsproxy.Guard
 	kerberosKey string // the shared delegator this config holds, if any
 }
+
+// DefaultMaxRequestBody is Exchange's own limit for EWS requests (IIS
+// maxAllowedContentLength and WCF maxReceivedMessageSize in EWS's
+// web.config, 64 MiB), so the proxy refuses nothing Exchange would take.
+const DefaultMaxRequestBody = 64 << 20
+
+// tenantLookupWait bounds the look-up of the route's tenant at config
+// load; if the database does not answer by then, the first request that
+// needs the tenant looks it up.
+const tenantLookupWait = 3 * time.Second
 
 // CaddyModule returns the Caddy module information.
 func (EWSProxy) CaddyModule() caddy.ModuleInfo {
@@ -81,6 +105,15 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 	}
 	if h.UnknownDevices != "" && h.UnknownDevices != "allow" && h.UnknownDevices != "deny" {
 		return fmt.Errorf("ews_proxy: unknown_devices: %q must be allow or deny", h.UnknownDevices)
+	}
+	if h.MaxRequestBody < 0 {
+		return fmt.Errorf("ews_proxy: max_request_body: %d must be positive (bytes)", h.MaxRequestBody)
+	}
+	tenant := placeholderResolver()(h.Tenant)
+	if h.Tenant != "" {
+		if err := store.ValidateTenantName(tenant); err != nil {
+			return fmt.Errorf("ews_proxy: tenant: %w", err)
+		}
 	}
 	boundRaw := proxyConfig{ProxyRaw: slices.Clone(h.ProxyRaw)} // LoadModule consumes the original
 	var err error
@@ -110,7 +143,7 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 		}
 		delegator, h.kerberosKey = d, key
 	}
-	h.guard = ewsproxy.NewGuard(ewsproxy.Config{
+	cfg := ewsproxy.Config{
 		Delegator:             delegator,
 		Annotate:              annotateAccessLog,
 		DeviceHeader:          h.DeviceIDHeader,
@@ -118,7 +151,42 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 		AllowUnknown:          h.UnknownDevices == "allow",
 		RemoveUnsupportedAuth: h.RemoveUnsupportedAuth == nil || *h.RemoveUnsupportedAuth,
 		Attestation:           ewsproxy.Attestation{Secret: app.proxySecret},
-	}, app.compliance, ctx.Slogger())
+		MaxRequestBody:        h.MaxRequestBody,
+	}
+	if cfg.MaxRequestBody == 0 {
+		cfg.MaxRequestBody = DefaultMaxRequestBody
+	}
+	if tenant != "" {
+		if err := findTenant(ctx, app.store, tenant, &cfg); err != nil {
+			return err
+		}
+	}
+	h.guard = ewsproxy.NewGuard(cfg, app.compliance, ctx.Slogger())
+	return nil
+}
+
+// findTenant sets cfg's tenant: found now, or looked up by the first
+// request that needs it if the database cannot answer yet (nodes may start
+// before PostgreSQL). A tenant the database does not have is a
+// configuration error.
+func findTenant(ctx caddy.Context, s *store.Store, name string, cfg *ewsproxy.Config) error {
+	find := func(ctx context.Context) (int64, error) {
+		t, err := s.TenantByName(ctx, name)
+		return t.ID, err
+	}
+	wait, cancel := context.WithTimeout(ctx, tenantLookupWait)
+	defer cancel()
+	id, err := find(wait)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("ews_proxy: tenant %q does not exist (`ensgate ens tenant list` shows the tenants)", name)
+	case err != nil:
+		ctx.Logger().Warn("ews_proxy: cannot look up the tenant yet; the first request will (direct device traffic gets 503 until then)",
+			zap.String("tenant", name), zap.Error(err))
+		cfg.FindTenant = find
+	default:
+		cfg.TenantID = id
+	}
 	return nil
 }
 
@@ -187,6 +255,20 @@ func parseEWSProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 				dst = &p.DeviceIDQuery
 			case "unknown_devices":
 				dst = &p.UnknownDevices
+			case "tenant":
+				dst = &p.Tenant
+			case "max_request_body":
+				var v string
+				if err := oneArg(d, &v); err != nil {
+					return nil, err
+				}
+				size, err := humanize.ParseBytes(v)
+				if err != nil || size == 0 || size > math.MaxInt64 {
+					return nil, d.Errf("max_request_body %q: want a size such as 64MiB or 100MB", v)
+				}
+				p.MaxRequestBody = int64(size)
+				d.DeleteN(2)
+				continue
 			case "kerberos":
 				// Parsed from its own copy, then removed so that
 				// reverse_proxy's parser never sees it.

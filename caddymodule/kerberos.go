@@ -31,7 +31,7 @@ import (
 //		keytab       /etc/ensgate/ensgate.keytab
 //		principal    HTTP/ensgate.corp.example.test
 //		spn          HTTP/mail.corp.example.test
-//		identity     upn email            # certificate fields tried in order
+//		identity     upn                  # certificate fields tried in order (default upn; email, cn: see docs/kcd.md)
 //		identity_template {user}@corp.example.test
 //		sid          check                # AD strong mapping: check, require, off
 //		timeout      3s                   # per KDC attempt
@@ -46,7 +46,9 @@ type Kerberos struct {
 	Principal string   `json:"principal,omitempty"` // the proxy's, without realm
 	SPN       string   `json:"spn,omitempty"`       // Exchange's
 	// Identity lists the certificate fields to take the user from, in
-	// order: upn (SAN otherName), email (SAN rfc822Name), cn. Default upn.
+	// order: upn (SAN otherName), email (SAN rfc822Name), cn. Default upn:
+	// email and cn name a user only if the CA guarantees that they equal
+	// the UPN (an S/MIME certificate carries an address too).
 	Identity []string `json:"identity,omitempty"`
 	// IdentityTemplate maps the value found, e.g. {user}@corp.example.test.
 	IdentityTemplate string `json:"identity_template,omitempty"`
@@ -93,6 +95,11 @@ func (k *Kerberos) delegator(log *slog.Logger) (*kcd.CertificateDelegator, strin
 	sources := k.Identity
 	if len(sources) == 0 {
 		sources = []string{kcd.SourceUPN}
+	}
+	for _, s := range sources {
+		if s == kcd.SourceEmail || s == kcd.SourceCN {
+			log.Warn("ews_proxy: kerberos identity " + s + ": any certificate from the trusted CA that carries one (an S/MIME certificate too) is delegated as that user; safe only if the CA guarantees it equals the UPN (docs/kcd.md)")
+		}
 	}
 	// The template is not a Caddy placeholder: {user} is ours.
 	mapper, err := kcd.NewIdentityMapper(sources, k.IdentityTemplate)

@@ -13,7 +13,7 @@ import (
 // Identity sources, tried in the configured order.
 const (
 	SourceUPN   = "upn"   // SAN otherName 1.3.6.1.4.1.311.20.2.3 (Microsoft UPN, a UTF8String)
-	SourceEmail = "email" // SAN rfc822Name
+	SourceEmail = "email" // SAN rfc822Name; safe only if the CA guarantees it equals the UPN (S/MIME certificates carry one)
 	SourceCN    = "cn"    // subject common name
 )
 
