@@ -6,7 +6,7 @@ TOOLS     := $(CURDIR)/.tools
 CADDY_VERSION := v2.11.9
 # Fuzz targets that `make test` runs briefly: package:target. A count, not a
 # duration: a timed run can end in "context deadline exceeded" on a busy machine.
-FUZZ_TARGETS ?= ./ews:FuzzParseSendNotification ./ews:FuzzParseResponses ./ews:FuzzParseFingerprint ./kcd:FuzzUPNFromSAN
+FUZZ_TARGETS ?= ./ews:FuzzParseSendNotification ./ews:FuzzParseResponses ./ews:FuzzParseFingerprint ./kcd:FuzzUPNFromSAN ./ewsproxy:FuzzGuard
 FUZZ_TIME    ?= 40000x
 
 .PHONY: build demo-tools run test unit fuzz lint bench xcaddy tools clean
