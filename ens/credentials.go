@@ -34,6 +34,10 @@ type credentials struct {
 	AccessToken string `json:"accessToken,omitempty"`
 	Certificate []byte `json:"certificate,omitempty"` // DER
 	PrivateKey  []byte `json:"privateKey,omitempty"`  // PKCS#8 DER
+	// InboxID is the mailbox's Inbox as Exchange named it when the
+	// subscription was made: only items in it are announced. Empty for
+	// subscriptions made before it was recorded.
+	InboxID string `json:"inboxId,omitempty"`
 }
 
 // The JWE algorithms accepted from devices: RSA-OAEP-256, and RSA1_5 for
@@ -152,6 +156,8 @@ func exchangeError(err error) *apiError {
 	switch {
 	case errors.Is(err, ews.ErrUnauthorized):
 		return &apiError{http.StatusUnauthorized, "bad_credentials", "Exchange refused the credentials"}
+	case errors.Is(err, ews.ErrMailboxMismatch):
+		return &apiError{http.StatusForbidden, "mailbox_mismatch", "the credentials do not log in to this mailbox (access as a delegate is not enough); register with the mailbox's own credentials"}
 	case errors.Is(err, ews.ErrPinMismatch):
 		return &apiError{http.StatusBadGateway, "exchange_error", "the EWS server's certificate does not match the pinned fingerprint; no credentials were sent"}
 	case errors.Is(err, errEndpointBusy):

@@ -121,9 +121,9 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 	var item *ews.Item
 	if d.needsContent(targets) {
 		item, err = client.GetItem(ctx, acct, id)
-		if errors.Is(err, ews.ErrItemNotFound) || refusedByProxy(err) {
-			// Deleted or moved before we looked, or no device may see mail:
-			// nothing to announce.
+		if errors.Is(err, ews.ErrItemNotFound) || refusedByProxy(err) || (err == nil && !announceable(item, d.sub, d.creds, d.s.cfg.Now())) {
+			// Deleted or moved before we looked, no device may see mail, or
+			// not new mail of this Inbox (a replay): nothing to announce.
 			return ews.SubscriptionOK, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed)
 		}
 		if err != nil {

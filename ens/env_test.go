@@ -91,7 +91,12 @@ type env struct {
 	tenant store.Tenant
 	token  string
 	dbURL  string
+	dc     *deviceclient.Client // the tenant's apps: keeps each device's secret
+	ahead  atomic.Int64         // how far ENS's clock runs ahead of the real one (ns)
 }
+
+// travel moves ENS's clock d ahead, as if that much time had passed.
+func (e *env) travel(d time.Duration) { e.ahead.Add(int64(d)) }
 
 type envOptions struct {
 	tenantLevel int
@@ -165,6 +170,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	e.start(ens.Config{
 		Store: e.store, MasterKey: bytes.Repeat([]byte{7}, 32), PublicURL: public, Push: sender,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, StatusFrequency: max(opts.statusFrequency, 1), Compliance: compliance, AdminToken: opts.adminToken, ProxySecret: opts.proxySecret, EWSRootCAs: opts.rootCAs,
+		Now: func() time.Time { return time.Now().Add(time.Duration(e.ahead.Load())) },
 	})
 	t.Cleanup(func() { e.svc.Stop() })
 	return e
@@ -195,11 +201,23 @@ func (e *env) restart(change func(*ens.Config)) {
 
 // call sends a device API request with the tenant's token and decodes the
 // JSON answer.
+// A status request carries the device's secret, as its app sends it.
 func (e *env) call(method, path string, body any) (int, map[string]any) {
 	return e.callWith(e.token, method, path, body)
 }
 
 func (e *env) callWith(token, method, path string, body any) (int, map[string]any) {
+	e.t.Helper()
+	secret := ""
+	if u, err := url.Parse(path); err == nil && method == http.MethodGet {
+		secret = e.devices().Secret(u.Query().Get("deviceId"))
+	}
+	return e.callWithSecret(token, secret, method, path, body)
+}
+
+// callWithSecret sends a device API request with token and, if not empty,
+// the X-Device-Secret header.
+func (e *env) callWithSecret(token, secret, method, path string, body any) (int, map[string]any) {
 	e.t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
@@ -213,6 +231,9 @@ func (e *env) callWith(token, method, path string, body any) (int, map[string]an
 	req, _ := http.NewRequest(method, e.api.URL+path, rd)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if secret != "" {
+		req.Header.Set(ens.DeviceSecretHeader, secret)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
@@ -230,7 +251,16 @@ func (e *env) callWith(token, method, path string, body any) (int, map[string]an
 
 // devices is the device API client for the tenant's token.
 func (e *env) devices() *deviceclient.Client {
-	return &deviceclient.Client{BaseURL: e.api.URL + "/api/ens", Token: e.token}
+	if e.dc == nil {
+		e.dc = &deviceclient.Client{BaseURL: e.api.URL + "/api/ens"}
+	}
+	e.dc.Token = e.token // tests switch tenants
+	return e.dc
+}
+
+// unregisterBody is the unregister body a device's app sends.
+func (e *env) unregisterBody(id string) map[string]string {
+	return map[string]string{"deviceId": id, "deviceSecret": e.devices().Secret(id)}
 }
 
 // tok is the APNs device token of the test device id: hex, as Apple's are.
@@ -264,6 +294,11 @@ func (e *env) register(d deviceclient.Device) string {
 	if status != http.StatusOK || body["status"] != "active" {
 		e.t.Fatalf("register %s: %d %v", d.ID, status, body)
 	}
+	secret, _ := body["deviceSecret"].(string)
+	if len(secret) < 43 {
+		e.t.Fatalf("register %s: no deviceSecret in %v", d.ID, body)
+	}
+	e.devices().SetSecret(d.ID, secret)
 	return body["subscriptionId"].(string)
 }
 
@@ -319,18 +354,32 @@ func (e *env) simSubscriptions(user string) []ewssim.SubscriptionInfo {
 // item, addressed to the mailbox's newest subscription's callback URL.
 func (e *env) newMailNotification(user, itemID string) (callbackURL string, body []byte) {
 	e.t.Helper()
+	return e.newMailNotificationFor(user, []string{itemID}, time.Now())
+}
+
+// newMailNotificationAt is newMailNotification with the events' TimeStamp.
+func (e *env) newMailNotificationAt(user, itemID string, at time.Time) (callbackURL string, body []byte) {
+	e.t.Helper()
+	return e.newMailNotificationFor(user, []string{itemID}, at)
+}
+
+// newMailNotificationFor is one notification of new items at a time.
+func (e *env) newMailNotificationFor(user string, itemIDs []string, at time.Time) (callbackURL string, body []byte) {
+	e.t.Helper()
 	subs := e.simSubscriptions(user)
 	if len(subs) == 0 {
 		e.t.Fatalf("no subscription for %s", user)
 	}
 	sub := subs[len(subs)-1]
-	id := ews.ItemID{ID: itemID}
 	inbox := ews.FolderID{ID: "inbox"}
-	now := time.Now().UTC().Truncate(time.Second)
-	n := &ews.Notification{SubscriptionID: sub.ID, PreviousWatermark: "AQAAAA==", Events: []ews.Event{
-		{Type: ews.CreatedEvent, Watermark: "AQAAAB==", TimeStamp: now, ItemID: id, ParentFolderID: inbox},
-		{Type: ews.NewMailEvent, Watermark: "AQAAAC==", TimeStamp: now, ItemID: id, ParentFolderID: inbox},
-	}}
+	at = at.UTC().Truncate(time.Second)
+	n := &ews.Notification{SubscriptionID: sub.ID, PreviousWatermark: "AQAAAA=="}
+	for _, itemID := range itemIDs {
+		id := ews.ItemID{ID: itemID}
+		n.Events = append(n.Events,
+			ews.Event{Type: ews.CreatedEvent, Watermark: "AQAAAB==", TimeStamp: at, ItemID: id, ParentFolderID: inbox},
+			ews.Event{Type: ews.NewMailEvent, Watermark: "AQAAAC==", TimeStamp: at, ItemID: id, ParentFolderID: inbox})
+	}
 	return sub.URL, ews.BuildSendNotification(n)
 }
 

@@ -68,7 +68,7 @@ func TestUnregisterEndsTheSubscriptionAtTheNextNotification(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	e.register(e.basicDevice("phone", alice, alicePW, 0))
 	e.register(e.basicDevice("tablet", alice, alicePW, 0))
-	if status, body := e.call("POST", "/api/ens/unregister", map[string]string{"deviceId": "phone"}); status != 200 || len(body) != 0 {
+	if status, body := e.call("POST", "/api/ens/unregister", e.unregisterBody("phone")); status != 200 || len(body) != 0 {
 		t.Fatalf("unregister: %d %v", status, body)
 	}
 	e.deliver(alice, mailFromCarol)
@@ -80,7 +80,7 @@ func TestUnregisterEndsTheSubscriptionAtTheNextNotification(t *testing.T) {
 		t.Errorf("status of an unregistered device: %d %v", status, body)
 	}
 
-	if status, _ := e.call("POST", "/api/ens/unregister", map[string]string{"deviceId": "tablet"}); status != 200 {
+	if status, _ := e.call("POST", "/api/ens/unregister", e.unregisterBody("tablet")); status != 200 {
 		t.Fatalf("unregister the last device: %d", status)
 	}
 	e.deliver(alice, mailFromCarol)
@@ -88,7 +88,7 @@ func TestUnregisterEndsTheSubscriptionAtTheNextNotification(t *testing.T) {
 	if n := len(e.pushes.pushes("")); n != 1 {
 		t.Errorf("%d pushes after the last device left, want none beyond the first", n-1)
 	}
-	if status, _ := e.call("POST", "/api/ens/unregister", map[string]string{"deviceId": "tablet"}); status != 404 {
+	if status, _ := e.call("POST", "/api/ens/unregister", e.unregisterBody("tablet")); status != 404 {
 		t.Errorf("unregistering twice: %d, want 404", status)
 	}
 }

@@ -20,6 +20,10 @@ var (
 		Namespace: "ensgate", Subsystem: "ens", Name: "key_pool_free",
 		Help: "Pre-generated key pairs ready for publickey, as last counted by this node.",
 	})
+	itemsIgnored = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ensgate", Subsystem: "ens", Name: "items_ignored_total",
+		Help: "Items named in notifications that were not announced, by reason (stale: older than the subscription or a day; over_cap: beyond the newest per notification; not_inbox: not in the subscribed Inbox).",
+	}, []string{"reason"})
 	keyPairsResealed = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "ensgate", Subsystem: "ens", Name: "key_pairs_resealed_total",
 		Help: "Key pairs this node moved from an accepted (rotated-out) master key to the current one.",
@@ -29,5 +33,5 @@ var (
 // Register adds ENS's metrics to reg; registering twice (a config reload)
 // is fine.
 func Register(reg prometheus.Registerer) error {
-	return promreg.Register(reg, notifications, registrations, keyPoolFree, keyPairsResealed)
+	return promreg.Register(reg, notifications, registrations, itemsIgnored, keyPoolFree, keyPairsResealed)
 }

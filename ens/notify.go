@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/ensgate/ensgate/ens/seal"
 	"github.com/ensgate/ensgate/ews"
@@ -116,7 +117,7 @@ func (s *Service) handleNotification(ctx context.Context, log *slog.Logger, sub 
 	if err := s.store.MarkSeen(ctx, sub.ID, lastWatermark(n)); err != nil {
 		return "", err
 	}
-	items := newItems(n)
+	items := newItems(n, sub.CreatedAt, s.cfg.Now())
 	if len(items) == 0 {
 		return ews.SubscriptionOK, nil
 	}
@@ -136,18 +137,73 @@ func (s *Service) handleNotification(ctx context.Context, log *slog.Logger, sub 
 	return d.run(ctx, items)
 }
 
-// newItems lists the items that arrived, once each: Exchange reports a new
-// message as a CreatedEvent and a NewMailEvent.
-func newItems(n *ews.Notification) []ews.ItemID {
+// What one notification may make ENS do. The callback URL is a secret,
+// but one that was captured must not replay old mail or amplify a request.
+const (
+	// maxItemsPerNotification bounds the items one notification announces
+	// (and fetches): the newest; the badge counts the rest. A 1 MiB body
+	// can name thousands.
+	maxItemsPerNotification = 16
+	// maxItemAge: Exchange gives up a notification once StatusFrequency (at
+	// most 24 hours) has passed without an answer, so an item older than
+	// this is a replay and is never announced.
+	maxItemAge = 25 * time.Hour
+	// pushMemory is how long done pushes are remembered: beyond maxItemAge,
+	// so that any replay young enough to pass the age check finds its
+	// pushes done.
+	pushMemory = 48 * time.Hour
+	// clockSkew is how far Exchange's clock may be from ours.
+	clockSkew = 2 * time.Minute
+)
+
+// newItems lists the items that arrived, once each (Exchange reports a new
+// message as a CreatedEvent and a NewMailEvent), newest last, at most
+// maxItemsPerNotification. Events from before the subscription (allowing
+// for clock skew) or older than maxItemAge are replays: skipped.
+func newItems(n *ews.Notification, subscribed, now time.Time) []ews.ItemID {
 	var items []ews.ItemID
 	seen := map[string]bool{}
+	notBefore := oldestNew(subscribed, now)
 	for _, ev := range n.Events {
-		if (ev.Type == ews.NewMailEvent || ev.Type == ews.CreatedEvent) && ev.ItemID.ID != "" && !seen[ev.ItemID.ID] {
-			seen[ev.ItemID.ID] = true
-			items = append(items, ev.ItemID)
+		if (ev.Type != ews.NewMailEvent && ev.Type != ews.CreatedEvent) || ev.ItemID.ID == "" || seen[ev.ItemID.ID] {
+			continue
 		}
+		seen[ev.ItemID.ID] = true
+		if ev.TimeStamp.Before(notBefore) {
+			itemsIgnored.WithLabelValues("stale").Inc()
+			continue
+		}
+		items = append(items, ev.ItemID)
+	}
+	if over := len(items) - maxItemsPerNotification; over > 0 {
+		itemsIgnored.WithLabelValues("over_cap").Add(float64(over))
+		items = items[over:]
 	}
 	return items
+}
+
+// oldestNew is the earliest time an item announced now may have arrived.
+func oldestNew(subscribed, now time.Time) time.Time {
+	t := subscribed.Add(-clockSkew)
+	if aged := now.Add(-maxItemAge); aged.After(t) {
+		return aged
+	}
+	return t
+}
+
+// announceable tells whether a fetched item may be announced: it is in
+// the subscribed Inbox (when the subscription recorded it) and arrived
+// after the subscription began and within maxItemAge.
+func announceable(item *ews.Item, sub store.Subscription, creds *credentials, now time.Time) bool {
+	if creds.InboxID != "" && item.ParentFolderID.ID != creds.InboxID {
+		itemsIgnored.WithLabelValues("not_inbox").Inc()
+		return false
+	}
+	if item.DateTimeReceived.Before(oldestNew(sub.CreatedAt, now)) {
+		itemsIgnored.WithLabelValues("stale").Inc()
+		return false
+	}
+	return true
 }
 
 func lastWatermark(n *ews.Notification) string {

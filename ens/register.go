@@ -26,6 +26,7 @@ type registerRequest struct {
 	KeyID             string `json:"keyId"`
 	Credentials       string `json:"credentials"`
 	NotificationLevel *int   `json:"notificationLevel"`
+	DeviceSecret      string `json:"deviceSecret"` // needed when the id is already registered
 }
 
 func (req *registerRequest) check() error {
@@ -54,6 +55,8 @@ func (req *registerRequest) check() error {
 		return badRequest("credentials: required (a JWE)")
 	case req.NotificationLevel == nil || *req.NotificationLevel < 0 || *req.NotificationLevel > store.MaxNotificationLevel:
 		return badRequest("notificationLevel: must be 0 to 4")
+	case len(req.DeviceSecret) > maxDeviceSecret:
+		return badRequest("deviceSecret: must be at most %d characters", maxDeviceSecret)
 	}
 	return nil
 }
@@ -83,7 +86,14 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	if err := req.check(); err != nil {
 		return err
 	}
+	if err := s.limitDevice(w, t, req.DeviceID); err != nil {
+		return err
+	}
 	ctx := r.Context()
+	// Nothing below runs for a device an admin blocked, wiped or removed.
+	if err := s.refuseNonCompliant(ctx, t, req.DeviceID); err != nil {
+		return err
+	}
 	if _, err := store.NormalizeEWSURL(req.EWSURL); err != nil {
 		return badRequest("ewsUrl: %v", err)
 	}
@@ -94,6 +104,15 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	}
 	if err != nil {
 		return err
+	}
+	mailbox := s.keys.Current.MailboxHash(req.Email)
+	owner := store.DeviceOwner{TenantID: t.ID, DeviceID: req.DeviceID, SecretHash: deviceSecretHash(req.DeviceSecret),
+		MailboxHashes: append([][]byte{mailbox}, s.keys.AcceptedMailboxHashes(req.Email)...)}
+	// Checked here so that another's device id costs no call to Exchange,
+	// and again when the registration is stored.
+	proven, err := s.store.CheckDeviceOwner(ctx, owner)
+	if err != nil {
+		return ownerError(err)
 	}
 	priv, keyPairID, err := s.privateKey(ctx, t, req.DeviceID, req.KeyID)
 	if err != nil {
@@ -118,27 +137,36 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	if err != nil {
 		return err
 	}
-	mailbox := s.keys.Current.MailboxHash(req.Email)
+	// A device that proved its secret keeps it; any other gets a new one.
+	secret := req.DeviceSecret
+	if !proven {
+		secret = newDeviceSecret()
+	}
 	sub, err := s.store.Register(ctx, store.Registration{
 		Subscription: store.Subscription{PublicID: publicID, TenantID: t.ID, MailboxHash: mailbox, EndpointID: row.ID,
 			AuthType: req.AuthType, SealedCredentials: key.Seal(publicID, sealed), EWSSubscriptionID: ewsSub.ID,
 			Watermark: ewsSub.Watermark, StatusFrequency: s.cfg.StatusFrequency},
 		Device: store.Device{TenantID: t.ID, DeviceID: req.DeviceID, MailboxHash: mailbox, Platform: req.Platform,
-			PushToken: req.PushToken, Topic: req.Topic, NotificationLevel: *req.NotificationLevel},
+			PushToken: req.PushToken, Topic: req.Topic, NotificationLevel: *req.NotificationLevel,
+			SecretHash: deviceSecretHash(secret)},
+		Owner:               owner,
 		KeyPairID:           keyPairID,
 		FormerMailboxHashes: s.keys.AcceptedMailboxHashes(req.Email),
 	})
 	if err != nil {
-		return err
+		return ownerError(err)
 	}
 	s.log.Info("device registered", slog.String("tenant", t.Name), slog.String("device", req.DeviceID),
 		slog.String("subscription", sub.PublicID), slog.String("auth", req.AuthType))
-	writeJSON(w, http.StatusOK, map[string]string{"status": "active", "subscriptionId": sub.PublicID})
+	writeJSON(w, http.StatusOK, map[string]string{"status": "active", "subscriptionId": sub.PublicID, "deviceSecret": secret})
 	return nil
 }
 
-// subscribe creates the EWS push subscription whose callback carries the
-// subscription's id and key.
+// subscribe checks that the credentials log in to the claimed mailbox
+// itself (not as a delegate), then creates the push subscription on its
+// Inbox, named explicitly so that Exchange enforces it too, with a callback
+// that carries the subscription's id and key. The Inbox's id joins the
+// credentials, so that only items in it are ever announced.
 func (s *Service) subscribe(ctx context.Context, ep *endpoint, creds *credentials, publicID string, key seal.SubscriptionKey) (*ews.Subscription, error) {
 	client, done, err := s.ewsClient(ep, creds)
 	if err != nil {
@@ -150,7 +178,13 @@ func (s *Service) subscribe(ctx context.Context, ep *endpoint, creds *credential
 		return nil, err
 	}
 	defer release()
-	return client.Subscribe(ctx, creds.account(), ews.SubscribeRequest{
+	acct := creds.account()
+	inbox, err := client.VerifyMailbox(ctx, acct)
+	if err != nil {
+		return nil, err
+	}
+	creds.InboxID = inbox.ID
+	return client.Subscribe(ctx, acct, ews.SubscribeRequest{
 		URL: s.callbackURL(publicID, key), StatusFrequency: s.cfg.StatusFrequency})
 }
 

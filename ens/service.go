@@ -31,14 +31,15 @@ type Config struct {
 	// under MasterKey, and mailbox hashes made with them still match.
 	AcceptedMasterKeys [][]byte
 
-	KeyPoolSize     int            // free key pairs kept ready; DefaultKeyPoolSize
-	KeyBits         int            // RSA key size; DefaultKeyBits
-	StatusFrequency int            // minutes between Exchange's status pings; DefaultStatusFrequency
-	RateLimit       float64        // device API requests per second per client address of a tenant; DefaultRateLimit
-	EWSTimeout      time.Duration  // one EWS call; DefaultEWSTimeout
-	EWSConcurrency  int            // EWS calls in flight per endpoint; DefaultEWSConcurrency
-	EWSRootCAs      *x509.CertPool // trusted for Exchange; nil: the system roots (SSL_CERT_FILE adds to them)
-	UserAgent       string         // sent to Exchange
+	KeyPoolSize     int              // free key pairs kept ready; DefaultKeyPoolSize
+	KeyBits         int              // RSA key size; DefaultKeyBits
+	StatusFrequency int              // minutes between Exchange's status pings; DefaultStatusFrequency
+	RateLimit       float64          // device API requests per second per client address of a tenant; DefaultRateLimit
+	EWSTimeout      time.Duration    // one EWS call; DefaultEWSTimeout
+	EWSConcurrency  int              // EWS calls in flight per endpoint; DefaultEWSConcurrency
+	EWSRootCAs      *x509.CertPool   // trusted for Exchange; nil: the system roots (SSL_CERT_FILE adds to them)
+	UserAgent       string           // sent to Exchange
+	Now             func() time.Time // the clock that judges an item's age; nil: time.Now
 
 	// Fair shares: one device, address or tenant over its share is refused
 	// alone. Rates are per node, with bursts of twice the rate.
@@ -129,6 +130,9 @@ func New(cfg Config) (*Service, error) {
 	cfg.EWSTimeout = or(cfg.EWSTimeout, DefaultEWSTimeout)
 	cfg.EWSConcurrency = or(cfg.EWSConcurrency, DefaultEWSConcurrency)
 	cfg.UserAgent = or(cfg.UserAgent, "ENSGate/"+Version())
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	if cfg.StatusFrequency < 1 || cfg.StatusFrequency > 1440 {
 		return nil, fmt.Errorf("ens: status frequency %d: must be 1 to 1440 minutes", cfg.StatusFrequency)
 	}
@@ -206,7 +210,7 @@ func (s *Service) every(ctx context.Context, interval time.Duration, wake <-chan
 
 // cleanUp forgets finished push claims and key pairs never used.
 func (s *Service) cleanUp(ctx context.Context) {
-	if _, err := s.store.DeleteOldClaims(ctx, 24*time.Hour); err != nil && ctx.Err() == nil {
+	if _, err := s.store.DeleteOldClaims(ctx, pushMemory); err != nil && ctx.Err() == nil {
 		s.log.Warn("cleaning up push claims", slog.Any("error", err))
 	}
 	if _, err := s.store.DeleteStaleKeyPairs(ctx, s.cfg.KeyPairTTL); err != nil && ctx.Err() == nil {

@@ -1,6 +1,7 @@
 package ens
 
 import (
+	"crypto/subtle"
 	"errors"
 	"net/http"
 
@@ -14,9 +15,13 @@ func (s *Service) status(w http.ResponseWriter, r *http.Request, t store.Tenant)
 	if err := checkDeviceID(deviceID); err != nil {
 		return err
 	}
+	if err := s.limitDevice(w, t, deviceID); err != nil {
+		return err
+	}
 	ctx := r.Context()
 	dev, err := s.store.DeviceByID(ctx, t.ID, deviceID)
-	if errors.Is(err, store.ErrNotFound) || dev.State == store.DeviceUnregistered || dev.State == store.DeviceRemoved {
+	if errors.Is(err, store.ErrNotFound) || dev.State == store.DeviceUnregistered || dev.State == store.DeviceRemoved ||
+		!secretMatches(dev, r.Header.Get(DeviceSecretHeader)) {
 		return errUnknownDevice
 	}
 	if err != nil {
@@ -42,8 +47,20 @@ func (s *Service) status(w http.ResponseWriter, r *http.Request, t store.Tenant)
 	return nil
 }
 
+// DeviceSecretHeader carries the device secret on status, a GET.
+const DeviceSecretHeader = "X-Device-Secret"
+
+// secretMatches reports whether secret is the one dev's registration
+// returned. A device registered before device secrets has none, and so no
+// secret matches until it registers again.
+func secretMatches(dev store.Device, secret string) bool {
+	return dev.SecretHash != nil && secret != "" && len(secret) <= maxDeviceSecret &&
+		subtle.ConstantTimeCompare(dev.SecretHash, deviceSecretHash(secret)) == 1
+}
+
 type unregisterRequest struct {
-	DeviceID string `json:"deviceId"`
+	DeviceID     string `json:"deviceId"`
+	DeviceSecret string `json:"deviceSecret"`
 }
 
 // unregister stops notifications to the device; when it was the mailbox's
@@ -56,7 +73,13 @@ func (s *Service) unregister(w http.ResponseWriter, r *http.Request, t store.Ten
 	if err := checkDeviceID(req.DeviceID); err != nil {
 		return err
 	}
-	_, err := s.store.SetDeviceState(r.Context(), t.ID, req.DeviceID, store.DeviceUnregistered, "")
+	if err := s.limitDevice(w, t, req.DeviceID); err != nil {
+		return err
+	}
+	if len(req.DeviceSecret) > maxDeviceSecret {
+		return errUnknownDevice
+	}
+	_, err := s.store.Unregister(r.Context(), t.ID, req.DeviceID, deviceSecretHash(req.DeviceSecret))
 	if errors.Is(err, store.ErrNotFound) {
 		return errUnknownDevice
 	}

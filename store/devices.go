@@ -52,6 +52,7 @@ type Device struct {
 	State             string // active, inactive (push service said the token is dead), unregistered, removed
 	StateReason       string
 	RegisteredAt      time.Time
+	SecretHash        []byte // SHA-256 of the device secret; nil if registered before secrets existed
 }
 
 // Device states.
@@ -63,7 +64,7 @@ const (
 )
 
 const deviceColumns = `id, tenant_id, device_id, mailbox_hash, platform, push_token, coalesce(topic, ''),
-	notification_level, state, coalesce(state_reason, ''), registered_at`
+	notification_level, state, coalesce(state_reason, ''), registered_at, secret_hash`
 
 func collectDevices(rows pgx.Rows) ([]Device, error) {
 	return pgx.CollectRows(rows, pgx.RowToStructByPos[Device])
@@ -104,6 +105,22 @@ func (s *Store) ActiveDevices(ctx context.Context, tenantID int64, mailboxHash [
 // device is left. It returns ErrNotFound if the device is unknown, already
 // gone or already in that state, and whether the subscription ended.
 func (s *Store) SetDeviceState(ctx context.Context, tenantID int64, deviceID, state, reason string) (subscriptionEnded bool, err error) {
+	return s.setDeviceState(ctx, tenantID, deviceID, state, reason, nil)
+}
+
+// Unregister ends a device's registration at its own request, which needs
+// the device's secret (its SHA-256): a wrong one is ErrNotFound, as for an
+// unknown device.
+func (s *Store) Unregister(ctx context.Context, tenantID int64, deviceID string, secretHash []byte) (subscriptionEnded bool, err error) {
+	if secretHash == nil {
+		return false, fmt.Errorf("device %q: %w", deviceID, ErrNotFound)
+	}
+	return s.setDeviceState(ctx, tenantID, deviceID, DeviceUnregistered, "", secretHash)
+}
+
+// setDeviceState is SetDeviceState for the device whose secret hashes to
+// secretHash, or for any device when it is nil.
+func (s *Store) setDeviceState(ctx context.Context, tenantID int64, deviceID, state, reason string, secretHash []byte) (subscriptionEnded bool, err error) {
 	if state == DeviceActive {
 		return false, errors.New("set device state: use Register to activate a device")
 	}
@@ -112,7 +129,8 @@ func (s *Store) SetDeviceState(ctx context.Context, tenantID int64, deviceID, st
 		err := tx.QueryRow(ctx, `
 			UPDATE devices SET state = $3, state_reason = NULLIF($4, ''), state_changed_at = now()
 			WHERE tenant_id = $1 AND device_id = $2 AND state IN ('active', 'inactive') AND state <> $3
-			RETURNING mailbox_hash`, tenantID, deviceID, state, reason).Scan(&mailbox)
+			AND ($5::bytea IS NULL OR secret_hash = $5)
+			RETURNING mailbox_hash`, tenantID, deviceID, state, reason, secretHash).Scan(&mailbox)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrNotFound
 		}

@@ -60,6 +60,7 @@ func scanSubscription(row pgx.Row) (Subscription, error) {
 type Registration struct {
 	Subscription Subscription // the new subscription (ID, state and times are set by Register)
 	Device       Device       // the device (ID, state and times are set by Register)
+	Owner        DeviceOwner  // who registers: checked against the device row under lock
 	KeyPairID    int64        // the key pair used; deleted, as RSA is used once
 
 	// FormerMailboxHashes are the mailbox's hashes under master keys that
@@ -98,6 +99,9 @@ func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, e
 		if previous, err = previousMailbox("FOR UPDATE"); err != nil { // it may have moved before the lock
 			return err
 		}
+		if _, err := checkOwner(ctx, tx, reg.Owner, "FOR UPDATE"); err != nil {
+			return err
+		}
 		if len(reg.FormerMailboxHashes) > 0 {
 			if _, err := tx.Exec(ctx, `UPDATE devices SET mailbox_hash = $2 WHERE tenant_id = $1 AND mailbox_hash = ANY($3) AND state = 'active'`,
 				sub.TenantID, sub.MailboxHash, reg.FormerMailboxHashes); err != nil {
@@ -128,14 +132,14 @@ func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, e
 			return err
 		}
 		if _, err := tx.Exec(ctx, `
-			INSERT INTO devices (tenant_id, device_id, mailbox_hash, platform, push_token, topic, notification_level)
-			VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7)
+			INSERT INTO devices (tenant_id, device_id, mailbox_hash, platform, push_token, topic, notification_level, secret_hash)
+			VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, $8)
 			ON CONFLICT (tenant_id, device_id) DO UPDATE SET
 				mailbox_hash = excluded.mailbox_hash, platform = excluded.platform,
 				push_token = excluded.push_token, topic = excluded.topic,
-				notification_level = excluded.notification_level, state = 'active', state_reason = NULL,
-				registered_at = now(), state_changed_at = now()`,
-			dev.TenantID, dev.DeviceID, dev.MailboxHash, dev.Platform, dev.PushToken, dev.Topic, dev.NotificationLevel); err != nil {
+				notification_level = excluded.notification_level, secret_hash = excluded.secret_hash,
+				state = 'active', state_reason = NULL, registered_at = now(), state_changed_at = now()`,
+			dev.TenantID, dev.DeviceID, dev.MailboxHash, dev.Platform, dev.PushToken, dev.Topic, dev.NotificationLevel, dev.SecretHash); err != nil {
 			return err
 		}
 		if previous != nil && string(previous) != string(dev.MailboxHash) {
@@ -146,6 +150,9 @@ func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, e
 		_, err = tx.Exec(ctx, `DELETE FROM key_pairs WHERE id = $1`, reg.KeyPairID)
 		return err
 	})
+	if errors.Is(err, ErrNotOwner) {
+		return Subscription{}, err
+	}
 	if err != nil {
 		return Subscription{}, s.queryError("register device", err)
 	}

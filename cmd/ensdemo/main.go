@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -14,6 +15,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ensgate/ensgate/internal/deviceclient"
@@ -38,6 +41,8 @@ func run(args []string, out io.Writer) error {
 	user := fs.String("user", "demo@contoso.test", "mailbox address")
 	password := fs.String("password", "demo-password", "mailbox password")
 	level := fs.Int("level", 0, "notification level 0..4")
+	secretFile := fs.String("secret-file", filepath.Join(cmp.Or(os.Getenv("ENS_RUN_DIR"), ".run"), "demo-device.secret"),
+		"where the device keeps its deviceSecret between runs, as an app does")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -48,6 +53,10 @@ func run(args []string, out io.Writer) error {
 	defer cancel()
 
 	devices := &deviceclient.Client{BaseURL: *api, Token: *token}
+	// A device id already registered needs its secret to register again.
+	if secret, err := os.ReadFile(*secretFile); err == nil {
+		devices.SetSecret("demo-iphone", strings.TrimSpace(string(secret)))
+	}
 	subID, err := devices.Register(ctx, deviceclient.Device{
 		ID: "demo-iphone", Email: *user, Platform: "ios", PushToken: DemoPushToken,
 		EWSURL: *ewsURL, AuthType: "basic", NotificationLevel: *level,
@@ -56,7 +65,16 @@ func run(args []string, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("registering the device: %w", err)
 	}
-	fmt.Fprintf(out, "ensdemo: device demo-iphone registered (subscription %s)\n", subID)
+	os.MkdirAll(filepath.Dir(*secretFile), 0o700)
+	if err := os.WriteFile(*secretFile, []byte(devices.Secret("demo-iphone")+"\n"), 0o600); err != nil {
+		return fmt.Errorf("keeping the device secret: %w", err)
+	}
+	st, err := devices.Status(ctx, "demo-iphone")
+	if err != nil {
+		return fmt.Errorf("asking the device's status: %w", err)
+	}
+	fmt.Fprintf(out, "ensdemo: device demo-iphone registered (subscription %s, status %s); its deviceSecret is kept in %s\n",
+		subID, st.Subscription, *secretFile)
 
 	mail := map[string]string{"from": "carol@fabrikam.test", "fromName": "Carol from Fabrikam",
 		"subject": "Welcome to ENSGate", "body": "This mail was delivered by the simulator; its push is printed below."}

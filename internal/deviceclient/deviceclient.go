@@ -11,16 +11,41 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 )
 
 // Client calls the device API at BaseURL (…/api/ens) with a tenant token.
+// Like an app, it keeps each registered device's secret and presents it to
+// register the device again, ask its status or unregister it.
 type Client struct {
 	BaseURL string
 	Token   string
 	HTTP    *http.Client // nil: http.DefaultClient
+
+	mu      sync.Mutex
+	secrets map[string]string // device id → deviceSecret
+}
+
+// Secret returns the deviceSecret kept for a device id ("" if none).
+func (c *Client) Secret(deviceID string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.secrets[deviceID]
+}
+
+// SetSecret keeps a device's secret, as an app stores it.
+func (c *Client) SetSecret(deviceID, secret string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.secrets == nil {
+		c.secrets = map[string]string{}
+	}
+	c.secrets[deviceID] = secret
 }
 
 // Device is a registration: what registerdevicev2 needs besides the key.
@@ -64,6 +89,9 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	req.Header.Set("Content-Type", "application/json")
+	if secret := c.Secret(deviceOf(path)); secret != "" && method == http.MethodGet {
+		req.Header.Set(SecretHeader, secret)
+	}
 	hc := c.HTTP
 	if hc == nil {
 		hc = http.DefaultClient
@@ -147,6 +175,9 @@ func (c *Client) RegisterBody(ctx context.Context, d Device) (map[string]any, er
 	var body map[string]any
 	json.Unmarshal(fields, &body)
 	body["keyId"], body["credentials"] = keyID, compact
+	if secret := c.Secret(d.ID); secret != "" {
+		body["deviceSecret"] = secret
+	}
 	return body, nil
 }
 
@@ -159,9 +190,40 @@ func (c *Client) Register(ctx context.Context, d Device) (string, error) {
 	var answer struct {
 		Status         string `json:"status"`
 		SubscriptionID string `json:"subscriptionId"`
+		DeviceSecret   string `json:"deviceSecret"`
 	}
 	if err := c.Do(ctx, "POST", "/registerdevicev2", body, &answer); err != nil {
 		return "", err
 	}
+	c.SetSecret(d.ID, answer.DeviceSecret)
 	return answer.SubscriptionID, nil
+}
+
+// SecretHeader carries the deviceSecret on status.
+const SecretHeader = "X-Device-Secret"
+
+// Status is the device's status answer, asked with its secret.
+type Status struct {
+	Registered   bool   `json:"registered"`
+	Subscription string `json:"subscription"`
+	Resubscribe  bool   `json:"resubscribe"`
+}
+
+// Status asks whether the device is registered and should register again.
+func (c *Client) Status(ctx context.Context, deviceID string) (Status, error) {
+	var st Status
+	err := c.Do(ctx, "GET", "/status?"+url.Values{"deviceId": {deviceID}}.Encode(), nil, &st)
+	return st, err
+}
+
+// Unregister ends the device's registration, with its secret.
+func (c *Client) Unregister(ctx context.Context, deviceID string) error {
+	return c.Do(ctx, "POST", "/unregister", map[string]string{"deviceId": deviceID, "deviceSecret": c.Secret(deviceID)}, nil)
+}
+
+// deviceOf is the deviceId query parameter of a path, if any.
+func deviceOf(path string) string {
+	_, query, _ := strings.Cut(path, "?")
+	v, _ := url.ParseQuery(query)
+	return v.Get("deviceId")
 }
