@@ -390,6 +390,12 @@ func TestAttestationExpiresAndBindsEverything(t *testing.T) {
 			t.Errorf("an attestation verified %v later", age)
 		}
 	}
+	// Signer is what ENS hands to the ews client (ews.Headers.Sign).
+	signed, _ := request("POST", "/EWS/Exchange.asmx", "Basic YWxpY2U6cHc=", getItem)
+	a.Signer(7, []string{"a"})(signed, body)
+	if _, ids, err := a.Verify(signed.Header.Get(ewsproxy.DevicesHeader), signed, body); err != nil || len(ids) != 1 {
+		t.Errorf("Signer: %q %v", ids, err)
+	}
 	// The unbound form ENS used to send is good for a minute only.
 	v1 := a.Sign(7, []string{"a"})
 	if _, _, err := a.Verify(v1, r, body); err != nil {

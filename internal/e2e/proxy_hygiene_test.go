@@ -107,12 +107,10 @@ func startProxy(t *testing.T, dbURL, upstream, extra string) string {
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get(base + "/not-ews") // refused by the proxy itself
+		resp, err := http.Get(base + "/EWS/Services.wsdl")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusBadRequest {
-				return base
-			}
+			return base
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the gateway did not answer within 30 s (%v)", err)
