@@ -3,12 +3,63 @@ package ens
 import (
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"net/http"
+	"path"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ensgate/ensgate/store"
 )
+
+// AdminAPI says whether a handler serves the admin API (BasePath/admin/…)
+// besides the device API, so that it can be kept off the public listener.
+type AdminAPI string
+
+// The AdminAPI choices.
+const (
+	AdminOn   AdminAPI = "on"   // the admin API and the device API
+	AdminOff  AdminAPI = "off"  // the device API only
+	AdminOnly AdminAPI = "only" // the admin API only
+)
+
+// ParseAdminAPI checks an admin_api setting; empty means AdminOn.
+func ParseAdminAPI(v string) (AdminAPI, error) {
+	switch a := AdminAPI(v); a {
+	case "":
+		return AdminOn, nil
+	case AdminOn, AdminOff, AdminOnly:
+		return a, nil
+	}
+	return "", fmt.Errorf("admin_api %q: must be on, off or only", v)
+}
+
+// ServeAdminAPI restricts h, a Service's Handler, to the routes mode allows;
+// the others are answered like a path that does not exist.
+func ServeAdminAPI(h http.Handler, mode AdminAPI) http.Handler {
+	if mode == AdminOn {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isAdminPath(r.URL.Path) != (mode == AdminOnly) {
+			notFound(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// isAdminPath judges the path as the router will after cleaning it.
+func isAdminPath(p string) bool {
+	p = path.Clean(p)
+	return p == BasePath+"/admin" || strings.HasPrefix(p, BasePath+"/admin/")
+}
+
+func notFound(w http.ResponseWriter, r *http.Request) {
+	writeError(w, &apiError{http.StatusNotFound, "not_found", "no such ENS endpoint: " + r.Method + " " + r.URL.Path})
+}
 
 // adminAPI serves the admin routes below BasePath/admin, guarded by the
 // admin token (Authorization: Bearer). Without a configured token they do
@@ -26,11 +77,20 @@ func (s *Service) adminAPI(mux *http.ServeMux) {
 	}
 }
 
-// admin checks the admin token and resolves the tenant in the path.
+// admin checks the admin token and resolves the tenant in the path. A
+// client address with too many wrong tokens is refused for a while, even
+// with the right one.
 func (s *Service) admin(h func(http.ResponseWriter, *http.Request, store.Tenant) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		addr := s.clientAddress(r)
+		if wait := s.adminFailures.blocked(addr, time.Now()); wait > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)+1))
+			writeError(w, &apiError{http.StatusTooManyRequests, "rate_limited", "too many failed admin logins from this address; retry later"})
+			return
+		}
+		token, _ := bearerToken(r)
 		if subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.AdminToken)) != 1 {
+			s.adminFailures.add(addr, time.Now())
 			writeError(w, &apiError{http.StatusUnauthorized, "unauthorized", "missing or wrong admin token (Authorization: Bearer <ENS_ADMIN_TOKEN>)"})
 			return
 		}
@@ -49,6 +109,75 @@ func (s *Service) admin(h func(http.ResponseWriter, *http.Request, store.Tenant)
 			writeError(w, ae)
 		}
 	})
+}
+
+// Failed admin logins allowed per client address and window, on each node.
+// The token has at least 32 random characters, so this guards against
+// noise and slows a guesser further; the CLI needs no HTTP login at all.
+const (
+	adminMaxFailures   = 10
+	adminFailureWindow = time.Minute
+	// adminFailureAddrs bounds the addresses remembered; beyond it, new
+	// addresses share one count, so a flood of them cannot grow memory.
+	adminFailureAddrs = 4096
+)
+
+// loginFailures counts failed logins per client address, in a window that
+// starts at the address's first failure.
+type loginFailures struct {
+	mu      sync.Mutex
+	entries map[string]*failureWindow
+}
+
+type failureWindow struct {
+	count int
+	ends  time.Time
+}
+
+// sharedFailures is the entry of the addresses beyond adminFailureAddrs.
+const sharedFailures = ""
+
+// blocked returns how long addr must still wait, or 0.
+func (f *loginFailures) blocked(addr string, now time.Time) time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w := f.entries[f.key(addr, now)]
+	if w == nil || w.count < adminMaxFailures || !now.Before(w.ends) {
+		return 0
+	}
+	return w.ends.Sub(now)
+}
+
+func (f *loginFailures) add(addr string, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	key := f.key(addr, now)
+	w := f.entries[key]
+	if w == nil || !now.Before(w.ends) {
+		if f.entries == nil {
+			f.entries = map[string]*failureWindow{}
+		}
+		w = &failureWindow{ends: now.Add(adminFailureWindow)}
+		f.entries[key] = w
+	}
+	w.count++
+}
+
+// key is the entry that counts addr: its own, or the shared one when the
+// bound is reached even after dropping the windows that have ended.
+func (f *loginFailures) key(addr string, now time.Time) string {
+	if _, ok := f.entries[addr]; ok || len(f.entries) < adminFailureAddrs {
+		return addr
+	}
+	for k, w := range f.entries {
+		if !now.Before(w.ends) {
+			delete(f.entries, k)
+		}
+	}
+	if len(f.entries) < adminFailureAddrs {
+		return addr
+	}
+	return sharedFailures
 }
 
 func (s *Service) adminListDevices(w http.ResponseWriter, r *http.Request, t store.Tenant) error {

@@ -101,6 +101,8 @@ type Service struct {
 	tenants   tenantCache
 	limits    rateLimits
 	endpoints endpointCache
+	// adminFailures counts failed admin logins per client address.
+	adminFailures loginFailures
 
 	keyPoolWake chan struct{}
 	stop        context.CancelFunc

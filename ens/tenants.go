@@ -35,10 +35,18 @@ type tenantCache struct {
 
 var errUnauthorized = errors.New("missing or unknown API token")
 
+// bearerToken returns the token of an `Authorization: Bearer` header. The
+// scheme is case-insensitive (RFC 7235), and one or more spaces follow it.
+func bearerToken(r *http.Request) (string, bool) {
+	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	token = strings.TrimLeft(token, " ")
+	return token, strings.EqualFold(scheme, "Bearer") && token != ""
+}
+
 // authenticate returns the tenant whose API token the request carries.
 func (s *Service) authenticate(ctx context.Context, r *http.Request) (store.Tenant, error) {
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
+	token, ok := bearerToken(r)
+	if !ok {
 		return store.Tenant{}, errUnauthorized
 	}
 	hash := sha256.Sum256([]byte(token))
