@@ -179,14 +179,10 @@ func endpointCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				pinned := "not pinned"
-				if e.Fingerprint != "" {
-					pinned = "pinned to " + e.Fingerprint
-				}
 				if strings.HasPrefix(e.URL, "http://") {
 					fmt.Fprintln(cmd.ErrOrStderr(), "warning: http:// sends credentials unencrypted; use it only for test servers")
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "allowed %s for tenant %q (%s)\n", e.URL, t.Name, pinned)
+				fmt.Fprintf(cmd.OutOrStdout(), "allowed %s for tenant %q (%s)\n", e.URL, t.Name, pinned(e.Fingerprint))
 				return nil
 			})
 		},
@@ -214,8 +210,83 @@ func endpointCommand() *cobra.Command {
 	}
 	tenantFlag(list)
 
-	endpoint.AddCommand(add, list)
+	pin := &cobra.Command{
+		Use:   "pin --tenant NAME --url URL (--fingerprint sha256:HEX|spki-sha256:HEX | --none)",
+		Short: "Replaces the certificate pin of an allowed EWS URL; running nodes use it within seconds",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rawURL, _ := cmd.Flags().GetString("url")
+			pin, _ := cmd.Flags().GetString("fingerprint")
+			none, _ := cmd.Flags().GetBool("none")
+			if (pin == "") == !none {
+				return errors.New("give either --fingerprint (the new pin) or --none (no pin)")
+			}
+			url, err := store.NormalizeEWSURL(rawURL)
+			if err != nil {
+				return fmt.Errorf("--url: %w", err)
+			}
+			if pin != "" {
+				fp, err := ews.ParseFingerprint(pin)
+				if err != nil {
+					return fmt.Errorf("--fingerprint: %w", err)
+				}
+				pin = fp.String()
+			}
+			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
+				e, err := s.SetEndpointPin(ctx, t.ID, url, pin)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s for tenant %q is now %s\n", e.URL, t.Name, pinned(e.Fingerprint))
+				return nil
+			})
+		},
+	}
+	tenantFlag(pin)
+	pin.Flags().String("url", "", "the allowed EWS URL (required)")
+	pin.Flags().String("fingerprint", "", "the new pin: sha256:HEX of the certificate or spki-sha256:HEX of its public key")
+	pin.Flags().Bool("none", false, "remove the pin")
+	pin.MarkFlagRequired("url")
+
+	remove := &cobra.Command{
+		Use:   "remove --tenant NAME --url URL",
+		Short: "Takes an EWS URL off a tenant's list and ends the subscriptions that use it",
+		Long: `
+Registrations for the URL are refused from now on, on every node. Each
+subscription that uses it ends: Exchange's next callback for it is answered
+Unsubscribe, and its devices' status says resubscribe. Adding the URL again
+lets devices register again.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rawURL, _ := cmd.Flags().GetString("url")
+			url, err := store.NormalizeEWSURL(rawURL)
+			if err != nil {
+				return fmt.Errorf("--url: %w", err)
+			}
+			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
+				ended, err := s.RemoveEndpoint(ctx, t.ID, url)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "removed %s from tenant %q; %d subscription(s) using it ended\n", url, t.Name, ended)
+				return nil
+			})
+		},
+	}
+	tenantFlag(remove)
+	remove.Flags().String("url", "", "the allowed EWS URL (required)")
+	remove.MarkFlagRequired("url")
+
+	endpoint.AddCommand(add, list, pin, remove)
 	return endpoint
+}
+
+// pinned describes an endpoint's pin.
+func pinned(fingerprint string) string {
+	if fingerprint == "" {
+		return "not pinned"
+	}
+	return "pinned to " + fingerprint
 }
 
 func deviceCommand() *cobra.Command {

@@ -22,9 +22,16 @@ func init() {
 // ENSHandler serves the device API and Exchange's webhook (`/api/ens/...`),
 // using the settings and database of the `ens` app.
 //
-// Caddyfile: `ens` (no arguments), usually inside `handle /api/ens/*`.
+// Caddyfile: `ens`, usually inside `handle /api/ens/*`, optionally with
+// `{ admin_api on|off|only }`.
 type ENSHandler struct {
+	// Whether this handler serves the admin API (/api/ens/admin/…): "on"
+	// (default) beside the device API, "off" not at all, "only" alone, so
+	// that it can have a listener of its own (docs/configuration.md).
+	AdminAPI string `json:"admin_api,omitempty"`
+
 	handler http.Handler
+	access  accessLog
 }
 
 // CaddyModule returns the Caddy module information.
@@ -37,11 +44,20 @@ func (ENSHandler) CaddyModule() caddy.ModuleInfo {
 
 // Provision loads the ens app, which provisions it if this is its first use.
 func (h *ENSHandler) Provision(ctx caddy.Context) error {
+	mode, err := ens.ParseAdminAPI(h.AdminAPI)
+	if err != nil {
+		return fmt.Errorf("ens handler: %w", err)
+	}
 	app, err := ctx.App("ens")
 	if err != nil {
 		return fmt.Errorf("ens handler needs the ens app (the global `ens` option): %w", err)
 	}
-	h.handler = app.(*App).handler
+	a := app.(*App)
+	if mode == ens.AdminOnly && a.adminToken == "" {
+		ctx.Logger().Warn("admin_api only: the admin API is off without the ens app's admin_token (set ENS_ADMIN_TOKEN); this handler answers 404")
+	}
+	h.handler = ens.ServeAdminAPI(a.handler, mode)
+	h.access = newAccessLog(ctx)
 	return nil
 }
 
@@ -50,7 +66,7 @@ func (h *ENSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 	if !isUnder(r.URL.Path, ens.BasePath) {
 		return next.ServeHTTP(w, r)
 	}
-	h.handler.ServeHTTP(w, r)
+	h.access.serve(w, r, h.handler)
 	return nil
 }
 
@@ -58,14 +74,28 @@ func isUnder(path, base string) bool {
 	return path == base || strings.HasPrefix(path, base+"/")
 }
 
-// UnmarshalCaddyfile parses `ens`, which takes no arguments.
+// UnmarshalCaddyfile parses `ens`, which takes no arguments:
+//
+//	ens {
+//		admin_api on|off|only
+//	}
 func (h *ENSHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	if d.NextBlock(0) {
-		return d.Errf("unrecognized ens subdirective %q", d.Val())
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "admin_api":
+			if err := oneArg(d, &h.AdminAPI); err != nil {
+				return err
+			}
+			if _, err := ens.ParseAdminAPI(h.AdminAPI); err != nil {
+				return d.Err(err.Error())
+			}
+		default:
+			return d.Errf("unrecognized ens subdirective %q (known: admin_api)", d.Val())
+		}
 	}
 	return nil
 }
