@@ -112,6 +112,8 @@ export ENS_PUBLIC_URL=${ENS_PUBLIC_URL:-http://127.0.0.1:$port}
 export ENS_MASTER_KEY=${ENS_MASTER_KEY:-$(secret master.key)}
 export ENS_ADMIN_TOKEN=${ENS_ADMIN_TOKEN:-$(secret admin.token)}
 export ENS_PROXY_SECRET=${ENS_PROXY_SECRET:-$(secret proxy.secret)}
+# Caddy's admin endpoint (bin/ensgate reload --address unix/$ENS_CADDY_ADMIN_SOCKET).
+export ENS_CADDY_ADMIN_SOCKET=${ENS_CADDY_ADMIN_SOCKET:-$RUN_DIR/caddy-admin.sock}
 sim_addr=${ENS_SIM_ADDR:-127.0.0.1:8081}
 export ENS_EWS_UPSTREAM=${ENS_EWS_UPSTREAM:-http://$sim_addr}
 ews_url=http://$sim_addr/EWS/Exchange.asmx

@@ -33,7 +33,7 @@ type kcdGateway struct {
 	base  string     // https://localhost:port
 	ca    *testca.CA // issued the server's and the clients' certificates
 	logs  *syncbuf.Buffer
-	admin string // Caddy's admin endpoint
+	admin string // Caddy's admin endpoint: unix/<path>
 	file  string // the Caddyfile
 }
 
@@ -72,9 +72,9 @@ func startKCDGateway(t testing.TB, r *kdctest.Realm, sim *ewssim.TestServer) *kc
 	// server name to match the Host header (strict SNI), and IPs send none.
 	_, port, _ := strings.Cut(freeAddr(t), ":")
 	listen := "localhost:" + port
-	admin := freeAddr(t)
+	admin := "unix/" + adminSocket(t)
 	caddyfile := fmt.Sprintf(`{
-	admin %s
+	admin %s|0600
 	auto_https disable_redirects
 	ens {
 		database_url {env.DATABASE_URL}

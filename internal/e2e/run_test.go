@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -31,11 +32,13 @@ func randomKey(t testing.TB) string {
 func gatewayEnv(t *testing.T, dbURL, upstream string) (env []string, base string) {
 	listen := freeAddr(t)
 	base = "http://" + listen
+	_, adminAPIPort, _ := net.SplitHostPort(freeAddr(t))
 	return []string{
 		"DATABASE_URL=" + dbURL,
 		"ENS_LISTEN=" + base,
 		"ENS_PUBLIC_URL=" + base,
-		"ENS_CADDY_ADMIN=" + freeAddr(t),
+		"ENS_CADDY_ADMIN_SOCKET=" + adminSocket(t),
+		"ENS_ADMIN_API_PORT=" + adminAPIPort,
 		"ENS_MASTER_KEY=" + randomKey(t),
 		"ENS_ADMIN_TOKEN=" + strings.Repeat("a", 40),
 		"ENS_PROXY_SECRET=" + strings.Repeat("p", 40),
@@ -46,11 +49,19 @@ func gatewayEnv(t *testing.T, dbURL, upstream string) (env []string, base string
 // startGateway runs `ensgate run --config Caddyfile.example` until the test ends.
 func startGateway(t *testing.T, env []string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(ensgate, "run", "--config", "Caddyfile.example")
+	cmd, _ := runGateway(t, env, "Caddyfile.example")
+	return cmd
+}
+
+// runGateway runs `ensgate run --config config` until the test ends and
+// returns its output.
+func runGateway(t *testing.T, env []string, config string) (*exec.Cmd, *syncbuf.Buffer) {
+	t.Helper()
+	cmd := exec.Command(ensgate, "run", "--config", config, "--adapter", "caddyfile")
 	cmd.Dir = repoRoot(t)
 	cmd.Env = append(baseEnv(), env...)
-	var logs syncbuf.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	logs := &syncbuf.Buffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +79,7 @@ func startGateway(t *testing.T, env []string) *exec.Cmd {
 			t.Logf("ensgate output:\n%s", logs.String())
 		}
 	})
-	return cmd
+	return cmd, logs
 }
 
 func TestRunServesAliveAndProxiesEWS(t *testing.T) {
@@ -243,10 +254,23 @@ func TestReloadKeepsServing(t *testing.T) {
 	}
 }
 
+// adminSocket is a path for Caddy's admin socket in a directory of its own
+// (short: a unix socket path has at most 107 bytes).
+func adminSocket(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ensadm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "admin.sock")
+}
+
+// adminAddr is the --address of the gateway's admin endpoint.
 func adminAddr(env []string) string {
 	for _, kv := range env {
-		if v, ok := strings.CutPrefix(kv, "ENS_CADDY_ADMIN="); ok {
-			return v
+		if v, ok := strings.CutPrefix(kv, "ENS_CADDY_ADMIN_SOCKET="); ok {
+			return "unix/" + v
 		}
 	}
 	return ""

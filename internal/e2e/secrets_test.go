@@ -1,0 +1,153 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ensgate/ensgate/internal/deviceclient"
+	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/internal/pgtest"
+)
+
+// withAccessLogs writes Caddyfile.example with an access log in each site,
+// as an admin adds one (docs/operations.md), and Caddy at debug level, so
+// that every line anything would log is written.
+func withAccessLogs(t *testing.T) string {
+	t.Helper()
+	example, err := os.ReadFile(filepath.Join(repoRoot(t), "Caddyfile.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := regexp.MustCompile(`(?m)^\{$`).ReplaceAllString(string(example), "{\n\tdebug")
+	sites := regexp.MustCompile(`(?m)^(\S.*) \{$`)
+	if n := len(sites.FindAllString(config, -1)); n != 2 {
+		t.Fatalf("Caddyfile.example has %d sites, want the public one and the admin API's", n)
+	}
+	config = sites.ReplaceAllString(config, "$1 {\n\tlog")
+	file := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// With access logging on, a registration, Exchange's notifications, a
+// status query and admin API calls leave no secret in any log line: not
+// the callback key f (with a database dump it opens the credentials), not
+// the API token, the admin token, the device secret or the password.
+func TestNoSecretInAnyLogLine(t *testing.T) {
+	const (
+		email    = "alice@contoso.test"
+		password = "correct-horse-battery-staple-42"
+		apns     = "5a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9"
+	)
+	dbURL := pgtest.NewDatabase(t)
+	db := []string{"DATABASE_URL=" + dbURL}
+	sim := ewssim.Start(t, ewssim.Config{Users: []ewssim.User{{Address: email, Password: password}}, ClockScale: time.Second})
+	sinkEnv, sink := startPushSink(t)
+	env, base := gatewayEnv(t, dbURL, sim.URL)
+	env = append(env, sinkEnv...)
+	adminToken := envValue(env, "ENS_ADMIN_TOKEN")
+	if r := cli(t, db, "ens", "migrate"); r.code != 0 {
+		t.Fatalf("migrate: %+v", r)
+	}
+	token := lastLine(cli(t, db, "ens", "tenant", "create", "--name", "contoso").stdout)
+	for _, args := range [][]string{
+		{"ens", "endpoint", "add", "--tenant", "contoso", "--url", base + "/EWS/Exchange.asmx"},
+		{"ens", "device", "unblock", "--tenant", "contoso", "--device", "phone"},
+	} {
+		if r := cli(t, db, args...); r.code != 0 {
+			t.Fatalf("%v: %+v", args, r)
+		}
+	}
+	_, logs := runGateway(t, env, withAccessLogs(t))
+	waitFor(t, base+"/api/ens/alive", 200, 30*time.Second).Body.Close()
+
+	devices := &deviceclient.Client{BaseURL: base + "/api/ens", Token: token}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := devices.Register(ctx, deviceclient.Device{ID: "phone", Email: email, Platform: "ios", PushToken: apns,
+		EWSURL: base + "/EWS/Exchange.asmx", AuthType: "basic", Credentials: map[string]string{"username": email, "password": password}}); err != nil {
+		t.Fatalf("registration: %v", err)
+	}
+	sim.Deliver(email, ewssim.Mail{From: "carol@fabrikam.test", Subject: "one", Body: "b"})
+	deadline := time.Now().Add(20 * time.Second)
+	for pushesTo(sink, apns) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no push; sink:\n%s", sink.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st, err := devices.Status(ctx, "phone"); err != nil || st.Subscription != "active" {
+		t.Fatalf("status: %+v, %v", st, err)
+	}
+	adminBase := "http://127.0.0.1:" + envValue(env, "ENS_ADMIN_API_PORT")
+	for _, auth := range []string{"Bearer " + adminToken, "Bearer wrong-" + adminToken} {
+		req, _ := http.NewRequest("GET", adminBase+"/api/ens/admin/tenants/contoso/devices", nil)
+		req.Header.Set("Authorization", auth)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+
+	subs := sim.Subscriptions()
+	if len(subs) != 1 {
+		t.Fatalf("%d subscriptions at Exchange, want 1", len(subs))
+	}
+	callback, err := url.Parse(subs[0].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := map[string]string{
+		"the callback key f": callback.Query().Get("f"),
+		"the API token":      token,
+		"the admin token":    adminToken,
+		"the device secret":  devices.Secret("phone"),
+		"the password":       password,
+	}
+	for name, v := range secrets {
+		if len(v) < 16 {
+			t.Fatalf("%s is %q: too short to look for", name, v)
+		}
+	}
+	// The notifications' access entries are written, with f redacted.
+	notified := false
+	for _, line := range strings.Split(logs.String(), "\n") {
+		var entry struct {
+			Logger  string
+			Request struct{ URI string }
+		}
+		if json.Unmarshal([]byte(line), &entry) == nil && entry.Logger == "http.log.access" &&
+			strings.HasPrefix(entry.Request.URI, "/api/ens/notify?") && strings.Contains(entry.Request.URI, "f=REDACTED") {
+			notified = true
+		}
+		for name, v := range secrets {
+			if strings.Contains(line, v) {
+				t.Errorf("a log line holds %s: %s", name, line)
+			}
+		}
+	}
+	if !notified {
+		t.Errorf("no access log entry for Exchange's notification (with f redacted):\n%s", logs.String())
+	}
+}
+
+// envValue is the value of key in env.
+func envValue(env []string, key string) string {
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
