@@ -198,16 +198,16 @@ func (s *Service) callbackURL(publicID string, key seal.SubscriptionKey) string 
 	return u.String()
 }
 
-// attest puts the signed list of devices into ctx's EWS calls, for an
-// ENSGate EWS proxy in front of Exchange; h (if not nil) receives the
-// proxy's answer.
+// attest signs the list of devices into each of ctx's EWS calls, bound to
+// that request, for an ENSGate EWS proxy in front of Exchange; h (if not
+// nil) receives the proxy's answer.
 func (s *Service) attest(ctx context.Context, tenantID int64, deviceIDs []string, h *ews.Headers) context.Context {
 	if h == nil {
 		h = new(ews.Headers)
 	}
 	if len(s.cfg.ProxySecret) > 0 {
 		att := ewsproxy.Attestation{Secret: s.cfg.ProxySecret}
-		h.Request = http.Header{ewsproxy.DevicesHeader: {att.Sign(tenantID, deviceIDs)}}
+		h.Sign = att.Signer(tenantID, deviceIDs)
 	}
 	return ews.WithHeaders(ctx, h)
 }

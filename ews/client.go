@@ -272,6 +272,9 @@ func roundTrip[T any](ctx context.Context, c *Client, acct Account, body []byte,
 		for k, v := range headers.Request {
 			req.Header[k] = v
 		}
+		if headers.Sign != nil {
+			headers.Sign(req, body)
+		}
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -376,7 +379,10 @@ func (c *Client) recordBackOff(cred credential, err error) {
 // Exchange, such as an EWS proxy: extra request headers (a device
 // attestation), and the response's headers, filled in by the call.
 type Headers struct {
-	Request  http.Header
+	Request http.Header
+	// Sign, if set, is called last with each request and its body, to add
+	// headers bound to that request (ewsproxy.Attestation.Signer).
+	Sign     func(r *http.Request, body []byte)
 	Response http.Header
 }
 

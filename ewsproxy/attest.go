@@ -28,10 +28,6 @@ const (
 // each request just before sending it.
 const attestationMaxAge = time.Minute
 
-// unboundMaxAge is v1's: ENS signs it once for all the calls of a
-// delivery, which may take minutes against a slow Exchange.
-const unboundMaxAge = 5 * time.Minute
-
 // maxAttestedBody bounds the body the proxy reads to check an attestation
 // bound to it: ENS's own calls (Subscribe, GetItem, GetFolder) are a few
 // kilobytes.
@@ -45,8 +41,7 @@ var errBadAttestation = errors.New("invalid or expired device attestation")
 //
 // whose HMAC also covers the request it accompanies (method, path,
 // Authorization and the SHA-256 of the body), so that it cannot be
-// replayed with another request; and the older, unbound v1 of the same
-// form, which Sign still makes.
+// replayed with another request.
 type Attestation struct {
 	Secret []byte
 	Now    func() time.Time // nil: time.Now
@@ -74,14 +69,6 @@ func (a Attestation) Signer(tenantID int64, deviceIDs []string) func(r *http.Req
 	}
 }
 
-// Sign returns an unbound (v1) header value naming deviceIDs of the
-// tenant, valid with any request for unboundMaxAge: replayable, so ENS is
-// to move to Signer, and v1 to go.
-func (a Attestation) Sign(tenantID int64, deviceIDs []string) string {
-	head := "v1;" + strconv.FormatInt(a.now().Unix(), 10) + ";" + strconv.FormatInt(tenantID, 10) + ";" + JoinIDs(deviceIDs)
-	return head + ";" + a.mac(head, nil, nil)
-}
-
 // Verify checks a header value that came with r and its body, and returns
 // its tenant and devices.
 func (a Attestation) Verify(value string, r *http.Request, body []byte) (tenantID int64, deviceIDs []string, err error) {
@@ -90,37 +77,31 @@ func (a Attestation) Verify(value string, r *http.Request, body []byte) (tenantI
 		return 0, nil, errBadAttestation
 	}
 	head := value[:i]
-	maxAge := attestationMaxAge
-	if strings.HasPrefix(head, "v1;") {
-		r, body, maxAge = nil, nil, unboundMaxAge
-	}
 	if !hmac.Equal([]byte(value[i+1:]), []byte(a.mac(head, r, body))) {
 		return 0, nil, errBadAttestation
 	}
 	parts := strings.Split(head, ";")
-	if len(parts) != 4 || (parts[0] != "v1" && parts[0] != "v2") {
+	if len(parts) != 4 || parts[0] != "v2" {
 		return 0, nil, errBadAttestation
 	}
 	ts, err1 := strconv.ParseInt(parts[1], 10, 64)
 	tenantID, err2 := strconv.ParseInt(parts[2], 10, 64)
 	ids, err3 := SplitIDs(parts[3])
 	age := a.now().Sub(time.Unix(ts, 0))
-	if err1 != nil || err2 != nil || err3 != nil || age > maxAge || age < -maxAge {
+	if err1 != nil || err2 != nil || err3 != nil || age > attestationMaxAge || age < -attestationMaxAge {
 		return 0, nil, errBadAttestation
 	}
 	return tenantID, ids, nil
 }
 
-// mac signs head and, for v2, the request: fields are NUL-separated (no
-// field can hold a NUL: the path is checked, header values cannot) and the
-// body enters as its SHA-256.
+// mac signs head and the request: fields are NUL-separated (no field can
+// hold a NUL: the path is checked, header values cannot) and the body
+// enters as its SHA-256.
 func (a Attestation) mac(head string, r *http.Request, body []byte) string {
 	m := hmac.New(sha256.New, a.Secret)
 	m.Write([]byte("ensgate devices\x00" + head))
-	if r != nil {
-		sum := sha256.Sum256(body)
-		write(m, r.Method, r.URL.Path, strings.Join(r.Header.Values("Authorization"), "\n"), string(sum[:]))
-	}
+	sum := sha256.Sum256(body)
+	write(m, r.Method, r.URL.Path, strings.Join(r.Header.Values("Authorization"), "\n"), string(sum[:]))
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
