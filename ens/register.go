@@ -29,6 +29,8 @@ type registerRequest struct {
 	DeviceSecret      string `json:"deviceSecret"` // needed when the id is already registered
 }
 
+var errEndpointNotAllowed = &apiError{http.StatusForbidden, "forbidden", "ewsUrl is not one of this tenant's allowed EWS endpoints"}
+
 func (req *registerRequest) check() error {
 	if err := checkDeviceID(req.DeviceID); err != nil {
 		return err
@@ -100,7 +102,7 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	// The allow-list is checked before anything else is done with the URL.
 	row, err := s.store.EndpointFor(ctx, t.ID, req.EWSURL)
 	if errors.Is(err, store.ErrNotFound) {
-		return &apiError{http.StatusForbidden, "forbidden", "ewsUrl is not one of this tenant's allowed EWS endpoints"}
+		return errEndpointNotAllowed
 	}
 	if err != nil {
 		return err
@@ -153,6 +155,9 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 		KeyPairID:           keyPairID,
 		FormerMailboxHashes: s.keys.AcceptedMailboxHashes(req.Email),
 	})
+	if errors.Is(err, store.ErrEndpointRemoved) {
+		return errEndpointNotAllowed
+	}
 	if err != nil {
 		return ownerError(err)
 	}

@@ -80,6 +80,7 @@ func TestRemovedEndpointKeepsNoLiveSubscription(t *testing.T) {
 			Subscription: store.Subscription{PublicID: round + device, TenantID: tenant.ID, MailboxHash: []byte("mailbox of " + device),
 				EndpointID: ep.ID, AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: round + device, StatusFrequency: 15},
 			Device: store.Device{TenantID: tenant.ID, DeviceID: device, MailboxHash: []byte("mailbox of " + device), Platform: "ios", PushToken: device},
+			Owner:  store.DeviceOwner{TenantID: tenant.ID, DeviceID: device, MailboxHashes: [][]byte{[]byte("mailbox of " + device)}},
 		})
 		return err
 	}
@@ -99,8 +100,8 @@ func TestRemovedEndpointKeepsNoLiveSubscription(t *testing.T) {
 	if err != nil || ended == 0 {
 		t.Fatalf("RemoveEndpoint: %d ended, %v", ended, err)
 	}
-	if err := register("third-", "phone-0"); err == nil {
-		t.Error("a registration for a removed endpoint was stored")
+	if err := register("third-", "phone-0"); !errors.Is(err, store.ErrEndpointRemoved) {
+		t.Errorf("a registration for a removed endpoint: %v, want ErrEndpointRemoved", err)
 	}
 	var live int
 	if err := s.Pool().QueryRow(ctx, `SELECT count(*) FROM subscriptions WHERE endpoint_id = $1 AND state = 'active'`, ep.ID).Scan(&live); err != nil {

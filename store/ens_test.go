@@ -182,6 +182,7 @@ func TestConcurrentRegistrationsOfOneMailboxLeaveOneLiveSubscription(t *testing.
 					Subscription: store.Subscription{PublicID: round + device, TenantID: tenant.ID, MailboxHash: []byte(mailbox), EndpointID: ep.ID,
 						AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: round + device, StatusFrequency: 15},
 					Device:              store.Device{TenantID: tenant.ID, DeviceID: device, MailboxHash: []byte(mailbox), Platform: "ios", PushToken: device},
+					Owner:               store.DeviceOwner{MailboxHashes: append([][]byte{[]byte(mailbox)}, former...)},
 					FormerMailboxHashes: former,
 				})
 				if err != nil {

@@ -60,7 +60,7 @@ func scanSubscription(row pgx.Row) (Subscription, error) {
 type Registration struct {
 	Subscription Subscription // the new subscription (ID, state and times are set by Register)
 	Device       Device       // the device (ID, state and times are set by Register)
-	Owner        DeviceOwner  // who registers: checked against the device row under lock
+	Owner        DeviceOwner  // the secret and mailbox presented: checked against the device row under lock
 	KeyPairID    int64        // the key pair used; deleted, as RSA is used once
 
 	// FormerMailboxHashes are the mailbox's hashes under master keys that
@@ -99,7 +99,9 @@ func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, e
 		if previous, err = previousMailbox("FOR UPDATE"); err != nil { // it may have moved before the lock
 			return err
 		}
-		if _, err := checkOwner(ctx, tx, reg.Owner, "FOR UPDATE"); err != nil {
+		owner := reg.Owner // for the device registered, whatever the caller filled in
+		owner.TenantID, owner.DeviceID = dev.TenantID, dev.DeviceID
+		if _, err := checkOwner(ctx, tx, owner, "FOR UPDATE"); err != nil {
 			return err
 		}
 		if len(reg.FormerMailboxHashes) > 0 {
@@ -153,11 +155,20 @@ func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, e
 	if errors.Is(err, ErrNotOwner) {
 		return Subscription{}, err
 	}
+	if hasCode(err, foreignKeyViolation) {
+		// The endpoint was removed while Exchange was being called
+		// (the subscriptions_endpoint_live trigger).
+		return Subscription{}, ErrEndpointRemoved
+	}
 	if err != nil {
 		return Subscription{}, s.queryError("register device", err)
 	}
 	return sub, nil
 }
+
+// ErrEndpointRemoved means a registration lost the race with the removal
+// of its EWS endpoint.
+var ErrEndpointRemoved = errors.New("the EWS endpoint was removed")
 
 // lockMailboxes serialises the registrations that touch any of the mailboxes
 // (nil hashes are skipped) until the transaction ends, so that two at once
