@@ -9,7 +9,7 @@ CADDY_VERSION := v2.11.9
 FUZZ_TARGETS ?= ./ews:FuzzParseSendNotification ./ews:FuzzParseResponses ./ews:FuzzParseFingerprint ./kcd:FuzzUPNFromSAN ./ewsproxy:FuzzGuard
 FUZZ_TIME    ?= 40000x
 
-.PHONY: build demo-tools run test unit fuzz lint bench xcaddy tools clean
+.PHONY: build demo-tools run test test-deps unit fuzz lint bench xcaddy tools clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/ensgate
@@ -22,8 +22,13 @@ run: build demo-tools
 demo-tools:
 	$(GO) build -o bin/ ./cmd/ewssim ./cmd/pushsink ./cmd/ensdemo
 
-## test: lint, every unit and integration test (real PostgreSQL), brief fuzzing.
-test: lint build demo-tools unit fuzz
+## test: lint, every unit and integration test (real PostgreSQL, real KDCs),
+## brief fuzzing. On a fresh Debian machine it first installs what the tests
+## need (as root), or names it.
+test: test-deps lint build demo-tools unit fuzz
+
+test-deps:
+	@bash scripts/install-test-deps.sh
 
 unit:
 	ENSGATE_BIN=$(CURDIR)/$(BIN) ENSGATE_REQUIRE_POSTGRES=1 ENSGATE_REQUIRE_KDC=1 $(GO) test -race -count=1 ./...

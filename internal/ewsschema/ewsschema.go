@@ -1,5 +1,6 @@
 // Package ewsschema validates EWS SOAP messages against the official schemas
-// in ../shared/ews-schema with xmllint, for tests on both sides of the protocol.
+// (kept in testdata/schema, with sample messages in testdata/samples) with
+// xmllint, for tests on both sides of the protocol.
 package ewsschema
 
 import (
@@ -13,29 +14,31 @@ import (
 )
 
 // Dir returns the directory holding ews-envelope-strict.xsd: $ENSGATE_EWS_SCHEMA
-// if set, else ../shared/ews-schema beside the module root.
+// if set, else this package's testdata/schema.
 func Dir() (string, error) {
 	if d := os.Getenv("ENSGATE_EWS_SCHEMA"); d != "" {
 		return d, nil
 	}
+	return testdata("schema", "ews-envelope-strict.xsd")
+}
+
+// SamplesDir returns the directory of the sample EWS messages.
+func SamplesDir() (string, error) {
+	return testdata("samples", "01-subscribe-push.request.xml")
+}
+
+// testdata returns this package's testdata/dir, checking that it holds
+// file: tests run with their own package as the working directory.
+func testdata(dir, file string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
 	}
-	d := filepath.Join(root, "..", "shared", "ews-schema")
-	if _, err := os.Stat(filepath.Join(d, "ews-envelope-strict.xsd")); err != nil {
-		return "", fmt.Errorf("EWS schemas not found at %s (set ENSGATE_EWS_SCHEMA): %w", d, err)
+	d := filepath.Join(root, "internal", "ewsschema", "testdata", dir)
+	if _, err := os.Stat(filepath.Join(d, file)); err != nil {
+		return "", fmt.Errorf("EWS test data not found at %s: %w", d, err)
 	}
 	return d, nil
-}
-
-// SamplesDir returns ../shared/ews-samples beside the module root.
-func SamplesDir() (string, error) {
-	d, err := Dir()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(d, "..", "ews-samples"), nil
 }
 
 func moduleRoot() (string, error) {
