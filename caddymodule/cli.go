@@ -153,6 +153,24 @@ func tenantCommand() *cobra.Command {
 	return tenant
 }
 
+// endpointFlags reads --url, normalised, and --fingerprint (if given), in
+// its canonical form.
+func endpointFlags(cmd *cobra.Command) (url, pin string, err error) {
+	rawURL, _ := cmd.Flags().GetString("url")
+	pin, _ = cmd.Flags().GetString("fingerprint")
+	if url, err = store.NormalizeEWSURL(rawURL); err != nil {
+		return "", "", fmt.Errorf("--url: %w", err)
+	}
+	if pin != "" {
+		fp, err := ews.ParseFingerprint(pin)
+		if err != nil {
+			return "", "", fmt.Errorf("--fingerprint: %w", err)
+		}
+		pin = fp.String()
+	}
+	return url, pin, nil
+}
+
 func endpointCommand() *cobra.Command {
 	endpoint := &cobra.Command{Use: "endpoint", Short: "Manages a tenant's allowed EWS endpoints"}
 
@@ -161,18 +179,9 @@ func endpointCommand() *cobra.Command {
 		Short: "Allows an EWS URL for a tenant's devices, optionally pinned to a certificate",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			rawURL, _ := cmd.Flags().GetString("url")
-			pin, _ := cmd.Flags().GetString("fingerprint")
-			url, err := store.NormalizeEWSURL(rawURL)
+			url, pin, err := endpointFlags(cmd)
 			if err != nil {
-				return fmt.Errorf("--url: %w", err)
-			}
-			if pin != "" {
-				fp, err := ews.ParseFingerprint(pin)
-				if err != nil {
-					return fmt.Errorf("--fingerprint: %w", err)
-				}
-				pin = fp.String()
+				return err
 			}
 			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
 				e, err := s.AddEndpoint(ctx, t.ID, url, pin)
@@ -215,22 +224,12 @@ func endpointCommand() *cobra.Command {
 		Short: "Replaces the certificate pin of an allowed EWS URL; running nodes use it within seconds",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			rawURL, _ := cmd.Flags().GetString("url")
-			pin, _ := cmd.Flags().GetString("fingerprint")
-			none, _ := cmd.Flags().GetBool("none")
-			if (pin == "") == !none {
-				return errors.New("give either --fingerprint (the new pin) or --none (no pin)")
-			}
-			url, err := store.NormalizeEWSURL(rawURL)
+			url, pin, err := endpointFlags(cmd)
 			if err != nil {
-				return fmt.Errorf("--url: %w", err)
+				return err
 			}
-			if pin != "" {
-				fp, err := ews.ParseFingerprint(pin)
-				if err != nil {
-					return fmt.Errorf("--fingerprint: %w", err)
-				}
-				pin = fp.String()
+			if none, _ := cmd.Flags().GetBool("none"); (pin == "") == !none {
+				return errors.New("give either --fingerprint (the new pin) or --none (no pin)")
 			}
 			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
 				e, err := s.SetEndpointPin(ctx, t.ID, url, pin)
@@ -258,10 +257,9 @@ Unsubscribe, and its devices' status says resubscribe. Adding the URL again
 lets devices register again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			rawURL, _ := cmd.Flags().GetString("url")
-			url, err := store.NormalizeEWSURL(rawURL)
+			url, _, err := endpointFlags(cmd)
 			if err != nil {
-				return fmt.Errorf("--url: %w", err)
+				return err
 			}
 			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
 				ended, err := s.RemoveEndpoint(ctx, t.ID, url)
