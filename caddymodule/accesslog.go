@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -14,16 +16,21 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/ensgate/ensgate/ens"
+	"github.com/ensgate/ensgate/ewsproxy"
 )
 
-// accessLog writes the access-log entries of the requests the ens handler
-// serves, with their secrets redacted: the callback key `f` in Exchange's
-// notify URL (with a database dump it opens the credentials), the device
-// secret header and every credential header. Caddy captures the request for
-// its own entry before any handler runs, so no handler can redact that
-// entry: the ens handler skips it (caddyhttp.LogSkipVar) and writes this one
-// instead, under the same logger names and with the same fields (fields
-// that handlers before ens add to the access log are not carried over).
+// accessLog writes the access-log entries of the requests the ens and
+// ews_proxy handlers serve, with what must not be logged redacted: the
+// callback key `f` in Exchange's notify URL (with a database dump it opens
+// the credentials), the device secret, the mailbox address in
+// X-AnchorMailbox (ENS's EWS calls and devices send it for Exchange's
+// routing, so it is forwarded as is), ENS's device attestation and every
+// credential header. Caddy captures the request for its own entry before
+// any handler runs, so no handler can redact that entry: these handlers
+// skip it (caddyhttp.LogSkipVar) and write this one instead, under the same
+// logger names and with the same fields, plus those they add with
+// addLogFields (fields that handlers before them add to the access log are
+// not carried over: Caddy's ExtraLogFields cannot be read back).
 type accessLog struct {
 	logger *zap.Logger // "http.log.access", routed like Caddy's own
 }
@@ -35,14 +42,26 @@ func newAccessLog(ctx caddy.Context) accessLog {
 // redacted replaces secrets in what the access log shows.
 const redacted = "REDACTED"
 
-// serve runs h, writing the redacted entry when Caddy would have written
-// one.
-func (a accessLog) serve(w http.ResponseWriter, r *http.Request, h http.Handler) {
+// redactedHeaders are the request headers the access log shows as
+// REDACTED, besides the credential headers LoggableHTTPHeader redacts
+// (Authorization, Cookie and the like) whatever the server's
+// log_credentials says: ENS's are tokens, the proxy's carry users'
+// passwords.
+var redactedHeaders = []string{
+	ens.DeviceSecretHeader,
+	"X-AnchorMailbox", // a mail address: personal data
+	// ENS's signed device list: a token bound to its request, useless in
+	// a log; the proxy's own log lines name the devices it refuses.
+	ewsproxy.DevicesHeader,
+}
+
+// serve runs next, writing the redacted entry when Caddy would have
+// written one, and returns next's error for Caddy to answer.
+func (a accessLog) serve(w http.ResponseWriter, r *http.Request, next func(http.ResponseWriter, *http.Request) error) error {
 	ctx := r.Context()
 	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	if skip, _ := caddyhttp.GetVar(ctx, caddyhttp.LogSkipVar).(bool); skip || srv == nil || srv.Logs == nil || !shouldLog(srv.Logs, r) {
-		h.ServeHTTP(w, r)
-		return
+		return next(w, r)
 	}
 	caddyhttp.SetVar(ctx, caddyhttp.LogSkipVar, true)
 	request := zap.Object("request", caddyhttp.LoggableHTTPRequest{Request: redactRequest(r)})
@@ -50,15 +69,26 @@ func (a accessLog) serve(w http.ResponseWriter, r *http.Request, h http.Handler)
 	if r.Body != nil {
 		r.Body = body
 	}
+	extra := new(entryFields)
+	r = r.WithContext(context.WithValue(ctx, entryFieldsKey{}, extra))
 	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
-	h.ServeHTTP(rec, r)
+	err := next(rec, r)
 
 	start, ok := caddyhttp.GetVar(ctx, "start_time").(time.Time)
 	if !ok {
 		start = time.Now()
 	}
+	status := rec.Status()
+	if err != nil && status == 0 {
+		// Caddy answers the error after the handlers have returned: with
+		// its status, or 500 (an error route, if any, may answer otherwise).
+		status = http.StatusInternalServerError
+		if he, ok := errors.AsType[caddyhttp.HandlerError](err); ok {
+			status = he.StatusCode
+		}
+	}
 	level := zapcore.InfoLevel
-	if rec.Status() >= 500 {
+	if status >= 500 {
 		level = zapcore.ErrorLevel
 	}
 	if name, ok := caddyhttp.GetVar(ctx, caddyhttp.LogLevelVar).(string); ok {
@@ -66,20 +96,35 @@ func (a accessLog) serve(w http.ResponseWriter, r *http.Request, h http.Handler)
 			level = l
 		}
 	}
+	fields := append([]zap.Field{request,
+		zap.Int("bytes_read", body.n),
+		zap.String("user_id", userID(r)),
+		zap.Duration("duration", time.Since(start)),
+		zap.Int("size", rec.Size()),
+		zap.Int("status", status),
+		zap.Object("resp_headers", caddyhttp.LoggableHTTPHeader{Header: rec.Header()}),
+	}, extra.fields...)
 	for _, logger := range loggersFor(a.logger, srv.Logs, r) {
 		if c := logger.Check(level, "handled request"); c != nil {
-			c.Write(request,
-				zap.Int("bytes_read", body.n),
-				zap.String("user_id", userID(r)),
-				zap.Duration("duration", time.Since(start)),
-				zap.Int("size", rec.Size()),
-				zap.Int("status", rec.Status()),
-				zap.Object("resp_headers", caddyhttp.LoggableHTTPHeader{Header: rec.Header()}))
+			c.Write(fields...)
 		}
+	}
+	return err
+}
+
+// entryFields are the fields a handler adds to the entry serve writes.
+type entryFields struct{ fields []zap.Field }
+
+type entryFieldsKey struct{}
+
+// addLogFields adds fields to r's access-log entry, if serve writes one.
+func addLogFields(r *http.Request, fields ...zap.Field) {
+	if e, ok := r.Context().Value(entryFieldsKey{}).(*entryFields); ok {
+		e.fields = append(e.fields, fields...)
 	}
 }
 
-// userID is what an authentication handler before ens set, as Caddy logs it.
+// userID is what an authentication handler before ours set, as Caddy logs it.
 func userID(r *http.Request) string {
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
@@ -90,12 +135,12 @@ func userID(r *http.Request) string {
 }
 
 // redactRequest returns a copy of r for the log, without its secrets.
-// Credential headers are redacted by LoggableHTTPHeader whatever the
-// server's log_credentials says: ENS's are tokens.
 func redactRequest(r *http.Request) *http.Request {
 	c := r.Clone(r.Context())
-	if c.Header.Get(ens.DeviceSecretHeader) != "" {
-		c.Header.Set(ens.DeviceSecretHeader, redacted)
+	for _, h := range redactedHeaders {
+		if len(c.Header.Values(h)) > 0 {
+			c.Header.Set(h, redacted)
+		}
 	}
 	if path, query, ok := strings.Cut(c.RequestURI, "?"); ok {
 		c.RequestURI = path + "?" + redactQuery(query)

@@ -66,8 +66,10 @@ func (h *ENSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 	if !isUnder(r.URL.Path, ens.BasePath) {
 		return next.ServeHTTP(w, r)
 	}
-	h.access.serve(w, r, h.handler)
-	return nil
+	return h.access.serve(w, r, func(w http.ResponseWriter, r *http.Request) error {
+		h.handler.ServeHTTP(w, r)
+		return nil
+	})
 }
 
 func isUnder(path, base string) bool {

@@ -76,6 +76,7 @@ type EWSProxy struct {
 	boundProxy  *reverseproxy.Handler
 	guard       *ewsproxy.Guard
 	kerberosKey string // the shared delegator this config holds, if any
+	access      accessLog
 }
 
 // DefaultMaxRequestBody is Exchange's own limit for EWS requests (IIS
@@ -162,6 +163,7 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 		}
 	}
 	h.guard = ewsproxy.NewGuard(cfg, app.compliance, ctx.Slogger())
+	h.access = newAccessLog(ctx)
 	return nil
 }
 
@@ -210,12 +212,9 @@ func loadReverseProxy(ctx caddy.Context, holder any) (*reverseproxy.Handler, err
 }
 
 // annotateAccessLog adds the EWS operation and the proxy's decision to
-// Caddy's access log entry for the request.
+// the request's access-log entry.
 func annotateAccessLog(r *http.Request, operation, decision string) {
-	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
-		extra.Set(zap.String("ews_operation", operation))
-		extra.Set(zap.String("ews_decision", decision))
-	}
+	addLogFields(r, zap.String("ews_operation", operation), zap.String("ews_decision", decision))
 }
 
 // Cleanup gives back this config's reference to the shared delegator.
@@ -227,12 +226,16 @@ func (h *EWSProxy) Cleanup() error {
 	return err
 }
 
+// ServeHTTP writes the access-log entry itself (accessLog): requests
+// carry the mailbox address in X-AnchorMailbox.
 func (h *EWSProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	return h.guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request, connectionBound bool) error {
-		if connectionBound {
-			return h.boundProxy.ServeHTTP(w, r, next)
-		}
-		return h.proxy.ServeHTTP(w, r, next)
+	return h.access.serve(w, r, func(w http.ResponseWriter, r *http.Request) error {
+		return h.guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request, connectionBound bool) error {
+			if connectionBound {
+				return h.boundProxy.ServeHTTP(w, r, next)
+			}
+			return h.proxy.ServeHTTP(w, r, next)
+		})
 	})
 }
 

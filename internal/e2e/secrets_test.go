@@ -17,21 +17,32 @@ import (
 	"github.com/ensgate/ensgate/internal/pgtest"
 )
 
-// withAccessLogs writes Caddyfile.example with an access log in each site,
-// as an admin adds one (docs/operations.md), and Caddy at debug level, so
-// that every line anything would log is written.
+// withAccessLogs writes Caddyfile.example with an access log of its own in
+// each site, as an admin adds one (docs/operations.md), and Caddy at debug
+// level, so that every line anything would log is written. The default
+// log gets the filter docs/proxy.md gives for the lines of Caddy's that
+// hold a request's headers as they are (the error log's, reverse_proxy's
+// debug lines); the access logs, which do not pass through it, must
+// redact on their own.
 func withAccessLogs(t *testing.T) string {
 	t.Helper()
 	example, err := os.ReadFile(filepath.Join(repoRoot(t), "Caddyfile.example"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	config := regexp.MustCompile(`(?m)^\{$`).ReplaceAllString(string(example), "{\n\tdebug")
+	config := regexp.MustCompile(`(?m)^\{$`).ReplaceAllString(string(example), `{
+	debug
+	log {
+		format filter {
+			request>headers>X-Anchormailbox replace REDACTED
+			request>headers>X-Ensgate-Devices replace REDACTED
+		}
+	}`)
 	sites := regexp.MustCompile(`(?m)^(\S.*) \{$`)
 	if n := len(sites.FindAllString(config, -1)); n != 2 {
 		t.Fatalf("Caddyfile.example has %d sites, want the public one and the admin API's", n)
 	}
-	config = sites.ReplaceAllString(config, "$1 {\n\tlog")
+	config = sites.ReplaceAllString(config, "$1 {\n\tlog {\n\t\toutput stderr\n\t}")
 	file := filepath.Join(t.TempDir(), "Caddyfile")
 	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
@@ -39,13 +50,16 @@ func withAccessLogs(t *testing.T) string {
 	return file
 }
 
-// With access logging on, a registration, Exchange's notifications, a
-// status query and admin API calls leave no secret in any log line: not
-// the callback key f (with a database dump it opens the credentials), not
-// the API token, the admin token, the device secret or the password.
+// With access logging on, a registration, Exchange's notifications (and
+// ENS's EWS calls through the proxy they cause), a status query and admin
+// API calls leave no secret in any log line: not the callback key f (with
+// a database dump it opens the credentials), not the API token, the admin
+// token, the device secret or the password, and no mail address (ENS's
+// EWS calls carry the mailbox in X-AnchorMailbox, which Exchange needs).
 func TestNoSecretInAnyLogLine(t *testing.T) {
 	const (
 		email    = "alice@contoso.test"
+		sender   = "carol@fabrikam.test"
 		password = "correct-horse-battery-staple-42"
 		apns     = "5a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9"
 	)
@@ -78,7 +92,7 @@ func TestNoSecretInAnyLogLine(t *testing.T) {
 		EWSURL: base + "/EWS/Exchange.asmx", AuthType: "basic", Credentials: map[string]string{"username": email, "password": password}}); err != nil {
 		t.Fatalf("registration: %v", err)
 	}
-	sim.Deliver(email, ewssim.Mail{From: "carol@fabrikam.test", Subject: "one", Body: "b"})
+	sim.Deliver(email, ewssim.Mail{From: sender, Subject: "one", Body: "b"})
 	deadline := time.Now().Add(20 * time.Second)
 	for pushesTo(sink, apns) < 1 {
 		if time.Now().After(deadline) {
@@ -109,27 +123,65 @@ func TestNoSecretInAnyLogLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	secrets := map[string]string{
-		"the callback key f": callback.Query().Get("f"),
-		"the API token":      token,
-		"the admin token":    adminToken,
-		"the device secret":  devices.Secret("phone"),
-		"the password":       password,
+		"the callback key f":   callback.Query().Get("f"),
+		"the API token":        token,
+		"the admin token":      adminToken,
+		"the device secret":    devices.Secret("phone"),
+		"the password":         password,
+		"the mailbox address":  email,
+		"the sender's address": sender,
 	}
 	for name, v := range secrets {
 		if len(v) < 16 {
 			t.Fatalf("%s is %q: too short to look for", name, v)
 		}
 	}
-	// The notifications' access entries are written, with f redacted.
-	notified := false
+	// A device's own request while Exchange is down: Caddy's error log
+	// holds it as it arrived, with the address (the filter's case).
+	sim.Close()
+	req, _ := http.NewRequest("POST", base+"/EWS/Exchange.asmx", strings.NewReader("<soap/>"))
+	req.Header.Set("X-Device-Id", "phone")
+	req.Header.Set("X-AnchorMailbox", email)
+	req.SetBasicAuth(email, password)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("with Exchange down: %s, want 502", resp.Status)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), `"logger":"http.log.error`) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// The entries that would hold secrets are written, redacted.
+	var notified, ensCalls, deviceCall, errorLogged bool
 	for _, line := range strings.Split(logs.String(), "\n") {
 		var entry struct {
-			Logger  string
-			Request struct{ URI string }
+			Logger   string
+			Status   int
+			Decision string `json:"ews_decision"`
+			Request  struct {
+				URI     string
+				Headers map[string]json.RawMessage
+			}
 		}
-		if json.Unmarshal([]byte(line), &entry) == nil && entry.Logger == "http.log.access" &&
-			strings.HasPrefix(entry.Request.URI, "/api/ens/notify?") && strings.Contains(entry.Request.URI, "f=REDACTED") {
-			notified = true
+		if json.Unmarshal([]byte(line), &entry) == nil {
+			anchor := string(entry.Request.Headers["X-Anchormailbox"])
+			access := strings.HasPrefix(entry.Logger, "http.log.access")
+			switch {
+			case access && strings.HasPrefix(entry.Request.URI, "/api/ens/notify?") && strings.Contains(entry.Request.URI, "f=REDACTED"):
+				notified = true
+			case access && entry.Request.URI == "/EWS/Exchange.asmx" && anchor == `["REDACTED"]` && entry.Decision == "forwarded":
+				if entry.Status == http.StatusBadGateway {
+					deviceCall = true
+				} else {
+					ensCalls = true
+				}
+			case strings.HasPrefix(entry.Logger, "http.log.error") && entry.Request.URI == "/EWS/Exchange.asmx" && anchor == `"REDACTED"`:
+				errorLogged = true
+			}
 		}
 		for name, v := range secrets {
 			if strings.Contains(line, v) {
@@ -137,8 +189,15 @@ func TestNoSecretInAnyLogLine(t *testing.T) {
 			}
 		}
 	}
-	if !notified {
-		t.Errorf("no access log entry for Exchange's notification (with f redacted):\n%s", logs.String())
+	for what, ok := range map[string]bool{
+		"Exchange's notification (with f redacted)":                     notified,
+		"ENS's EWS calls (with X-AnchorMailbox redacted)":               ensCalls,
+		"the device's request with Exchange down (access log, 502)":     deviceCall,
+		"the device's request with Exchange down (error log, filtered)": errorLogged,
+	} {
+		if !ok {
+			t.Errorf("no log entry for %s", what)
+		}
 	}
 }
 
