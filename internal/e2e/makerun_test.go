@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,8 +18,10 @@ import (
 
 // TestMakeRunScript runs what `make run` runs, on a fresh run directory: it
 // must start its own PostgreSQL, the simulator and the push sinks, serve
-// alive, register the scripted device, print the push that the delivered
-// mail causes, and stop everything again on Ctrl-C.
+// alive and the admin API, register the scripted device, print the push
+// that the delivered mail causes, and stop everything again on Ctrl-C.
+// Every listener and Caddy's admin socket are its own, so that a local
+// `make run` does not get in the way.
 func TestMakeRunScript(t *testing.T) {
 	if _, err := os.Stat("/usr/lib/postgresql"); err != nil && os.Getenv("ENSGATE_REQUIRE_POSTGRES") == "" {
 		t.Skip("PostgreSQL is not installed")
@@ -29,10 +34,12 @@ func TestMakeRunScript(t *testing.T) {
 	os.Chmod(runDir, 0o755) // the postgres user must reach its data directory
 
 	listen := "http://" + freeAddr(t)
+	socket := filepath.Join(runDir, "caddy-admin.sock")
+	_, adminAPIPort, _ := net.SplitHostPort(freeAddr(t))
 	cmd := exec.Command("scripts/run.sh")
 	cmd.Dir = repoRoot(t)
 	cmd.Env = append(baseEnv(), "ENS_RUN_DIR="+runDir, "ENS_LISTEN="+listen,
-		"ENS_CADDY_ADMIN="+freeAddr(t), "ENSGATE_BIN_DIR="+filepath.Dir(ensgate),
+		"ENS_CADDY_ADMIN_SOCKET="+socket, "ENS_ADMIN_API_PORT="+adminAPIPort, "ENSGATE_BIN_DIR="+filepath.Dir(ensgate),
 		"ENS_SIM_ADDR="+freeAddr(t), "ENS_APNS_SINK_ADDR="+freeAddr(t), "ENS_FCM_SINK_ADDR="+freeAddr(t))
 	var logs syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -62,6 +69,25 @@ func TestMakeRunScript(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(runDir, "master.key")); err != nil {
 		t.Errorf("the master key is not kept for the next run: %v", err)
+	}
+	if fi, err := os.Stat(socket); err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Errorf("Caddy's admin endpoint is not the run's socket %s: %v", socket, err)
+	}
+	// ENS's admin API itself (not the site's catch-all 404) answers there.
+	adminToken, err := os.ReadFile(filepath.Join(runDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", "http://127.0.0.1:"+adminAPIPort+"/api/ens/admin/tenants/no-such-tenant/devices", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(adminToken)))
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Errorf("the admin API on port %s: %v", adminAPIPort, err)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(body), "no such tenant") {
+			t.Errorf("the admin API on port %s: %s %s", adminAPIPort, resp.Status, body)
+		}
 	}
 
 	cmd.Process.Signal(syscall.SIGINT)
