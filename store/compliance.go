@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -118,43 +117,12 @@ func (s *Store) ComplianceState(ctx context.Context, k DeviceKey) (string, error
 // changed fails, it reports the error to failed and starts over a second
 // later.
 func (s *Store) ListenCompliance(ctx context.Context, reset func(), changed func(DeviceKey) error, failed func(error)) {
-	for ctx.Err() == nil {
-		err := s.listen(ctx, reset, changed)
-		if ctx.Err() != nil {
-			return
+	s.listen(ctx, ComplianceChannel, reset, func(payload string) error {
+		tenant, device, ok := strings.Cut(payload, ":")
+		id, err := strconv.ParseInt(tenant, 10, 64)
+		if !ok || err != nil {
+			return nil // not SetCompliance's: no device to reload
 		}
-		failed(err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func (s *Store) listen(ctx context.Context, reset func(), changed func(DeviceKey) error) error {
-	pooled, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return s.unreachable(err)
-	}
-	// The connection carries LISTEN state: it never goes back to the pool.
-	conn := pooled.Hijack()
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN "+ComplianceChannel); err != nil {
-		return err
-	}
-	reset()
-	for {
-		n, err := conn.WaitForNotification(ctx)
-		if err != nil {
-			return err
-		}
-		tenant, device, ok := strings.Cut(n.Payload, ":")
-		id, perr := strconv.ParseInt(tenant, 10, 64)
-		if !ok || perr != nil {
-			continue
-		}
-		if err := changed(DeviceKey{TenantID: id, DeviceID: device}); err != nil {
-			return err
-		}
-	}
+		return changed(DeviceKey{TenantID: id, DeviceID: device})
+	}, failed)
 }

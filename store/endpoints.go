@@ -243,38 +243,10 @@ func (s *Store) EndpointByID(ctx context.Context, id int64) (Endpoint, error) {
 // connection of its own; when that is lost it reports the error to failed
 // and starts over a second later.
 func (s *Store) ListenEndpoints(ctx context.Context, reset func(), changed func(id int64), failed func(error)) {
-	for ctx.Err() == nil {
-		err := s.listenEndpoints(ctx, reset, changed)
-		if ctx.Err() != nil {
-			return
-		}
-		failed(err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func (s *Store) listenEndpoints(ctx context.Context, reset func(), changed func(int64)) error {
-	pooled, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return s.unreachable(err)
-	}
-	// The connection carries LISTEN state: it never goes back to the pool.
-	conn := pooled.Hijack()
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN "+EndpointChannel); err != nil {
-		return err
-	}
-	reset()
-	for {
-		n, err := conn.WaitForNotification(ctx)
-		if err != nil {
-			return err
-		}
-		if id, err := strconv.ParseInt(n.Payload, 10, 64); err == nil {
+	s.listen(ctx, EndpointChannel, reset, func(payload string) error {
+		if id, err := strconv.ParseInt(payload, 10, 64); err == nil {
 			changed(id)
 		}
-	}
+		return nil
+	}, failed)
 }
