@@ -39,7 +39,7 @@ var errBadAttestation = errors.New("invalid or expired device attestation")
 //
 //	v2;<unix time>;<tenant id>;<escaped ids, comma-separated>;<HMAC-SHA256>
 //
-// whose HMAC also covers the request it accompanies (method, path,
+// whose HMAC also covers the request it accompanies (method, path, query,
 // Authorization and the SHA-256 of the body), so that it cannot be
 // replayed with another request.
 type Attestation struct {
@@ -101,7 +101,7 @@ func (a Attestation) mac(head string, r *http.Request, body []byte) string {
 	m := hmac.New(sha256.New, a.Secret)
 	m.Write([]byte("ensgate devices\x00" + head))
 	sum := sha256.Sum256(body)
-	write(m, r.Method, r.URL.Path, strings.Join(r.Header.Values("Authorization"), "\n"), string(sum[:]))
+	write(m, r.Method, r.URL.Path, r.URL.RawQuery, strings.Join(r.Header.Values("Authorization"), "\n"), string(sum[:]))
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 

@@ -484,7 +484,7 @@ func TestClientKerberosIsConnectionBound(t *testing.T) {
 	// A truncated token such as "YII" counts as NTLM in disguise, so the
 	// lower-case one is a well-formed SPNEGO Kerberos token.
 	kerberos := base64.StdEncoding.EncodeToString(spnego(t, true, true, []asn1.ObjectIdentifier{oidKerberos}, []byte{0x60, 0x03, 0x06, 0x01, 0x00}))
-	for auth, bound := range map[string]bool{"Negotiate YIIclientkerberos": true, "negotiate " + kerberos: true, "Basic Y2xpZW50": false, "": false} {
+	for auth, bound := range map[string]bool{"NEGOTIATE " + kerberos: true, "negotiate " + kerberos: true, "Basic Y2xpZW50": false, "": false} {
 		r := httptest.NewRequest("POST", "/EWS/Exchange.asmx", strings.NewReader(getItem))
 		if auth != "" {
 			r.Header.Set("Authorization", auth)

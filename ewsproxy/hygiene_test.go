@@ -142,6 +142,7 @@ func TestNTLMInDisguiseIsRefused(t *testing.T) {
 		{"SPNEGO response with an NTLM token", "Negotiate " + std(spnego(t, false, false, nil, ntlm)), true},
 		{"SPNEGO response selecting NTLM", "Negotiate " + std(spnego(t, false, false, []asn1.ObjectIdentifier{oidNTLM}, nil)), true},
 		{"SPNEGO that cannot be parsed", "Negotiate " + std([]byte{0x60, 0x80, 0x06, 0x06, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x02}), true},
+		{"Negotiate that is not base64", "Negotiate TlRMTVNTUAAB*AAAA", true},
 		{"second Authorization header", "Basic Y2xpZW50\x00NTLM " + std(ntlm), true},
 
 		{"SPNEGO Kerberos", "Negotiate " + std(spnego(t, true, true, []asn1.ObjectIdentifier{oidMSKerbero, oidKerberos, oidNTLM}, apReq)), false},
@@ -215,6 +216,8 @@ func TestPathsThatLeaveEWSAreRefusedBeforeTheUpstream(t *testing.T) {
 		`/EWS/a%0d%0aX-Injected:%201`,
 		`/EWS/%ef%bc%8fowa`, // fullwidth solidus
 		`/EWS/%c0%ae%c0%ae/owa`,
+		`/EWS/..;/owa/`,
+		`/EWS/Exchange.asmx;jsessionid=42`,
 		`/owa/auth/logon.aspx`,
 		`/EWSX/Exchange.asmx`,
 		`/`,
@@ -230,16 +233,15 @@ func TestPathsThatLeaveEWSAreRefusedBeforeTheUpstream(t *testing.T) {
 		}
 	}
 	for target, want := range map[string]string{
-		"/EWS/Exchange.asmx":               "/EWS/Exchange.asmx",
-		"/ews/exchange.asmx?deviceId=x":    "/ews/exchange.asmx",
-		"/Ews/Exchange%2Easmx":             "/Ews/Exchange.asmx", // one decoding, then forwarded as checked
-		"/EWS":                             "/EWS",
-		"/EWS/Services.wsdl":               "/EWS/Services.wsdl",
-		"/EWS/mrsproxy.svc":                "/EWS/mrsproxy.svc",
-		"/EWS/a..b/Exchange.asmx":          "/EWS/a..b/Exchange.asmx",
-		"/EWS/%41%42":                      "/EWS/AB",
-		"/EWS/Exchange.asmx/with%20space":  "/EWS/Exchange.asmx/with space",
-		"/EWS/Exchange.asmx;jsessionid=42": "/EWS/Exchange.asmx;jsessionid=42",
+		"/EWS/Exchange.asmx":              "/EWS/Exchange.asmx",
+		"/ews/exchange.asmx?deviceId=x":   "/ews/exchange.asmx",
+		"/Ews/Exchange%2Easmx":            "/Ews/Exchange.asmx", // one decoding, then forwarded as checked
+		"/EWS":                            "/EWS",
+		"/EWS/Services.wsdl":              "/EWS/Services.wsdl",
+		"/EWS/mrsproxy.svc":               "/EWS/mrsproxy.svc",
+		"/EWS/a..b/Exchange.asmx":         "/EWS/a..b/Exchange.asmx",
+		"/EWS/%41%42":                     "/EWS/AB",
+		"/EWS/Exchange.asmx/with%20space": "/EWS/Exchange.asmx/with space",
 	} {
 		r := httptest.NewRequest("POST", target, strings.NewReader(getItem))
 		w := httptest.NewRecorder()

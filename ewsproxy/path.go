@@ -15,7 +15,7 @@ func (e errBadPath) Error() string { return string(e) }
 // IIS turns '\' into '/', resolves "." and ".." segments, and Windows
 // drops a segment's trailing dots and spaces, so "/EWS/..%5cowa" is OWA.
 // Refused: '\' raw or encoded, an encoded '/' or '%' (double encoding), a
-// segment of only dots and spaces, control characters, anything outside
+// segment of only dots and spaces, ';', control characters, anything outside
 // ASCII (Windows' best-fit mapping turns some characters, such as the
 // fullwidth solidus, into path syntax; EWS paths are ASCII), and any path
 // that does not start with /EWS/. It returns the decoded path, which is
@@ -49,6 +49,10 @@ func cleanPath(u *url.URL) (string, error) {
 			return "", errBadPath("a control character")
 		case c >= 0x80:
 			return "", errBadPath("a character outside ASCII")
+		case c == ';':
+			// Path parameters: EWS has none, and servers and filters
+			// behind the proxy disagree on them ("/EWS/..;/owa").
+			return "", errBadPath("a ';'")
 		}
 		b.WriteByte(c)
 	}

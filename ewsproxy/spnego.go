@@ -23,13 +23,14 @@ var ntlmSignature = []byte("NTLMSSP\x00")
 //
 // A token that starts like SPNEGO but cannot be parsed counts as NTLM:
 // Windows parses BER more leniently than this DER walk, so forwarding what
-// we cannot read would let NTLM through in disguise. Anything else (not
-// base64, a bare Kerberos AP-REQ, another mechanism) is Exchange's to
-// refuse.
+// we cannot read would let NTLM through in disguise; so does a token that
+// is not base64 in any of its forms, which HTTP.sys might still decode.
+// Anything else (a bare Kerberos AP-REQ, another mechanism) is Exchange's
+// to refuse.
 func negotiateIsNTLM(credentials string) bool {
 	token, ok := decodeBase64(strings.TrimSpace(credentials))
 	if !ok {
-		return false
+		return true
 	}
 	if bytes.HasPrefix(token, ntlmSignature) {
 		return true
