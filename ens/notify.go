@@ -3,6 +3,7 @@ package ens
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -79,16 +80,19 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	result := ews.SubscriptionUnsubscribe
-	if sub.State == store.SubscriptionActive && n.SubscriptionID == sub.EWSSubscriptionID {
-		result, err = s.handleNotification(ctx, log, sub, creds, n)
-		if err != nil {
-			notifications.WithLabelValues("retry").Inc()
-			log.Warn("notification not handled; Exchange will retry", slog.Any("error", err))
-			http.Error(w, "try again later", http.StatusServiceUnavailable)
-			return
-		}
-	} else {
+	switch {
+	case sub.State != store.SubscriptionActive || n.SubscriptionID != sub.EWSSubscriptionID:
 		log.Info("ending a subscription that is over", slog.String("state", sub.State), slog.String("reason", sub.StateReason))
+	case creds.InboxID == "":
+		err = s.reverify(ctx, log, sub)
+	default:
+		result, err = s.handleNotification(ctx, log, sub, creds, n)
+	}
+	if err != nil {
+		notifications.WithLabelValues("retry").Inc()
+		log.Warn("notification not handled; Exchange will retry", slog.Any("error", err))
+		http.Error(w, "try again later", http.StatusServiceUnavailable)
+		return
 	}
 	notifications.WithLabelValues(strings.ToLower(string(result))).Inc()
 	body, err := ews.BuildSendNotificationResult(result)
@@ -99,6 +103,27 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	w.Write(body)
+}
+
+// reverify ends a subscription made before mailbox binding, whose
+// credentials were never checked to log in to its mailbox, and asks its
+// devices (deactivated by the upgrade) to register again, through the check.
+func (s *Service) reverify(ctx context.Context, log *slog.Logger, sub store.Subscription) error {
+	devices, err := s.store.DevicesToReverify(ctx, sub.TenantID, sub.MailboxHash)
+	if err != nil {
+		return err
+	}
+	tenant, err := s.store.TenantByID(ctx, sub.TenantID)
+	if err != nil {
+		return err
+	}
+	changed, err := s.store.StopSubscription(ctx, sub.ID, store.SubscriptionFailed, store.ReasonReverify)
+	if err != nil || !changed {
+		return err // the node that changed it asks the devices
+	}
+	log.Info("ending a subscription made before mailbox binding; asking its devices to register again", slog.Int("devices", len(devices)))
+	s.askToReregister(ctx, tenant, devices, false)
+	return nil
 }
 
 // handleNotification records Exchange's liveness and pushes new mail.
@@ -215,9 +240,22 @@ func lastWatermark(n *ews.Notification) string {
 	return ""
 }
 
-// itemHash keys push claims; Exchange's item ids are long.
+// itemHash keys push claims; Exchange's item ids are long. An id is
+// base64, which Exchange decodes leniently (whitespace, missing padding),
+// so one item has many spellings: the hash is of the decoded bytes, or a
+// replay could respell an id to have it pushed again.
 func itemHash(id ews.ItemID) []byte {
-	sum := sha256.Sum256([]byte(id.ID))
+	canonical := []byte(id.ID)
+	compact := strings.Map(func(r rune) rune {
+		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
+			return -1
+		}
+		return r
+	}, id.ID)
+	if raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(compact, "=")); err == nil {
+		canonical = append([]byte("b64:"), raw...)
+	}
+	sum := sha256.Sum256(canonical)
 	return sum[:16]
 }
 

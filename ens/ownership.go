@@ -35,8 +35,11 @@ func deviceSecretHash(secret string) []byte {
 // as status and unregister answer an unknown id: nobody learns which ids
 // exist, or whose they are.
 func ownerError(err error) error {
-	if errors.Is(err, store.ErrNotOwner) {
+	switch {
+	case errors.Is(err, store.ErrNotOwner):
 		return errUnknownDevice
+	case errors.Is(err, store.ErrDeviceRefused):
+		return errDeviceRefused
 	}
 	return err
 }

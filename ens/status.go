@@ -20,12 +20,12 @@ func (s *Service) status(w http.ResponseWriter, r *http.Request, t store.Tenant)
 	}
 	ctx := r.Context()
 	dev, err := s.store.DeviceByID(ctx, t.ID, deviceID)
-	if errors.Is(err, store.ErrNotFound) || dev.State == store.DeviceUnregistered || dev.State == store.DeviceRemoved ||
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err // a database outage is not an unknown device: apps would all register again
+	}
+	if err != nil || dev.State == store.DeviceUnregistered || dev.State == store.DeviceRemoved ||
 		!secretMatches(dev, r.Header.Get(DeviceSecretHeader)) {
 		return errUnknownDevice
-	}
-	if err != nil {
-		return err
 	}
 	answer := map[string]any{"registered": true, "subscription": "none", "resubscribe": true}
 	if dev.State != store.DeviceActive {

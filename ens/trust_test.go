@@ -6,12 +6,16 @@ package ens_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ensgate/ensgate/ens/push"
+	"github.com/ensgate/ensgate/ens/seal"
 	"github.com/ensgate/ensgate/ews"
 	"github.com/ensgate/ensgate/internal/deviceclient"
 	"github.com/ensgate/ensgate/internal/ewssim"
@@ -258,5 +262,101 @@ func TestCapturedCallbackReplaysAndAmplifiesNothing(t *testing.T) {
 	post(t, callback, many)
 	if n := e.sim.Counters().Requests["GetItem"] - before; n > 16 {
 		t.Fatalf("one notification naming %d items made %d GetItem calls", len(ids), n)
+	}
+}
+
+// A database failure is not an unknown device: a 404 would make every app
+// of the tenant register again at once.
+func TestStatusDoesNotCallADatabaseFailureAnUnknownDevice(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	if st, _ := e.call("GET", "/api/ens/status?deviceId=phone", nil); st != 200 {
+		t.Fatalf("status: %d", st)
+	}
+	if _, err := e.store.Pool().Exec(context.Background(), `ALTER TABLE devices RENAME TO devices_away`); err != nil {
+		t.Fatal(err)
+	}
+	if st, body := e.call("GET", "/api/ens/status?deviceId=phone", nil); st == 404 || st < 500 {
+		t.Fatalf("status while the devices table is away: %d %v, want a 5xx", st, body)
+	}
+}
+
+// Registrations made before mailbox binding were never checked: bob's
+// device may sit under alice's mailbox. The upgrade deactivates them; the
+// first callback of such a subscription ends it and asks its devices to
+// register again, and only those whose credentials log in to the mailbox
+// get it back.
+func TestRegistrationsFromBeforeMailboxBindingAreCheckedAgain(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("alice-phone", alice, alicePW, 0))
+	ctx := context.Background()
+	pool := e.store.Pool()
+
+	// The state an old gateway left: no device secrets, the Inbox not
+	// recorded with the credentials, and bob's phone filed under alice's
+	// mailbox by a registration that claimed her address. Then the
+	// upgrade's migration ran (002_trust.sql).
+	sim := e.simSubscriptions(alice)
+	callback, _ := url.Parse(sim[len(sim)-1].URL)
+	key, err := seal.ParseSubscriptionKey(callback.Query().Get("f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := e.store.SubscriptionByPublicID(ctx, callback.Query().Get("id"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := key.Open(sub.PublicID, sub.SealedCredentials)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var creds map[string]any
+	json.Unmarshal(plain, &creds)
+	delete(creds, "inboxId")
+	plain, _ = json.Marshal(creds)
+	for _, stmt := range []string{
+		`UPDATE subscriptions SET sealed_credentials = $1 WHERE id = $2`,
+		`UPDATE devices SET secret_hash = NULL`,
+		`INSERT INTO devices (tenant_id, device_id, mailbox_hash, platform, push_token, notification_level)
+			SELECT tenant_id, 'bob-phone', mailbox_hash, 'ios', '` + tok("bob-phone") + `', 0 FROM devices WHERE device_id = 'alice-phone'`,
+		`UPDATE devices SET state = 'inactive', state_reason = 'reverify: registered before mailbox binding' WHERE state = 'active'`,
+	} {
+		args := []any{}
+		if strings.Contains(stmt, "$1") {
+			args = []any{key.Seal(sub.PublicID, plain), sub.ID}
+		}
+		if _, err := pool.Exec(ctx, stmt, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	e.deliver(alice, mailForAlice)
+	e.waitFor("the reverify pushes", func() bool { return len(e.pushes.pushes("")) == 2 })
+	e.settle()
+	for _, dev := range []string{"alice-phone", "bob-phone"} {
+		if p := e.pushes.pushes(tok(dev)); len(p) != 1 || p[0].Kind != push.Reregister {
+			t.Fatalf("%s got %+v, want one register-again push and no mail", dev, p)
+		}
+	}
+	if got, _ := e.store.SubscriptionByPublicID(ctx, sub.PublicID); got.State != store.SubscriptionFailed || got.StateReason != store.ReasonReverify {
+		t.Fatalf("the old subscription: %s/%s", got.State, got.StateReason)
+	}
+
+	// Bob cannot get alice's mailbox back, under either id.
+	bobAsAlice := e.basicDevice("bob-phone", alice, bobPW, 0)
+	bobAsAlice.Credentials["username"] = bob
+	if st, body := e.call("POST", "/api/ens/registerdevicev2", e.registerBody(bobAsAlice)); st != 403 {
+		t.Fatalf("bob re-registering under alice's address: %d %v", st, body)
+	}
+	if st, body := e.call("POST", "/api/ens/registerdevicev2", e.registerBody(e.basicDevice("bob-phone", bob, bobPW, 0))); st != 404 {
+		t.Fatalf("bob claiming his old row of alice's mailbox: %d %v", st, body)
+	}
+	// Alice can, and her mail is hers again.
+	e.register(e.basicDevice("alice-phone", alice, alicePW, 0))
+	e.deliver(alice, mailForAlice)
+	e.waitFor("alice's mail", func() bool { return len(e.pushes.pushes(tok("alice-phone"))) == 2 })
+	e.settle()
+	if p := e.pushes.pushes(tok("bob-phone")); len(p) != 1 {
+		t.Fatalf("bob's phone got %d pushes, want only the register-again one", len(p))
 	}
 }

@@ -42,6 +42,9 @@ const (
 	ReasonNoDevices    = "no_devices"
 	ReasonSilent       = "silent"       // Exchange stopped calling back
 	ReasonUnauthorized = "unauthorized" // Exchange refused the credentials
+	// ReasonReverify: made before mailbox binding, so never checked to
+	// belong to its mailbox; its devices are asked to register again.
+	ReasonReverify = "reverify"
 )
 
 const subscriptionColumns = `id, public_id, tenant_id, mailbox_hash, endpoint_id, auth_type,
@@ -101,8 +104,24 @@ func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, e
 		}
 		owner := reg.Owner // for the device registered, whatever the caller filled in
 		owner.TenantID, owner.DeviceID = dev.TenantID, dev.DeviceID
+		// A new id has no row to lock: two registrations that both found it
+		// free queue here, and the second sees the first's row.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('ensgate device'), hashtext($1::bigint || ':' || $2))`,
+			dev.TenantID, dev.DeviceID); err != nil {
+			return err
+		}
 		if _, err := checkOwner(ctx, tx, owner, "FOR UPDATE"); err != nil {
 			return err
+		}
+		// Checked again here: an admin may block or remove the device while
+		// its registration waits for Exchange.
+		var refused bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM device_compliance
+			WHERE tenant_id = $1 AND device_id = $2 AND state <> 'compliant')`, dev.TenantID, dev.DeviceID).Scan(&refused); err != nil {
+			return err
+		}
+		if refused {
+			return ErrDeviceRefused
 		}
 		if len(reg.FormerMailboxHashes) > 0 {
 			if _, err := tx.Exec(ctx, `UPDATE devices SET mailbox_hash = $2 WHERE tenant_id = $1 AND mailbox_hash = ANY($3) AND state = 'active'`,
@@ -152,7 +171,7 @@ func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, e
 		_, err = tx.Exec(ctx, `DELETE FROM key_pairs WHERE id = $1`, reg.KeyPairID)
 		return err
 	})
-	if errors.Is(err, ErrNotOwner) {
+	if errors.Is(err, ErrNotOwner) || errors.Is(err, ErrDeviceRefused) {
 		return Subscription{}, err
 	}
 	if hasCode(err, foreignKeyViolation) {
@@ -165,6 +184,9 @@ func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, e
 	}
 	return sub, nil
 }
+
+// ErrDeviceRefused means the device is blocked, wiped or not compliant.
+var ErrDeviceRefused = errors.New("the device is blocked, wiped or not compliant")
 
 // ErrEndpointRemoved means a registration lost the race with the removal
 // of its EWS endpoint.

@@ -5,6 +5,15 @@
 -- NULL for devices registered before this version (docs/security.md).
 ALTER TABLE devices ADD COLUMN secret_hash bytea CHECK (length(secret_hash) = 32);
 
+-- Mailbox binding: a registration made before it was never checked to log in
+-- to its mailbox (a device could claim any address, and get that mailbox's
+-- mail). Such devices get no pushes until they register again through the
+-- check; each is asked to at its subscription's next callback, which ends
+-- that subscription (docs/operations.md, "Upgrading to mailbox binding").
+UPDATE devices SET state = 'inactive', state_reason = 'reverify: registered before mailbox binding',
+    state_changed_at = now()
+    WHERE state = 'active';
+
 -- Fair shares (key pool): publickey counts a tenant's unused key pairs and
 -- finds a device's own again; the clean-up deletes them by age.
 CREATE INDEX key_pairs_handed_out ON key_pairs (tenant_id, device_id) WHERE assigned_at IS NOT NULL;
