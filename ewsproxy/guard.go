@@ -164,7 +164,7 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	if b.exceeded {
 		return 0, errBodyTooLarge
 	}
-	if int64(len(p)) > b.left+1 {
+	if b.left < int64(len(p))-1 { // not b.left+1, which overflows for a limit of MaxInt64
 		p = p[:b.left+1] // one byte more tells a body that only fills the limit from a longer one
 	}
 	n, err := b.ReadCloser.Read(p)

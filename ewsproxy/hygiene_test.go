@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -347,5 +348,19 @@ func TestARouteWithATenantIgnoresOtherTenantsBlocks(t *testing.T) {
 	}
 	if lookups != 2 {
 		t.Errorf("%d tenant lookups, want 2 (one failed, then found for good)", lookups)
+	}
+}
+
+// The largest limit a config can give is no limit at all, not a panic.
+func TestLargestBodyLimitForwardsTheBody(t *testing.T) {
+	g := ewsproxy.NewGuard(ewsproxy.Config{AllowUnknown: true, MaxRequestBody: math.MaxInt64}, nil, quiet)
+	r := httptest.NewRequest("POST", "/EWS/Exchange.asmx", chunked{strings.NewReader(getItem)})
+	w := httptest.NewRecorder()
+	up := &recordingUpstream{}
+	if err := g.Serve(w, r, up.forward); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != 200 || up.calls != 1 || string(up.body) != getItem {
+		t.Fatalf("%d with %d upstream calls, body %d bytes", w.Code, up.calls, len(up.body))
 	}
 }
