@@ -88,8 +88,10 @@ func (s *Service) admin(h func(http.ResponseWriter, *http.Request, store.Tenant)
 			writeError(w, &apiError{http.StatusTooManyRequests, "rate_limited", "too many failed admin logins from this address; retry later"})
 			return
 		}
-		token, _ := bearerToken(r)
-		if subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.AdminToken)) != 1 {
+		// Only the Bearer scheme: "Basic <token>" is another credential
+		// (and may be logged or cached as one) that happens to hold it.
+		token, bearer := bearerToken(r)
+		if !bearer || subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.AdminToken)) != 1 {
 			s.adminFailures.add(addr, time.Now())
 			writeError(w, &apiError{http.StatusUnauthorized, "unauthorized", "missing or wrong admin token (Authorization: Bearer <ENS_ADMIN_TOKEN>)"})
 			return

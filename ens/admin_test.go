@@ -40,6 +40,13 @@ func TestBearerSchemeIsCaseInsensitive(t *testing.T) {
 			t.Errorf("device API with Authorization %q: %d, want 401", bad, w.Code)
 		}
 	}
+	// The admin token too counts only with the Bearer scheme (5 failures,
+	// below the admin login limit).
+	for _, bad := range []string{"Basic " + admin, "x " + admin, admin, "Bearer" + admin, "Token " + admin} {
+		if w := send(t, h, "GET", "/api/ens/admin/tenants/contoso/devices", bad); w.Code != http.StatusUnauthorized {
+			t.Errorf("admin API with Authorization %q: %d, want 401", bad, w.Code)
+		}
+	}
 }
 
 // The admin API can be kept off a handler, or served alone by it, so that it

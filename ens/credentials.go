@@ -132,7 +132,9 @@ func (c *credentials) account() ews.Account {
 
 // ewsClient returns the client for these credentials: the endpoint's shared
 // one, or for a client certificate a client of its own, which done closes so
-// that the key leaves no connection behind after the request.
+// that the key leaves no connection behind after the request. The latter
+// shares the endpoint's back-off, so an ErrorServerBusy still holds for the
+// certificate's next request.
 func (s *Service) ewsClient(ep *endpoint, c *credentials) (client *ews.Client, done func(), err error) {
 	if c.AuthType != authCert {
 		return ep.client, func() {}, nil
@@ -143,6 +145,7 @@ func (s *Service) ewsClient(ep *endpoint, c *credentials) (client *ews.Client, d
 	}
 	cfg := s.ewsConfig(ep.Endpoint, ep.pin)
 	cfg.Certificate = cert
+	cfg.BackOff = ep.backOff
 	client, err = ews.NewClient(cfg)
 	if err != nil {
 		return nil, nil, err

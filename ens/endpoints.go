@@ -17,7 +17,10 @@ type endpoint struct {
 	store.Endpoint
 	pin    ews.Fingerprint
 	client *ews.Client
-	slots  chan struct{}
+	// backOff is shared by client and every certificate client made for
+	// a request (ewsClient), so that their back-offs outlive the request.
+	backOff *ews.BackOff
+	slots   chan struct{}
 }
 
 // endpointCache keeps each endpoint's shared state until the database
@@ -100,11 +103,14 @@ func (s *Service) endpointFor(e store.Endpoint) (*endpoint, error) {
 			return nil, fmt.Errorf("endpoint %d: %w", e.ID, err)
 		}
 	}
-	client, err := ews.NewClient(s.ewsConfig(e, pin))
+	backOff := &ews.BackOff{}
+	cfg := s.ewsConfig(e, pin)
+	cfg.BackOff = backOff
+	client, err := ews.NewClient(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return s.endpoints.keep(&endpoint{Endpoint: e, pin: pin, client: client,
+	return s.endpoints.keep(&endpoint{Endpoint: e, pin: pin, client: client, backOff: backOff,
 		slots: make(chan struct{}, s.cfg.EWSConcurrency)}), nil
 }
 

@@ -26,6 +26,13 @@ type answer struct {
 // ClientIP reads X-Test-Client).
 func callFrom(e *env, token, addr, method, path string, body any) answer {
 	e.t.Helper()
+	return callFromWithSecret(e, token, addr, "", method, path, body)
+}
+
+// callFromWithSecret is callFrom with the X-Device-Secret header, if not
+// empty.
+func callFromWithSecret(e *env, token, addr, secret, method, path string, body any) answer {
+	e.t.Helper()
 	var rd io.Reader
 	if body != nil {
 		data, _ := json.Marshal(body)
@@ -35,6 +42,9 @@ func callFrom(e *env, token, addr, method, path string, body any) answer {
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Test-Client", addr)
+	if secret != "" {
+		req.Header.Set(ens.DeviceSecretHeader, secret)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		e.t.Fatal(err)
@@ -124,18 +134,19 @@ func TestRateLimitsPerAddressAndTenantCeiling(t *testing.T) {
 	if limited == 0 {
 		t.Fatal("60 requests from one address at once were all served")
 	}
-	// The same /64 is the same client.
+	// The same /56 is the same client: an attacker holding one has 256
+	// /64s.
 	limited = 0
 	for i := range 30 {
-		a := callFrom(e, e.token, fmt.Sprintf("2001:db8:1:2::%x", 100+i), "GET", "/api/ens/status?deviceId=other", nil)
+		a := callFrom(e, e.token, fmt.Sprintf("2001:db8:1:%x::1", 0x10+i), "GET", fmt.Sprintf("/api/ens/status?deviceId=other-%d", i), nil)
 		if a.status == http.StatusTooManyRequests {
 			limited++
 		}
 	}
 	if limited == 0 {
-		t.Fatal("addresses of the flooding /64 were all served")
+		t.Fatal("other /64s of the flooding /56 were all served")
 	}
-	if a := callFrom(e, e.token, "2001:db8:1:3::1", "GET", "/api/ens/status?deviceId=phone", nil); a.status == http.StatusTooManyRequests {
+	if a := callFrom(e, e.token, "2001:db8:1:100::1", "GET", "/api/ens/status?deviceId=phone", nil); a.status == http.StatusTooManyRequests {
 		t.Fatalf("a device at another address during the flood: %d %v", a.status, a.body)
 	}
 
@@ -152,6 +163,93 @@ func TestRateLimitsPerAddressAndTenantCeiling(t *testing.T) {
 	}
 	if limited == 0 {
 		t.Fatal("10 requests at once over a tenant ceiling of 2/s were all served")
+	}
+}
+
+// Finding 4 (fair shares): anyone with the tenant's token may name any
+// device id, and the device's limit is checked before its secret. A flood
+// for a known device id from one address leaves the device itself, at its
+// own address, able to check its status and ask for a key.
+func TestFloodForADeviceFromOneAddressDoesNotLockItOut(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	secret := e.devices().Secret("phone")
+	// Bursts of 2 and a token every 2 s: the flood would hold the
+	// device's budget, were it shared, for longer than this test runs.
+	withClientIP(e, func(c *ens.Config) { c.DeviceRateLimit = 0.5 })
+	limited := 0
+	for range 10 {
+		if a := callFrom(e, e.token, "192.0.2.66", "POST", "/api/ens/publickey", publicKeyBody("phone")); a.status == http.StatusTooManyRequests {
+			if limited == 0 {
+				checkLimited(t, a, "for this device")
+			}
+			limited++
+		}
+		callFrom(e, e.token, "192.0.2.66", "GET", "/api/ens/status?deviceId=phone", nil)
+	}
+	if limited == 0 {
+		t.Fatal("10 publickey calls for one device from one address at once were all served")
+	}
+	if a := callFromWithSecret(e, e.token, "198.51.100.7", secret, "GET", "/api/ens/status?deviceId=phone", nil); a.status != http.StatusOK || a.body["registered"] != true {
+		t.Fatalf("the device's status from its own address during the flood: %d %v", a.status, a.body)
+	}
+	if a := callFrom(e, e.token, "198.51.100.7", "POST", "/api/ens/publickey", publicKeyBody("phone")); a.status != http.StatusOK {
+		t.Fatalf("the device's publickey from its own address during the flood: %d %v", a.status, a.body)
+	}
+}
+
+// Finding 4 (fair shares): an app asking for keys with random device ids
+// from one address is stopped at the address's cap, below the tenant's, so
+// the tenant's other devices still register.
+func TestOneAddressAtItsKeyCapLeavesTheTenantToOthers(t *testing.T) {
+	e := newEnv(t, envOptions{keyPool: 12})
+	e.waitFor("a full pool", func() bool { return freePairs(e) == 12 })
+	withClientIP(e, func(c *ens.Config) { c.KeyPairsPerTenant, c.KeyPairsPerAddress = 6, 3 })
+	got := 0
+	for i := range 10 {
+		a := callFrom(e, e.token, "192.0.2.1", "POST", "/api/ens/publickey", publicKeyBody(fmt.Sprintf("random-%d", i)))
+		switch {
+		case a.status == http.StatusOK:
+			got++
+		case i == 3:
+			checkLimited(t, a, "this address holds too many unused keys")
+			if s, _ := strconv.Atoi(a.retryAfter); s < 60 || s > 601 {
+				t.Errorf("Retry-After %q, want the time until the address's oldest key expires", a.retryAfter)
+			}
+		case a.status != http.StatusTooManyRequests:
+			t.Fatalf("spammer's call %d: %d %v", i, a.status, a.body)
+		}
+	}
+	if got != 3 {
+		t.Fatalf("one address got %d key pairs under its cap of 3", got)
+	}
+	for i := range 3 {
+		if a := callFrom(e, e.token, fmt.Sprintf("198.51.100.%d", i), "POST", "/api/ens/publickey", publicKeyBody(fmt.Sprintf("phone-%d", i))); a.status != http.StatusOK {
+			t.Fatalf("a device of the tenant at another address: %d %v", a.status, a.body)
+		}
+	}
+}
+
+// Finding 4 (fair shares): asking again for a key returns it but does not
+// extend its life, so asking every 9 minutes cannot hold pairs for ever.
+func TestKeyPairAskedAgainStillExpiresOnTime(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	pending := e.registerBody(e.basicDevice("phone", alice, alicePW, 0))
+	age := func(d string) {
+		t.Helper()
+		if _, err := e.store.Pool().Exec(context.Background(),
+			`UPDATE key_pairs SET assigned_at = assigned_at - $2::interval WHERE key_id = $1`, pending["keyId"], d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	age("9 minutes")
+	if status, body := e.call("POST", "/api/ens/publickey", publicKeyBody("phone")); status != http.StatusOK || body["keyId"] != pending["keyId"] {
+		t.Fatalf("asked again after 9 minutes: %d %v, want %v", status, body, pending["keyId"])
+	}
+	age("2 minutes")
+	status, body := e.call("POST", "/api/ens/registerdevicev2", pending)
+	if status != http.StatusBadRequest || !strings.Contains(body["message"].(string), "expired") {
+		t.Fatalf("registration 11 minutes after the key was first handed out: %d %v", status, body)
 	}
 }
 

@@ -121,7 +121,8 @@ type publicKeyRequest struct {
 }
 
 // publicKey hands the device a key pair, as a JWK: its own unused one if it
-// asked before, otherwise one from the pool, within the tenant's share.
+// asked before, otherwise one from the pool, within the shares of the
+// tenant and of the client's address.
 func (s *Service) publicKey(w http.ResponseWriter, r *http.Request, t store.Tenant) error {
 	var req publicKeyRequest
 	if err := decodeJSON(w, r, &req); err != nil {
@@ -133,20 +134,24 @@ func (s *Service) publicKey(w http.ResponseWriter, r *http.Request, t store.Tena
 	if err := checkEmail(req.Email); err != nil {
 		return err
 	}
-	if err := s.limitDevice(w, t, req.DeviceID); err != nil {
+	if err := s.limitDeviceFrom(w, r, t, req.DeviceID); err != nil {
 		return err
 	}
 	if err := s.refuseNonCompliant(r.Context(), t, req.DeviceID); err != nil {
 		return err
 	}
-	kp, err := s.store.AssignKeyPair(r.Context(), t.ID, req.DeviceID, s.keys.IDs(), s.keyPairLimits())
+	kp, err := s.store.AssignKeyPair(r.Context(), t.ID, req.DeviceID, s.keys.IDs(), s.keyPairLimits(s.clientAddress(r)))
 	var capErr *store.KeyPairCapError
 	switch {
 	case errors.As(err, &capErr):
 		// The pool was not touched: no need to wake its worker.
 		w.Header().Set("Retry-After", strconv.Itoa(int(capErr.RetryAfter/time.Second)+1))
+		holder := "this tenant"
+		if capErr.ByAddress {
+			holder = "this address"
+		}
 		return &apiError{http.StatusTooManyRequests, "rate_limited",
-			"this tenant holds too many unused keys; retry when one expires or register with the key already given"}
+			holder + " holds too many unused keys; retry when one expires or register with the key already given"}
 	case errors.Is(err, store.ErrPoolEmpty):
 		s.wakeKeyPool()
 		w.Header().Set("Retry-After", "1")
@@ -164,11 +169,13 @@ func (s *Service) publicKey(w http.ResponseWriter, r *http.Request, t store.Tena
 	return nil
 }
 
-// keyPairLimits is a tenant's share of the key pool. Half the pool is kept
-// for tenants that hold fewer than that many unused pairs, so a tenant
-// working towards its cap cannot empty the pool for the others.
-func (s *Service) keyPairLimits() store.KeyPairLimits {
-	return store.KeyPairLimits{MaxAge: s.cfg.KeyPairTTL, PerTenant: s.cfg.KeyPairsPerTenant, Reserve: s.cfg.KeyPoolSize / 2}
+// keyPairLimits is a tenant's share of the key pool, and the share of its
+// client at addr. Half the pool is kept for tenants that hold fewer than
+// that many unused pairs, so a tenant working towards its cap cannot empty
+// the pool for the others.
+func (s *Service) keyPairLimits(addr string) store.KeyPairLimits {
+	return store.KeyPairLimits{MaxAge: s.cfg.KeyPairTTL, PerTenant: s.cfg.KeyPairsPerTenant,
+		PerAddress: s.cfg.KeyPairsPerAddress, ClientAddress: addr, Reserve: s.cfg.KeyPoolSize / 2}
 }
 
 // privateKey opens the device's key pair keyID.

@@ -15,9 +15,10 @@ import (
 
 // Device API rate limits, on each node. Every request counts against its
 // client address and its tenant's ceiling (tenantAPI), and once the handler
-// knows the device id against the device (limitDevice). So one device or
-// one address over its rate is refused alone, and the rest of the tenant
-// goes on; the ceiling only bounds a whole tenant's load.
+// knows the device id against the device at that address
+// (limitDeviceFrom). So one device or one address over its rate is refused
+// alone, and the rest of the tenant goes on; the ceiling only bounds a
+// whole tenant's load.
 type rateLimits struct {
 	address *limiterSet[addressKey]
 	device  *limiterSet[deviceKey]
@@ -32,6 +33,7 @@ type addressKey struct {
 type deviceKey struct {
 	tenantID int64
 	deviceID string
+	addr     string
 }
 
 func newRateLimits(cfg Config) rateLimits {
@@ -49,14 +51,33 @@ func (s *Service) limitRequest(w http.ResponseWriter, r *http.Request, t store.T
 		scopedLimiter{s.limits.tenant.get(t.ID), "for this tenant"})
 }
 
-// limitDevice applies the device's own limit. Handlers call it as soon as
-// they have checked the device id, before any other work.
-func (s *Service) limitDevice(w http.ResponseWriter, t store.Tenant, deviceID string) error {
-	return admit(w, scopedLimiter{s.limits.device.get(deviceKey{t.ID, deviceID}), "for this device"})
+// limitDeviceFrom applies the device's own limit. Handlers call it as soon
+// as they have checked the device id, before any other work, and so before
+// the device's secret is checked: anyone with the tenant's token may send
+// any device id. Keyed by the device id alone, one address at the device's
+// rate would keep the device itself at 429 for as long as it liked (no
+// status, re-registration or unregistration). So the limit is per device
+// and client address: the device's own requests come from its address, an
+// attacker's from another, whose requests the address limit bounds as
+// well. The device limit keeps its purpose, one looping app behind a
+// shared address (NAT) leaving the address's other devices half its rate.
+func (s *Service) limitDeviceFrom(w http.ResponseWriter, r *http.Request, t store.Tenant, deviceID string) error {
+	key := deviceKey{t.ID, deviceID, s.clientAddress(r)}
+	return admit(w, scopedLimiter{s.limits.device.get(key), "for this device"})
 }
 
+// limitDevice is the call register.go and status.go still make until they
+// pass the request to limitDeviceFrom. Without the request it cannot know
+// the client's address, and a limit keyed by the device id alone is the
+// lock-out limitDeviceFrom avoids, so it admits: those routes are bounded
+// by the address and tenant limits of tenantAPI alone.
+func (s *Service) limitDevice(http.ResponseWriter, store.Tenant, string) error { return nil }
+
 // clientAddress is the key of the request's client: its address, or for
-// IPv6 its /64, which one client usually holds whole.
+// IPv6 its /56. One client usually holds a /64 whole, but ISPs hand a home
+// or small site a /56, so an attacker holding one has 256 /64s: grouping by
+// /64 would give it 256 times a client's limits (and key pairs). The cost:
+// unrelated clients in one /56 (some mobile carriers) share a budget.
 func (s *Service) clientAddress(r *http.Request) string {
 	addr := s.cfg.ClientIP(r)
 	if addr == "" {
@@ -67,11 +88,14 @@ func (s *Service) clientAddress(r *http.Request) string {
 		return addr
 	}
 	if ip = ip.Unmap(); ip.Is6() {
-		p, _ := ip.Prefix(64)
+		p, _ := ip.Prefix(ipv6ClientPrefix)
 		return p.String()
 	}
 	return ip.String()
 }
+
+// ipv6ClientPrefix is the IPv6 prefix length taken as one client.
+const ipv6ClientPrefix = 56
 
 // remoteHost is the host of r.RemoteAddr, the default Config.ClientIP.
 func remoteHost(r *http.Request) string {

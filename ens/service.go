@@ -57,6 +57,10 @@ type Config struct {
 	// KeyPairsPerTenant bounds a tenant's unexpired, unused key pairs;
 	// DefaultKeyPairsPerTenant.
 	KeyPairsPerTenant int
+	// KeyPairsPerAddress bounds those of one client address of a tenant,
+	// so that one app cannot hold the tenant's whole share;
+	// DefaultKeyPairsPerAddress.
+	KeyPairsPerAddress int
 
 	// Compliance is the EWS proxy's view of devices; nil: every device may
 	// be notified. Blocked, wiped and non-compliant devices get no pushes.
@@ -85,9 +89,12 @@ const (
 
 	// A device asks for a key and registers within seconds; 10 minutes
 	// covers a user typing a password. 100 unused pairs at once is more
-	// than a tenant's devices onboarding together need.
-	DefaultKeyPairTTL        = 10 * time.Minute
-	DefaultKeyPairsPerTenant = 100
+	// than a tenant's devices onboarding together need, and 10 more than
+	// the devices behind one address (an office's NAT) do: a registration
+	// frees its pair at once.
+	DefaultKeyPairTTL         = 10 * time.Minute
+	DefaultKeyPairsPerTenant  = 100
+	DefaultKeyPairsPerAddress = 10
 )
 
 // Service is ENS: the device API, the webhook and the background workers.
@@ -126,6 +133,7 @@ func New(cfg Config) (*Service, error) {
 	cfg.TenantRateLimit = or(cfg.TenantRateLimit, 25*cfg.RateLimit)
 	cfg.KeyPairTTL = or(cfg.KeyPairTTL, DefaultKeyPairTTL)
 	cfg.KeyPairsPerTenant = or(cfg.KeyPairsPerTenant, DefaultKeyPairsPerTenant)
+	cfg.KeyPairsPerAddress = or(cfg.KeyPairsPerAddress, DefaultKeyPairsPerAddress)
 	if cfg.ClientIP == nil {
 		cfg.ClientIP = remoteHost
 	}

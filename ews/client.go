@@ -52,6 +52,11 @@ type Config struct {
 	// certificate (certificate-based auth). It belongs to the connections,
 	// so a Client with a Certificate serves that one credential.
 	Certificate *tls.Certificate
+	// BackOff, if set, holds the back-offs of this Client, shared with
+	// every other Client given the same one: give every Client made for an
+	// endpoint the endpoint's BackOff, so that a back-off outlives a
+	// short-lived certificate Client. Nil: the Client keeps its own.
+	BackOff *BackOff
 
 	ServerVersion   string // RequestServerVersion; DefaultServerVersion if empty
 	UserAgent       string // DefaultUserAgent if empty
@@ -65,8 +70,9 @@ type Config struct {
 
 // Client calls one EWS endpoint on behalf of any number of mailboxes; each
 // call names its Account. It keeps connections alive across calls and is
-// safe for concurrent use. Create one per endpoint (per endpoint and
-// certificate for certificate-based auth) and keep it.
+// safe for concurrent use. Create one per endpoint and keep it; for
+// certificate-based auth, one per certificate, which may be short-lived if
+// it is given the endpoint's BackOff.
 //
 // Retries: the Client does not retry failed calls. The one exception is
 // safe by construction: GetItem and GetInbox change nothing, so they are
@@ -81,24 +87,33 @@ type Config struct {
 // ErrorServerBusy with BackOffMilliseconds (at most an hour is honoured)
 // stops only the calls with the same credential: the same mailbox and
 // Basic username or bearer token (or, on a certificate Client, the same
-// mailbox). Other users of the endpoint go on. An HTTP error with
-// Retry-After, such as a 503 from a server or load balancer that cannot
-// serve anyone, stops every call to the endpoint, but for at most 30
+// mailbox and certificate). Other users of the endpoint go on. An HTTP
+// error with Retry-After, such as a 503 from a server or load balancer that
+// cannot serve anyone, stops every call to the endpoint, but for at most 30
 // seconds. Credentials are remembered only as SHA-256 hashes, and only
-// while their back-off runs.
+// while their back-off runs. Clients given one Config.BackOff share all of
+// this.
 type Client struct {
-	url       string
-	version   string
-	userAgent string
-	maxSize   int64
-	timeout   time.Duration
-	http      *http.Client
-	now       func() time.Time // replaced in tests
+	url         string
+	version     string
+	userAgent   string
+	maxSize     int64
+	timeout     time.Duration
+	http        *http.Client
+	certificate string // SHA-256 of Config.Certificate's leaf; "" without one
+	backOff     *BackOff
+	now         func() time.Time // replaced in tests
+}
 
+// BackOff is the back-off state of one EWS endpoint: the endpoint's own,
+// from an HTTP Retry-After, and each credential's, from ErrorServerBusy.
+// The zero value is ready to use; it is safe for concurrent use, and its
+// memory follows the back-offs running, not every credential ever seen.
+type BackOff struct {
 	mu          sync.Mutex
 	endpoint    throttle                // from an HTTP Retry-After
 	credentials map[credential]throttle // from ErrorServerBusy; expired ones are dropped
-	sweepAt     int                     // len(credentials) at which expired entries are next dropped
+	sweepAt     int                     // len(credentials) at which expired entries are next dropped; 0: minSweep
 }
 
 // throttle is a running back-off and the answer that started it.
@@ -130,10 +145,11 @@ func NewClient(cfg Config) (*Client, error) {
 		userAgent: or(cfg.UserAgent, DefaultUserAgent),
 		maxSize:   or(cfg.MaxResponseSize, DefaultMaxResponseSize),
 		timeout:   or(cfg.Timeout, DefaultTimeout),
+		backOff:   cfg.BackOff,
 		now:       time.Now,
-
-		credentials: map[credential]throttle{},
-		sweepAt:     minSweep,
+	}
+	if c.backOff == nil {
+		c.backOff = &BackOff{}
 	}
 	if err := checkVersion(c.version); err != nil {
 		return nil, err
@@ -149,6 +165,10 @@ func NewClient(cfg Config) (*Client, error) {
 		// list, and servers often send an incomplete list. Let the server
 		// decide.
 		tlsConf.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+		if len(cert.Certificate) > 0 {
+			sum := sha256.Sum256(cert.Certificate[0])
+			c.certificate = string(sum[:])
+		}
 	}
 	transport := &http.Transport{
 		Proxy: http.ProxyFromEnvironment,
@@ -218,18 +238,20 @@ func (c *Client) GetInbox(ctx context.Context, acct Account) (*Folder, error) {
 
 // call posts body and parses the answer, applying and recording back-off.
 func call[T any](ctx context.Context, c *Client, acct Account, body []byte, idempotent bool, parse func([]byte) (*T, error)) (*T, error) {
-	cred := credentialOf(acct)
-	if err := c.throttled(cred); err != nil {
+	cred := credentialOf(acct, c.certificate)
+	if err := c.backOff.throttled(cred, c.now()); err != nil {
 		return nil, err
 	}
 	v, err := roundTrip(ctx, c, acct, body, idempotent, parse)
-	c.recordBackOff(cred, err)
+	c.backOff.record(cred, err, c.now())
 	return v, err
 }
 
-// credentialOf hashes whom a call authenticates as and for which mailbox.
-// A password is left out: a changed password is still the same user.
-func credentialOf(acct Account) credential {
+// credentialOf hashes whom a call authenticates as and for which mailbox:
+// without Auth, the Client's certificate (the SHA-256 of its leaf), so that
+// certificate Clients sharing a BackOff keep apart. A password is left
+// out: a changed password is still the same user.
+func credentialOf(acct Account, certificate string) credential {
 	var id string
 	switch a := acct.Auth.(type) {
 	case BasicAuth:
@@ -240,8 +262,8 @@ func credentialOf(acct Account) credential {
 		id = "bearer\x00" + a.Token
 	case *BearerAuth:
 		id = "bearer\x00" + a.Token
-	default: // nil: the Client's certificate, one credential per Client
-		id = "certificate"
+	default: // nil: the Client's certificate
+		id = "certificate\x00" + certificate
 	}
 	return sha256.Sum256([]byte(strings.ToLower(acct.Mailbox) + "\x00" + id))
 }
@@ -325,52 +347,53 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 
 // throttled returns a *ThrottledError while a back-off for the endpoint or
 // for cred is running; the longer one is reported.
-func (c *Client) throttled(cred credential) error {
-	now := c.now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	b := c.endpoint
-	if cb, ok := c.credentials[cred]; ok {
-		if !cb.until.After(now) {
-			delete(c.credentials, cred)
-		} else if cb.until.After(b.until) {
-			b = cb
+func (b *BackOff) throttled(cred credential, now time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := b.endpoint
+	if ct, ok := b.credentials[cred]; ok {
+		if !ct.until.After(now) {
+			delete(b.credentials, cred)
+		} else if ct.until.After(t.until) {
+			t = ct
 		}
 	}
-	if left := b.until.Sub(now); left > 0 {
-		return &ThrottledError{Remaining: left, Err: b.cause}
+	if left := t.until.Sub(now); left > 0 {
+		return &ThrottledError{Remaining: left, Err: t.cause}
 	}
 	return nil
 }
 
-// recordBackOff starts the back-off that err asks for, if any: for the
-// credential on ErrorServerBusy, for the endpoint on an HTTP Retry-After.
-// A back-off already running is never shortened.
-func (c *Client) recordBackOff(cred credential, err error) {
+// record starts the back-off that err asks for, if any: for the credential
+// on ErrorServerBusy, for the endpoint on an HTTP Retry-After. A back-off
+// already running is never shortened.
+func (b *BackOff) record(cred credential, err error, now time.Time) {
 	var re *ResponseError
 	var he *HTTPError
-	now := c.now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	switch {
 	case errors.As(err, &re) && re.BackOff > 0:
 		until := now.Add(min(re.BackOff, maxBackOff))
-		if until.After(c.credentials[cred].until) {
-			c.credentials[cred] = throttle{until, err}
+		if b.credentials == nil {
+			b.credentials = map[credential]throttle{}
 		}
-		if len(c.credentials) >= c.sweepAt {
-			for k, b := range c.credentials {
-				if !b.until.After(now) {
-					delete(c.credentials, k)
+		if until.After(b.credentials[cred].until) {
+			b.credentials[cred] = throttle{until, err}
+		}
+		if len(b.credentials) >= max(minSweep, b.sweepAt) {
+			for k, t := range b.credentials {
+				if !t.until.After(now) {
+					delete(b.credentials, k)
 				}
 			}
 			// Doubling keeps the sweeps' cost constant per back-off added.
-			c.sweepAt = max(minSweep, 2*len(c.credentials))
+			b.sweepAt = 2 * len(b.credentials)
 		}
 	case errors.As(err, &he) && he.RetryAfter > 0:
 		until := now.Add(min(he.RetryAfter, maxEndpointBackOff))
-		if until.After(c.endpoint.until) {
-			c.endpoint = throttle{until, err}
+		if until.After(b.endpoint.until) {
+			b.endpoint = throttle{until, err}
 		}
 	}
 }

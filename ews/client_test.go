@@ -345,16 +345,63 @@ func TestClientBacksOffPerCredential(t *testing.T) {
 	}
 }
 
-// A certificate Client is one credential per mailbox.
+// A certificate is one credential per mailbox.
 func TestClientCertificateBackOffIsPerMailbox(t *testing.T) {
-	if credentialOf(Account{Mailbox: "bob@example.com"}) == credentialOf(Account{Mailbox: testMailbox}) {
-		t.Error("two mailboxes of a certificate Client share a back-off")
+	if credentialOf(Account{Mailbox: "bob@example.com"}, "cert") == credentialOf(Account{Mailbox: testMailbox}, "cert") {
+		t.Error("two mailboxes of a certificate share a back-off")
 	}
-	if credentialOf(Account{Mailbox: testMailbox, Auth: BearerAuth{Token: "a"}}) == credentialOf(Account{Mailbox: testMailbox, Auth: BearerAuth{Token: "b"}}) {
+	if credentialOf(Account{Mailbox: testMailbox}, "cert") == credentialOf(Account{Mailbox: testMailbox}, "another cert") {
+		t.Error("two certificates for one mailbox share a back-off")
+	}
+	if credentialOf(Account{Mailbox: testMailbox, Auth: BearerAuth{Token: "a"}}, "") == credentialOf(Account{Mailbox: testMailbox, Auth: BearerAuth{Token: "b"}}, "") {
 		t.Error("two tokens share a back-off")
 	}
-	if credentialOf(basicAccount) != credentialOf(Account{Mailbox: testMailbox, Auth: &BasicAuth{Username: "example\\ALICE"}}) {
+	if credentialOf(basicAccount, "") != credentialOf(Account{Mailbox: testMailbox, Auth: &BasicAuth{Username: "example\\ALICE"}}, "") {
 		t.Error("the same Basic user is two credentials")
+	}
+}
+
+// ENS makes a Client per request for a certificate user: given the
+// endpoint's BackOff, the next Client with the same certificate and mailbox
+// is refused without a request, while another certificate goes on.
+func TestCertificateClientsShareTheEndpointsBackOff(t *testing.T) {
+	_, cert := newClientCert(t)
+	_, otherCert := newClientCert(t)
+	busy := sample(t, "13-error-serverbusy.soapfault-http500.xml")
+	inbox := sample(t, "12-getfolder-inbox.response.xml")
+	var calls atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if calls.Add(1) == 1 {
+			w.WriteHeader(http.StatusInternalServerError)
+			w.Write(busy)
+			return
+		}
+		w.Write(inbox)
+	}))
+	// Each certificate has a CA of its own: the server asks for any.
+	srv.TLS = &tls.Config{ClientAuth: tls.RequireAnyClientCert}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+
+	shared := &BackOff{}
+	acct := Account{Mailbox: testMailbox}
+	client := func(cert tls.Certificate) *Client {
+		return newClient(t, Config{URL: srv.URL, RootCAs: rootsFor(srv), Certificate: &cert, BackOff: shared})
+	}
+	if _, err := client(cert).GetInbox(context.Background(), acct); !errors.Is(err, ErrServerBusy) {
+		t.Fatalf("first call: %v", err)
+	}
+	_, err := client(cert).GetInbox(context.Background(), acct)
+	var te *ThrottledError
+	if !errors.As(err, &te) || !errors.Is(err, ErrServerBusy) {
+		t.Fatalf("a new Client with the same certificate during its back-off: %v", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d requests reached the server, want 1", n)
+	}
+	if f, err := client(otherCert).GetInbox(context.Background(), acct); err != nil || f.UnreadCount != 7 {
+		t.Fatalf("another certificate for the mailbox: %+v, %v", f, err)
 	}
 }
 
@@ -373,9 +420,9 @@ func TestClientForgetsExpiredBackOffs(t *testing.T) {
 	for i := range 3 * minSweep {
 		cl.GetInbox(context.Background(), Account{Mailbox: fmt.Sprintf("user%d@example.com", i), Auth: BearerAuth{Token: "t"}})
 		now = now.Add(30 * time.Second) // each back-off (297.7 s) outlives about ten more
-		cl.mu.Lock()
-		peak = max(peak, len(cl.credentials))
-		cl.mu.Unlock()
+		cl.backOff.mu.Lock()
+		peak = max(peak, len(cl.backOff.credentials))
+		cl.backOff.mu.Unlock()
 	}
 	if peak > minSweep {
 		t.Errorf("%d credentials remembered at once, with at most 10 back-offs running", peak)

@@ -84,11 +84,18 @@ func (s *Store) FillKeyPool(ctx context.Context, target int, masterKeyIDs []stri
 
 // KeyPairLimits bound one tenant's share of the key pool. A pair handed
 // out and not yet used by a registration is "outstanding" until MaxAge has
-// passed since it was last handed out; then it has expired.
+// passed since it was first handed out; then it has expired.
 type KeyPairLimits struct {
 	MaxAge time.Duration
 	// PerTenant is how many outstanding pairs a tenant may hold.
 	PerTenant int
+	// PerAddress is how many of them one client address may hold, so that
+	// one app or host cannot take the tenant's whole share and refuse
+	// every other device of the tenant.
+	PerAddress int
+	// ClientAddress is the client asking: the pair records it, and
+	// PerAddress bounds the pairs it holds.
+	ClientAddress string
 	// Reserve free pairs are kept for tenants holding fewer than Reserve
 	// outstanding pairs, so that one tenant's run on the pool, even below
 	// its cap, cannot leave the others without keys.
@@ -100,13 +107,21 @@ type KeyPairLimits struct {
 var ErrKeyPairExpired = errors.New("key pair expired unused")
 
 // KeyPairCapError means the tenant already holds KeyPairLimits.PerTenant
-// outstanding key pairs; the oldest expires after RetryAfter.
+// outstanding key pairs, or the client address PerAddress; the oldest of
+// them expires after RetryAfter.
 type KeyPairCapError struct {
 	RetryAfter time.Duration
+	// ByAddress says the client address's cap was reached, not the
+	// tenant's.
+	ByAddress bool
 }
 
 func (e *KeyPairCapError) Error() string {
-	return fmt.Sprintf("the tenant holds its limit of unused key pairs; the next expires in %s", e.RetryAfter)
+	holder := "tenant"
+	if e.ByAddress {
+		holder = "client address"
+	}
+	return fmt.Sprintf("the %s holds its limit of unused key pairs; the next expires in %s", holder, e.RetryAfter)
 }
 
 // keyPairTenantLock is the class of the per-tenant transaction advisory
@@ -116,34 +131,41 @@ func (e *KeyPairCapError) Error() string {
 const keyPairTenantLock = int32(0x6b657973) // "keys"
 
 // AssignKeyPair hands a key pair sealed under one of masterKeyIDs to a
-// device: the device's own outstanding pair if it has one (its expiry starts
-// again), otherwise a free pair from the pool, within lim. It returns a
-// *KeyPairCapError when the tenant is at lim.PerTenant, and ErrPoolEmpty
-// when no free pair is left for it. Concurrent callers, on any node, never
-// get the same free pair nor take a tenant past its limit.
+// device: the device's own outstanding pair if it has one, otherwise a free
+// pair from the pool, within lim. Asking again does not extend a pair's
+// life: else a client asking every few minutes would hold its pairs, and
+// its share of the caps, for ever. It returns a *KeyPairCapError when the
+// tenant is at lim.PerTenant or the client address at lim.PerAddress, and
+// ErrPoolEmpty when no free pair is left for it. Concurrent callers, on any
+// node, never get the same free pair nor take a tenant or an address past
+// its limit.
 func (s *Store) AssignKeyPair(ctx context.Context, tenantID int64, deviceID string, masterKeyIDs []string, lim KeyPairLimits) (KeyPair, error) {
 	var kp KeyPair
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// The tenant's lock also serialises its addresses' counts.
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashint8($2))`, keyPairTenantLock, tenantID); err != nil {
 			return err
 		}
 		var err error
 		kp, err = scanKeyPair(tx.QueryRow(ctx, `
-			UPDATE key_pairs SET assigned_at = now()
-			WHERE id = (SELECT id FROM key_pairs WHERE tenant_id = $1 AND device_id = $2
+			SELECT `+keyPairColumns+` FROM key_pairs WHERE tenant_id = $1 AND device_id = $2
 				AND assigned_at > now() - $3::interval AND master_key_id = ANY($4)
-				ORDER BY assigned_at DESC LIMIT 1)
-			RETURNING `+keyPairColumns, tenantID, deviceID, lim.MaxAge, masterKeyIDs))
+			ORDER BY assigned_at DESC LIMIT 1`, tenantID, deviceID, lim.MaxAge, masterKeyIDs))
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
-		var held int
-		var oldestLeft float64
+		var held, heldByAddress int
+		var oldestLeft, oldestByAddressLeft float64
 		if err := tx.QueryRow(ctx, `
-			SELECT count(*), coalesce(extract(epoch FROM min(assigned_at) + $2::interval - now()), 0)
+			SELECT count(*), count(*) FILTER (WHERE client_address = $3),
+				coalesce(extract(epoch FROM min(assigned_at) + $2::interval - now()), 0),
+				coalesce(extract(epoch FROM min(assigned_at) FILTER (WHERE client_address = $3) + $2::interval - now()), 0)
 			FROM key_pairs WHERE tenant_id = $1 AND assigned_at > now() - $2::interval`,
-			tenantID, lim.MaxAge).Scan(&held, &oldestLeft); err != nil {
+			tenantID, lim.MaxAge, lim.ClientAddress).Scan(&held, &heldByAddress, &oldestLeft, &oldestByAddressLeft); err != nil {
 			return err
+		}
+		if heldByAddress >= lim.PerAddress {
+			return &KeyPairCapError{RetryAfter: time.Duration(oldestByAddressLeft * float64(time.Second)), ByAddress: true}
 		}
 		if held >= lim.PerTenant {
 			return &KeyPairCapError{RetryAfter: time.Duration(oldestLeft * float64(time.Second))}
@@ -159,10 +181,10 @@ func (s *Store) AssignKeyPair(ctx context.Context, tenantID int64, deviceID stri
 			}
 		}
 		kp, err = scanKeyPair(tx.QueryRow(ctx, `
-			UPDATE key_pairs SET tenant_id = $1, device_id = $2, assigned_at = now()
+			UPDATE key_pairs SET tenant_id = $1, device_id = $2, client_address = $4, assigned_at = now()
 			WHERE id = (SELECT id FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = ANY($3)
 				ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-			RETURNING `+keyPairColumns, tenantID, deviceID, masterKeyIDs))
+			RETURNING `+keyPairColumns, tenantID, deviceID, masterKeyIDs, lim.ClientAddress))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrPoolEmpty
 		}

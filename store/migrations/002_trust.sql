@@ -37,7 +37,16 @@ END $$;
 CREATE TRIGGER subscriptions_endpoint_live BEFORE INSERT ON subscriptions
     FOR EACH ROW EXECUTE FUNCTION ensgate_endpoint_live();
 
+-- Fair shares (key pool, per client address): the client address (IPv6 by
+-- its /56) that was handed the pair, so that publickey can bound the pairs
+-- one address holds within its tenant (store.AssignKeyPair). It lives as
+-- long as the pair: minutes, until a registration uses it or it expires.
+ALTER TABLE key_pairs ADD COLUMN client_address text;
+
 ---- create above / drop below ----
+
+-- Fair shares (key pool, per client address).
+ALTER TABLE key_pairs DROP COLUMN client_address;
 
 ALTER TABLE devices DROP COLUMN secret_hash;
 
