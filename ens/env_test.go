@@ -101,10 +101,12 @@ func (e *env) travel(d time.Duration) { e.ahead.Add(int64(d)) }
 type envOptions struct {
 	tenantLevel int
 	rateLimit   float64
-	simConfig   ewssim.Config
-	keyPool     int
-	rootCAs     *x509.CertPool
-	push        push.Sender // nil: the recorder
+	// callbackRate limits the notifications per subscription per second.
+	callbackRate float64
+	simConfig    ewssim.Config
+	keyPool      int
+	rootCAs      *x509.CertPool
+	push         push.Sender // nil: the recorder
 	// statusFrequency in minutes (default 1): Exchange drops a subscription
 	// whose callbacks fail for longer.
 	statusFrequency int
@@ -169,7 +171,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	}
 	e.start(ens.Config{
 		Store: e.store, MasterKey: bytes.Repeat([]byte{7}, 32), PublicURL: public, Push: sender,
-		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, StatusFrequency: max(opts.statusFrequency, 1), Compliance: compliance, AdminToken: opts.adminToken, ProxySecret: opts.proxySecret, EWSRootCAs: opts.rootCAs,
+		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, CallbackRateLimit: opts.callbackRate, StatusFrequency: max(opts.statusFrequency, 1), Compliance: compliance, AdminToken: opts.adminToken, ProxySecret: opts.proxySecret, EWSRootCAs: opts.rootCAs,
 		Now: func() time.Time { return time.Now().Add(time.Duration(e.ahead.Load())) },
 	})
 	t.Cleanup(func() { e.svc.Stop() })

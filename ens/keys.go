@@ -134,7 +134,7 @@ func (s *Service) publicKey(w http.ResponseWriter, r *http.Request, t store.Tena
 	if err := checkEmail(req.Email); err != nil {
 		return err
 	}
-	if err := s.limitDeviceFrom(w, r, t, req.DeviceID); err != nil {
+	if err := s.limitDevice(w, r, t, req.DeviceID); err != nil {
 		return err
 	}
 	if err := s.refuseNonCompliant(r.Context(), t, req.DeviceID); err != nil {

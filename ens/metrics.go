@@ -10,7 +10,7 @@ import (
 var (
 	notifications = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ensgate", Subsystem: "ens", Name: "notifications_total",
-		Help: "SendNotification callbacks from Exchange by result (ok, unsubscribe, retry, forged, malformed).",
+		Help: "SendNotification callbacks from Exchange by result (ok, unsubscribe, retry, throttled, forged, malformed).",
 	}, []string{"result"})
 	registrations = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ensgate", Subsystem: "ens", Name: "registrations_total",

@@ -68,6 +68,12 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log := s.log.With(slog.String("subscription", sub.PublicID))
+	if !s.limits.callback.get(sub.ID).Allow() {
+		notifications.WithLabelValues("throttled").Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many notifications for this subscription; try again later", http.StatusServiceUnavailable)
+		return
+	}
 	n, err := ews.ParseSendNotification(r.Body)
 	if err != nil {
 		status := http.StatusBadRequest
@@ -167,8 +173,11 @@ func (s *Service) handleNotification(ctx context.Context, log *slog.Logger, sub 
 const (
 	// maxItemsPerNotification bounds the items one notification announces
 	// (and fetches): the newest; the badge counts the rest. A 1 MiB body
-	// can name thousands.
-	maxItemsPerNotification = 16
+	// can name thousands. Exchange sends a backlog as a succession of
+	// notifications (MoreEvents), each a batch of events, two per new
+	// item: 50 items leaves room for any batch seen, while a captured
+	// callback URL, also rate-limited per subscription, fetches little.
+	maxItemsPerNotification = 50
 	// maxItemAge: Exchange gives up a notification once StatusFrequency (at
 	// most 24 hours) has passed without an answer, so an item older than
 	// this is a replay and is never announced.

@@ -16,13 +16,16 @@ import (
 // Device API rate limits, on each node. Every request counts against its
 // client address and its tenant's ceiling (tenantAPI), and once the handler
 // knows the device id against the device at that address
-// (limitDeviceFrom). So one device or one address over its rate is refused
+// (limitDevice). So one device or one address over its rate is refused
 // alone, and the rest of the tenant goes on; the ceiling only bounds a
 // whole tenant's load.
 type rateLimits struct {
 	address *limiterSet[addressKey]
 	device  *limiterSet[deviceKey]
 	tenant  *limiterSet[int64]
+	// callback is per subscription: a captured callback URL cannot be
+	// flooded into GetItem calls (and Exchange's throttling of the user).
+	callback *limiterSet[int64]
 }
 
 type addressKey struct {
@@ -41,6 +44,8 @@ func newRateLimits(cfg Config) rateLimits {
 		address: newLimiterSet[addressKey](cfg.RateLimit),
 		device:  newLimiterSet[deviceKey](cfg.DeviceRateLimit),
 		tenant:  newLimiterSet[int64](cfg.TenantRateLimit),
+
+		callback: newLimiterSet[int64](cfg.CallbackRateLimit),
 	}
 }
 
@@ -51,7 +56,7 @@ func (s *Service) limitRequest(w http.ResponseWriter, r *http.Request, t store.T
 		scopedLimiter{s.limits.tenant.get(t.ID), "for this tenant"})
 }
 
-// limitDeviceFrom applies the device's own limit. Handlers call it as soon
+// limitDevice applies the device's own limit. Handlers call it as soon
 // as they have checked the device id, before any other work, and so before
 // the device's secret is checked: anyone with the tenant's token may send
 // any device id. Keyed by the device id alone, one address at the device's
@@ -61,17 +66,10 @@ func (s *Service) limitRequest(w http.ResponseWriter, r *http.Request, t store.T
 // attacker's from another, whose requests the address limit bounds as
 // well. The device limit keeps its purpose, one looping app behind a
 // shared address (NAT) leaving the address's other devices half its rate.
-func (s *Service) limitDeviceFrom(w http.ResponseWriter, r *http.Request, t store.Tenant, deviceID string) error {
+func (s *Service) limitDevice(w http.ResponseWriter, r *http.Request, t store.Tenant, deviceID string) error {
 	key := deviceKey{t.ID, deviceID, s.clientAddress(r)}
 	return admit(w, scopedLimiter{s.limits.device.get(key), "for this device"})
 }
-
-// limitDevice is the call register.go and status.go still make until they
-// pass the request to limitDeviceFrom. Without the request it cannot know
-// the client's address, and a limit keyed by the device id alone is the
-// lock-out limitDeviceFrom avoids, so it admits: those routes are bounded
-// by the address and tenant limits of tenantAPI alone.
-func (s *Service) limitDevice(http.ResponseWriter, store.Tenant, string) error { return nil }
 
 // clientAddress is the key of the request's client: its address, or for
 // IPv6 its /56. One client usually holds a /64 whole, but ISPs hand a home

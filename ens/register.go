@@ -88,7 +88,7 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	if err := req.check(); err != nil {
 		return err
 	}
-	if err := s.limitDevice(w, t, req.DeviceID); err != nil {
+	if err := s.limitDevice(w, r, t, req.DeviceID); err != nil {
 		return err
 	}
 	ctx := r.Context()

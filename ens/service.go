@@ -47,6 +47,10 @@ type Config struct {
 	// TenantRateLimit is a tenant's ceiling, far above a normal tenant's
 	// load; 25 × RateLimit.
 	TenantRateLimit float64
+	// CallbackRateLimit bounds the notifications one subscription's
+	// callback URL may bring per second (bursts of twice it); beyond it
+	// Exchange is answered 503 and retries. DefaultCallbackRateLimit.
+	CallbackRateLimit float64
 	// ClientIP is the request's client address, the key of RateLimit; nil
 	// or an empty answer: the host of r.RemoteAddr. Behind proxies the
 	// host passes the address it trusts.
@@ -86,6 +90,9 @@ const (
 	DefaultRateLimit       = 20
 	DefaultEWSTimeout      = 20 * time.Second
 	DefaultEWSConcurrency  = 16
+	// Exchange sends a subscription's notifications one at a time, each
+	// answered after its pushes: a few a second at most, even catching up.
+	DefaultCallbackRateLimit = 10
 
 	// A device asks for a key and registers within seconds; 10 minutes
 	// covers a user typing a password. 100 unused pairs at once is more
@@ -131,6 +138,7 @@ func New(cfg Config) (*Service, error) {
 	cfg.RateLimit = or(cfg.RateLimit, DefaultRateLimit)
 	cfg.DeviceRateLimit = or(cfg.DeviceRateLimit, cfg.RateLimit/2)
 	cfg.TenantRateLimit = or(cfg.TenantRateLimit, 25*cfg.RateLimit)
+	cfg.CallbackRateLimit = or(cfg.CallbackRateLimit, DefaultCallbackRateLimit)
 	cfg.KeyPairTTL = or(cfg.KeyPairTTL, DefaultKeyPairTTL)
 	cfg.KeyPairsPerTenant = or(cfg.KeyPairsPerTenant, DefaultKeyPairsPerTenant)
 	cfg.KeyPairsPerAddress = or(cfg.KeyPairsPerAddress, DefaultKeyPairsPerAddress)

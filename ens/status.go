@@ -15,7 +15,7 @@ func (s *Service) status(w http.ResponseWriter, r *http.Request, t store.Tenant)
 	if err := checkDeviceID(deviceID); err != nil {
 		return err
 	}
-	if err := s.limitDevice(w, t, deviceID); err != nil {
+	if err := s.limitDevice(w, r, t, deviceID); err != nil {
 		return err
 	}
 	ctx := r.Context()
@@ -73,7 +73,7 @@ func (s *Service) unregister(w http.ResponseWriter, r *http.Request, t store.Ten
 	if err := checkDeviceID(req.DeviceID); err != nil {
 		return err
 	}
-	if err := s.limitDevice(w, t, req.DeviceID); err != nil {
+	if err := s.limitDevice(w, r, t, req.DeviceID); err != nil {
 		return err
 	}
 	if len(req.DeviceSecret) > maxDeviceSecret {

@@ -39,12 +39,16 @@ func TestEndpointChangesAreAnnounced(t *testing.T) {
 		t.Fatal("the listener did not start")
 	}
 	pin := "sha256:" + fmt.Sprintf("%064x", 1)
-	for name, change := range map[string]func() error{
-		"pin":    func() error { _, err := s.SetEndpointPin(ctx, tenant.ID, url, pin); return err },
-		"remove": func() error { _, err := s.RemoveEndpoint(ctx, tenant.ID, url); return err },
-		"re-add": func() error { _, err := s.AddEndpoint(ctx, tenant.ID, url, ""); return err },
+	for _, step := range []struct {
+		name   string
+		change func() error
+	}{ // in this order: each needs the one before
+		{"pin", func() error { _, err := s.SetEndpointPin(ctx, tenant.ID, url, pin); return err }},
+		{"remove", func() error { _, err := s.RemoveEndpoint(ctx, tenant.ID, url); return err }},
+		{"re-add", func() error { _, err := s.AddEndpoint(ctx, tenant.ID, url, ""); return err }},
 	} {
-		if err := change(); err != nil {
+		name := step.name
+		if err := step.change(); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		select {
