@@ -81,7 +81,7 @@ func TestSubscribeOnNamedMailbox(t *testing.T) {
 	if _, err := ts.Deliver(bob, Mail{From: "x@example.com", Subject: "s", Body: "b"}); err != nil {
 		t.Fatal(err)
 	}
-	if kinds := eventKinds(t, l.nextEvents(5 * time.Second).body); !slices.Contains(kinds, "NewMailEvent") {
+	if kinds := eventKinds(t, l.nextEvents(5*time.Second).body); !slices.Contains(kinds, "NewMailEvent") {
 		t.Fatalf("events %v", kinds)
 	}
 }
