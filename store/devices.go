@@ -88,14 +88,19 @@ func (s *Store) DeviceByID(ctx context.Context, tenantID int64, deviceID string)
 
 // ActiveDevices lists the mailbox's devices that should be notified.
 func (s *Store) ActiveDevices(ctx context.Context, tenantID int64, mailboxHash []byte) ([]Device, error) {
+	return s.mailboxDevices(ctx, "list mailbox devices", tenantID, mailboxHash, `state = 'active'`)
+}
+
+// mailboxDevices lists the mailbox's devices that meet condition.
+func (s *Store) mailboxDevices(ctx context.Context, op string, tenantID int64, mailboxHash []byte, condition string) ([]Device, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+` FROM devices
-		WHERE tenant_id = $1 AND mailbox_hash = $2 AND state = 'active' ORDER BY id`, tenantID, mailboxHash)
+		WHERE tenant_id = $1 AND mailbox_hash = $2 AND `+condition+` ORDER BY id`, tenantID, mailboxHash)
 	if err != nil {
-		return nil, s.queryError("list mailbox devices", err)
+		return nil, s.queryError(op, err)
 	}
 	devices, err := collectDevices(rows)
 	if err != nil {
-		return nil, s.queryError("list mailbox devices", err)
+		return nil, s.queryError(op, err)
 	}
 	return devices, nil
 }

@@ -70,14 +70,5 @@ func checkOwner(ctx context.Context, q rowQuerier, o DeviceOwner, lock string) (
 // binding (no secret), which the upgrade to it deactivated: they get no
 // pushes until they register again.
 func (s *Store) DevicesToReverify(ctx context.Context, tenantID int64, mailboxHash []byte) ([]Device, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+` FROM devices
-		WHERE tenant_id = $1 AND mailbox_hash = $2 AND state = 'inactive' AND secret_hash IS NULL ORDER BY id`, tenantID, mailboxHash)
-	if err != nil {
-		return nil, s.queryError("list devices to reverify", err)
-	}
-	devices, err := collectDevices(rows)
-	if err != nil {
-		return nil, s.queryError("list devices to reverify", err)
-	}
-	return devices, nil
+	return s.mailboxDevices(ctx, "list devices to reverify", tenantID, mailboxHash, `state = 'inactive' AND secret_hash IS NULL`)
 }
