@@ -12,9 +12,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ensgate/ensgate/attest"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ews"
-	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -47,8 +47,13 @@ type delivery struct {
 	tenant  store.Tenant
 	devices []store.Device
 	ep      *endpoint
-	badge   *int        // unread count once fetched
-	headers ews.Headers // the device attestation sent, the proxy's answer
+	badge   *int // unread count once fetched
+	// calls are the options of each EWS call: sign the devices'
+	// attestation into it, and record its answer's header in answer.
+	calls []ews.CallOption
+	// answer is the header of the latest EWS answer, which names the
+	// devices an ENSGate EWS proxy accepted.
+	answer http.Header
 }
 
 // level is what a device may be shown: the tenant's level is a ceiling.
@@ -72,7 +77,7 @@ func (d *delivery) run(ctx context.Context, items []ews.ItemID) (ews.Subscriptio
 	for i, dev := range d.devices {
 		ids[i] = dev.DeviceID
 	}
-	ctx = d.s.attest(ctx, d.tenant.ID, ids, &d.headers)
+	d.calls = []ews.CallOption{d.s.attestation(d.tenant.ID, ids), ews.ResponseHeader(&d.answer)}
 
 	var retry error
 	ended := false
@@ -120,7 +125,7 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 
 	var item *ews.Item
 	if d.needsContent(targets) {
-		item, err = client.GetItem(ctx, acct, id)
+		item, err = client.GetItem(ctx, acct, id, d.calls...)
 		if errors.Is(err, ews.ErrItemNotFound) || refusedByProxy(err) || (err == nil && !announceable(item, d.sub, d.creds, d.s.cfg.Now())) {
 			// Deleted or moved before we looked, no device may see mail, or
 			// not new mail of this Inbox (a replay): nothing to announce.
@@ -186,7 +191,7 @@ func (d *delivery) unreadCount(ctx context.Context, client *ews.Client, acct ews
 		return *d.badge, nil
 	}
 	badge := -1
-	inbox, err := client.GetInbox(ctx, acct)
+	inbox, err := client.GetInbox(ctx, acct, d.calls...)
 	switch {
 	case err == nil:
 		badge = inbox.UnreadCount
@@ -209,11 +214,11 @@ func refusedByProxy(err error) bool {
 // Exchange accepted (all of them without a proxy's answer) and the ids of
 // the others.
 func (d *delivery) acceptedByProxy(devs []store.Device) (accepted []store.Device, refused []int64) {
-	v, ok := d.headers.Response[http.CanonicalHeaderKey(ewsproxy.AcceptedHeader)]
+	v, ok := d.answer[http.CanonicalHeaderKey(attest.AcceptedHeader)]
 	if !ok || len(v) == 0 {
 		return devs, nil
 	}
-	ids, err := ewsproxy.SplitIDs(v[0])
+	ids, err := attest.SplitIDs(v[0])
 	for _, dev := range devs {
 		if err == nil && slices.Contains(ids, dev.DeviceID) {
 			accepted = append(accepted, dev)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ensgate/ensgate/attest"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/internal/ewssim"
@@ -299,7 +300,7 @@ func TestPushesOnlyToDevicesTheProxyAccepted(t *testing.T) {
 	done := make(chan struct{})
 	go func() { compliance.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	guard := ewsproxy.NewGuard(ewsproxy.Config{Attestation: ewsproxy.Attestation{Secret: secret}}, compliance, slog.New(slog.DiscardHandler))
+	guard := ewsproxy.NewGuard(ewsproxy.Config{Attestation: attest.Attestation{Secret: secret}}, compliance, slog.New(slog.DiscardHandler))
 	upstream, _ := url.Parse(e.sim.URL)
 	rp := httputil.NewSingleHostReverseProxy(upstream)
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -8,10 +8,10 @@ import (
 	"net/http"
 	"net/url"
 
+	"github.com/ensgate/ensgate/attest"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ens/seal"
 	"github.com/ensgate/ensgate/ews"
-	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -130,7 +130,7 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	}
 
 	publicID, key := randomID(), seal.NewSubscriptionKey()
-	ewsSub, err := s.subscribe(s.attest(ctx, t.ID, []string{req.DeviceID}, nil), ep, creds, publicID, key)
+	ewsSub, err := s.subscribe(ctx, ep, creds, publicID, key, s.attestation(t.ID, []string{req.DeviceID}))
 	if err != nil {
 		s.log.Info("registration refused by Exchange", slog.String("tenant", t.Name), slog.String("device", req.DeviceID), slog.Any("error", err))
 		return exchangeError(err)
@@ -171,8 +171,9 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 // itself (not as a delegate), then creates the push subscription on its
 // Inbox, named explicitly so that Exchange enforces it too, with a callback
 // that carries the subscription's id and key. The Inbox's id joins the
-// credentials, so that only items in it are ever announced.
-func (s *Service) subscribe(ctx context.Context, ep *endpoint, creds *credentials, publicID string, key seal.SubscriptionKey) (*ews.Subscription, error) {
+// credentials, so that only items in it are ever announced. Both calls
+// carry the device's attestation.
+func (s *Service) subscribe(ctx context.Context, ep *endpoint, creds *credentials, publicID string, key seal.SubscriptionKey, attestation ews.CallOption) (*ews.Subscription, error) {
 	client, done, err := s.ewsClient(ep, creds)
 	if err != nil {
 		return nil, err
@@ -184,13 +185,13 @@ func (s *Service) subscribe(ctx context.Context, ep *endpoint, creds *credential
 	}
 	defer release()
 	acct := creds.account()
-	inbox, err := client.VerifyMailbox(ctx, acct)
+	inbox, err := client.VerifyMailbox(ctx, acct, attestation)
 	if err != nil {
 		return nil, err
 	}
 	creds.InboxID = inbox.ID
 	return client.Subscribe(ctx, acct, ews.SubscribeRequest{
-		URL: s.callbackURL(publicID, key), StatusFrequency: s.cfg.StatusFrequency})
+		URL: s.callbackURL(publicID, key), StatusFrequency: s.cfg.StatusFrequency}, attestation)
 }
 
 // callbackURL is ENS_PUBLIC_URL/api/ens/notify?id=…&f=…: 43 characters of
@@ -203,16 +204,13 @@ func (s *Service) callbackURL(publicID string, key seal.SubscriptionKey) string 
 	return u.String()
 }
 
-// attest signs the list of devices into each of ctx's EWS calls, bound to
-// that request, for an ENSGate EWS proxy in front of Exchange; h (if not
-// nil) receives the proxy's answer.
-func (s *Service) attest(ctx context.Context, tenantID int64, deviceIDs []string, h *ews.Headers) context.Context {
-	if h == nil {
-		h = new(ews.Headers)
-	}
+// attestation is the call option that signs the list of devices into each
+// EWS call it is given to, bound to that request, for an ENSGate EWS proxy
+// in front of Exchange; without a proxy secret it signs nothing.
+func (s *Service) attestation(tenantID int64, deviceIDs []string) ews.CallOption {
+	var sign func(*http.Request, []byte)
 	if len(s.cfg.ProxySecret) > 0 {
-		att := ewsproxy.Attestation{Secret: s.cfg.ProxySecret}
-		h.Sign = att.Signer(tenantID, deviceIDs)
+		sign = attest.Attestation{Secret: s.cfg.ProxySecret}.Signer(tenantID, deviceIDs)
 	}
-	return ews.WithHeaders(ctx, h)
+	return ews.WithRequestSigner(sign)
 }

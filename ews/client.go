@@ -209,40 +209,68 @@ func or[T comparable](v, dflt T) T {
 // certificate Client is retired.
 func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
 
+// CallOption adjusts one call for what stands between the Client and
+// Exchange, such as an ENSGate EWS proxy.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	sign   func(r *http.Request, body []byte)
+	header *http.Header
+}
+
+// WithRequestSigner has sign called with the call's request and its body
+// just before it is sent, after every other header is set, to add headers
+// bound to that request (attest.Attestation.Signer). Nil signs nothing.
+func WithRequestSigner(sign func(r *http.Request, body []byte)) CallOption {
+	return func(o *callOptions) { o.sign = sign }
+}
+
+// ResponseHeader stores the header of the call's answer in *h, whatever
+// its status, e.g. for the devices an ENSGate EWS proxy accepted. *h is
+// left alone when no answer comes: refused by a back-off, or a network
+// error.
+func ResponseHeader(h *http.Header) CallOption {
+	return func(o *callOptions) { o.header = h }
+}
+
 // Subscribe creates a push subscription on acct's Inbox.
-func (c *Client) Subscribe(ctx context.Context, acct Account, req SubscribeRequest) (*Subscription, error) {
+func (c *Client) Subscribe(ctx context.Context, acct Account, req SubscribeRequest, opts ...CallOption) (*Subscription, error) {
 	body, err := BuildSubscribe(c.version, acct.Mailbox, req)
 	if err != nil {
 		return nil, err
 	}
-	return call(ctx, c, acct, body, false, ParseSubscribeResponse)
+	return call(ctx, c, acct, body, false, ParseSubscribeResponse, opts)
 }
 
 // GetItem fetches the sender, subject, preview and received time of an item.
-func (c *Client) GetItem(ctx context.Context, acct Account, id ItemID) (*Item, error) {
+func (c *Client) GetItem(ctx context.Context, acct Account, id ItemID, opts ...CallOption) (*Item, error) {
 	body, err := BuildGetItem(c.version, id)
 	if err != nil {
 		return nil, err
 	}
-	return call(ctx, c, acct, body, true, ParseGetItemResponse)
+	return call(ctx, c, acct, body, true, ParseGetItemResponse, opts)
 }
 
 // GetInbox fetches the Inbox's unread count.
-func (c *Client) GetInbox(ctx context.Context, acct Account) (*Folder, error) {
+func (c *Client) GetInbox(ctx context.Context, acct Account, opts ...CallOption) (*Folder, error) {
 	body, err := BuildGetInbox(c.version, acct.Mailbox)
 	if err != nil {
 		return nil, err
 	}
-	return call(ctx, c, acct, body, true, ParseGetFolderResponse)
+	return call(ctx, c, acct, body, true, ParseGetFolderResponse, opts)
 }
 
 // call posts body and parses the answer, applying and recording back-off.
-func call[T any](ctx context.Context, c *Client, acct Account, body []byte, idempotent bool, parse func([]byte) (*T, error)) (*T, error) {
+func call[T any](ctx context.Context, c *Client, acct Account, body []byte, idempotent bool, parse func([]byte) (*T, error), opts []CallOption) (*T, error) {
 	cred := credentialOf(acct, c.certificate)
 	if err := c.backOff.throttled(cred, c.now()); err != nil {
 		return nil, err
 	}
-	v, err := roundTrip(ctx, c, acct, body, idempotent, parse)
+	var o callOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	v, err := roundTrip(ctx, c, acct, body, idempotent, parse, o)
 	c.backOff.record(cred, err, c.now())
 	return v, err
 }
@@ -268,7 +296,7 @@ func credentialOf(acct Account, certificate string) credential {
 	return sha256.Sum256([]byte(strings.ToLower(acct.Mailbox) + "\x00" + id))
 }
 
-func roundTrip[T any](ctx context.Context, c *Client, acct Account, body []byte, idempotent bool, parse func([]byte) (*T, error)) (*T, error) {
+func roundTrip[T any](ctx context.Context, c *Client, acct Account, body []byte, idempotent bool, parse func([]byte) (*T, error), o callOptions) (*T, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
@@ -289,22 +317,16 @@ func roundTrip[T any](ctx context.Context, c *Client, acct Account, body []byte,
 		// header (see net/http.Transport).
 		req.Header["Idempotency-Key"] = nil
 	}
-	headers, _ := ctx.Value(headersKey{}).(*Headers)
-	if headers != nil {
-		for k, v := range headers.Request {
-			req.Header[k] = v
-		}
-		if headers.Sign != nil {
-			headers.Sign(req, body)
-		}
+	if o.sign != nil {
+		o.sign(req, body)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if headers != nil {
-		headers.Response = resp.Header.Clone()
+	if o.header != nil {
+		*o.header = resp.Header.Clone()
 	}
 
 	switch resp.StatusCode {
@@ -396,23 +418,4 @@ func (b *BackOff) record(cred credential, err error, now time.Time) {
 			b.endpoint = throttle{until, err}
 		}
 	}
-}
-
-// Headers rides in a call's context for what lies between the client and
-// Exchange, such as an EWS proxy: extra request headers (a device
-// attestation), and the response's headers, filled in by the call.
-type Headers struct {
-	Request http.Header
-	// Sign, if set, is called last with each request and its body, to add
-	// headers bound to that request (ewsproxy.Attestation.Signer).
-	Sign     func(r *http.Request, body []byte)
-	Response http.Header
-}
-
-type headersKey struct{}
-
-// WithHeaders returns a context whose calls send h.Request and record
-// their response headers in h.Response.
-func WithHeaders(ctx context.Context, h *Headers) context.Context {
-	return context.WithValue(ctx, headersKey{}, h)
 }

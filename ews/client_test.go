@@ -687,9 +687,18 @@ func TestCredentialsRedacted(t *testing.T) {
 	}
 }
 
-func TestClientSendsAndRecordsHeadersFromTheContext(t *testing.T) {
+// A signer sees the request as it is sent, credentials included (its
+// signature may cover them), and the body sent; the answer's header comes
+// back, also with an error status (a proxy's refusal carries it too).
+func TestCallOptionsSignTheRequestAndReturnTheAnswersHeader(t *testing.T) {
+	var received []byte
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		received, _ = io.ReadAll(r.Body)
 		w.Header().Set("X-Answer", "from "+r.Header.Get("X-Question"))
+		if r.Header.Get("X-Question") == "a stranger" {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
 		w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 		w.Write(sample(t, "12-getfolder-inbox.response.xml"))
 	}))
@@ -698,11 +707,35 @@ func TestClientSendsAndRecordsHeadersFromTheContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Headers{Request: http.Header{"X-Question": {"the proxy"}}}
-	if _, err := c.GetInbox(WithHeaders(context.Background(), h), Account{Mailbox: "a@example.test"}); err != nil {
+	acct := Account{Mailbox: "a@example.test", Auth: BasicAuth{Username: "alice", Password: "pw"}}
+	signer := func(question string, signed *[]byte) CallOption {
+		return WithRequestSigner(func(r *http.Request, body []byte) {
+			if r.Header.Get("Authorization") == "" {
+				t.Error("signed before the credentials were set")
+			}
+			*signed = body
+			r.Header.Set("X-Question", question)
+		})
+	}
+
+	var signed []byte
+	var h http.Header
+	if _, err := c.GetInbox(context.Background(), acct, signer("the proxy", &signed), ResponseHeader(&h)); err != nil {
 		t.Fatal(err)
 	}
-	if got := h.Response.Get("X-Answer"); got != "from the proxy" {
+	if got := h.Get("X-Answer"); got != "from the proxy" {
 		t.Errorf("response header %q", got)
+	}
+	if len(signed) == 0 || !bytes.Equal(signed, received) {
+		t.Errorf("signed body %q, sent %q", signed, received)
+	}
+
+	var he *HTTPError
+	_, err = c.GetInbox(context.Background(), acct, signer("a stranger", &signed), ResponseHeader(&h))
+	if !errors.As(err, &he) || he.StatusCode != http.StatusForbidden {
+		t.Fatalf("err %v, want the 403", err)
+	}
+	if got := h.Get("X-Answer"); got != "from a stranger" {
+		t.Errorf("response header of the refusal %q", got)
 	}
 }

@@ -17,12 +17,12 @@ var ErrMailboxMismatch = errors.New("ews: the credentials do not belong to this 
 // acct.Mailbox's Inbox, and they must be the same folder. Delegate access
 // to acct.Mailbox gives another folder's id, so it does not pass. It
 // returns the Inbox's id, to check later that an item is in it.
-func (c *Client) VerifyMailbox(ctx context.Context, acct Account) (FolderID, error) {
+func (c *Client) VerifyMailbox(ctx context.Context, acct Account, opts ...CallOption) (FolderID, error) {
 	body, err := BuildVerifyMailbox(c.version, acct.Mailbox)
 	if err != nil {
 		return FolderID{}, err
 	}
-	id, err := call(ctx, c, acct, body, true, parseVerifyMailbox)
+	id, err := call(ctx, c, acct, body, true, parseVerifyMailbox, opts)
 	if err != nil {
 		return FolderID{}, err
 	}

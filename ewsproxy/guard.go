@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ensgate/ensgate/attest"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -39,7 +40,7 @@ type Config struct {
 	RemoveUnsupportedAuth bool
 	// Attestation verifies ENS's signed device lists; an empty secret
 	// refuses them.
-	Attestation Attestation
+	Attestation attest.Attestation
 	// Delegator, if set, does Kerberos for clients that present a
 	// certificate (verified by the TLS layer): their Authorization is
 	// replaced by the Negotiate header it returns, and Negotiate challenges
@@ -211,14 +212,14 @@ func (g *Guard) decide(w http.ResponseWriter, r *http.Request, op string) (decis
 		return "unavailable", false
 	}
 	if fromENS {
-		w.Header().Set(AcceptedHeader, JoinIDs(accepted))
+		w.Header().Set(attest.AcceptedHeader, attest.JoinIDs(accepted))
 	}
 	if !allowed {
 		log.Info("EWS request refused: no compliant device", slog.Any("devices", ids), slog.Bool("ens", fromENS))
 		writeFault(w, http.StatusForbidden, "ErrorAccessDenied", "This device is not allowed to access mail (blocked, wiped, non-compliant or unknown).")
 		return "refused_device", false
 	}
-	r.Header.Del(DevicesHeader)
+	r.Header.Del(attest.DevicesHeader)
 	kerberos, err = g.delegate(r)
 	if err != nil {
 		status := http.StatusBadGateway
@@ -233,10 +234,15 @@ func (g *Guard) decide(w http.ResponseWriter, r *http.Request, op string) (decis
 	return "forwarded", kerberos
 }
 
+// maxAttestedBody bounds the body the proxy reads to check an attestation
+// bound to it: ENS's own calls (Subscribe, GetItem, GetFolder) are a few
+// kilobytes.
+const maxAttestedBody = 1 << 20
+
 // identify returns the request's device ids: ENS's attested list, or the
 // one a device names in the configured header or query parameter.
 func (g *Guard) identify(r *http.Request) (ids []string, tenantID int64, fromENS bool, err error) {
-	if v := r.Header.Get(DevicesHeader); v != "" {
+	if v := r.Header.Get(attest.DevicesHeader); v != "" {
 		body, err := peekBody(r, maxAttestedBody)
 		if err != nil {
 			return nil, 0, true, err
