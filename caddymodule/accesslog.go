@@ -15,8 +15,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/ensgate/ensgate/attest"
 	"github.com/ensgate/ensgate/ens"
-	"github.com/ensgate/ensgate/ewsproxy"
 )
 
 // accessLog writes the access-log entries of the requests the ens and
@@ -52,7 +52,7 @@ var redactedHeaders = []string{
 	"X-AnchorMailbox", // a mail address: personal data
 	// ENS's signed device list: a token bound to its request, useless in
 	// a log; the proxy's own log lines name the devices it refuses.
-	ewsproxy.DevicesHeader,
+	attest.DevicesHeader,
 }
 
 // serve runs next, writing the redacted entry when Caddy would have

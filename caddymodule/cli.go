@@ -13,6 +13,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
+	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ews"
 	"github.com/ensgate/ensgate/store"
 )
@@ -315,44 +316,41 @@ func deviceCommand() *cobra.Command {
 		},
 	}
 	tenantFlag(list)
-	device.AddCommand(list,
-		complianceCommand("block", "Blocks a device: the EWS proxy refuses it and ENS stops notifying it", store.Blocked),
-		complianceCommand("unblock", "Marks a device compliant again", store.Compliant),
-		complianceCommand("remove", "Wipes a device server-side: blocked for good and its ENS registration ended", store.Wiped))
+	device.AddCommand(list)
+	for _, action := range ens.DeviceActions {
+		device.AddCommand(deviceActionCommand(action))
+	}
 	return device
 }
 
-// complianceCommand sets a device's compliance; every node enforces it
-// within about a second (PostgreSQL NOTIFY).
-func complianceCommand(name, short, state string) *cobra.Command {
+// deviceActionCommand runs an admin's device action (ens.DeviceActions,
+// which the admin API serves too) on the database.
+func deviceActionCommand(action ens.DeviceAction) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   name + " --tenant NAME --device ID",
-		Short: short,
+		Use:   action.Name + " --tenant NAME --device ID",
+		Short: action.Short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			deviceID, _ := cmd.Flags().GetString("device")
-			if deviceID == "" || len(deviceID) > 256 {
-				return errors.New("--device: a device id of 1 to 256 characters is required")
+			if !ens.ValidDeviceID(deviceID) {
+				return fmt.Errorf("--device: a device id of %s is required", ens.DeviceIDRule)
 			}
 			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
-				out := cmd.OutOrStdout()
-				if state == store.Wiped {
-					ended, err := s.RemoveDevice(ctx, t.ID, deviceID)
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(out, "device %q of tenant %q removed", deviceID, t.Name)
-					if ended {
-						fmt.Fprint(out, "; its mailbox had no other device, so its subscription ends")
-					}
-					fmt.Fprintln(out)
-					return nil
-				}
-				if err := s.SetCompliance(ctx, t.ID, deviceID, state); err != nil {
+				ended, err := action.Apply(ctx, s, t.ID, deviceID)
+				if err != nil {
 					return err
 				}
-				fmt.Fprintf(out, "device %q of tenant %q is now %s\n", deviceID, t.Name, state)
-				return nil
+				out := cmd.OutOrStdout()
+				if action.State != store.Wiped {
+					_, err := fmt.Fprintf(out, "device %q of tenant %q is now %s\n", deviceID, t.Name, action.State)
+					return err
+				}
+				fmt.Fprintf(out, "device %q of tenant %q removed", deviceID, t.Name)
+				if ended {
+					fmt.Fprint(out, "; its mailbox had no other device, so its subscription ends")
+				}
+				_, err = fmt.Fprintln(out)
+				return err
 			})
 		},
 	}

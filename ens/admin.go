@@ -1,6 +1,7 @@
 package ens
 
 import (
+	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -70,11 +71,40 @@ func (s *Service) adminAPI(mux *http.ServeMux) {
 	}
 	prefix := BasePath + "/admin/tenants/{tenant}/devices"
 	mux.Handle("GET "+prefix, s.admin(s.adminListDevices))
-	for action, state := range map[string]string{"block": store.Blocked, "unblock": store.Compliant, "remove": store.Wiped} {
-		mux.Handle("POST "+prefix+"/{device}/"+action, s.admin(func(w http.ResponseWriter, r *http.Request, t store.Tenant) error {
-			return s.adminSetCompliance(w, r, t, state)
+	for _, action := range DeviceActions {
+		mux.Handle("POST "+prefix+"/{device}/"+action.Name, s.admin(func(w http.ResponseWriter, r *http.Request, t store.Tenant) error {
+			return s.adminDeviceAction(w, r, t, action)
 		}))
 	}
+}
+
+// DeviceAction is an admin's action on a device, the same through the CLI
+// (ensgate ens device NAME) and the admin API (…/devices/{device}/NAME).
+// Every node enforces it within about a second (PostgreSQL NOTIFY).
+type DeviceAction struct {
+	Name  string
+	Short string // what it does, for help texts
+	State string // the compliance state it sets
+}
+
+// DeviceActions are the admin's device actions.
+var DeviceActions = []DeviceAction{
+	{"block", "Blocks a device: the EWS proxy refuses it and ENS stops notifying it", store.Blocked},
+	{"unblock", "Marks a device compliant again", store.Compliant},
+	{"remove", "Wipes a device server-side: blocked for good and its ENS registration ended", store.Wiped},
+}
+
+// Apply carries the action out for a tenant's device. Removal also ends the
+// device's registration, and its mailbox's subscription when no other
+// device is left (subscriptionEnded).
+func (a DeviceAction) Apply(ctx context.Context, s *store.Store, tenantID int64, deviceID string) (subscriptionEnded bool, err error) {
+	if !ValidDeviceID(deviceID) {
+		return false, fmt.Errorf("device id: must be %s", DeviceIDRule)
+	}
+	if a.State == store.Wiped {
+		return s.RemoveDevice(ctx, tenantID, deviceID)
+	}
+	return false, s.SetCompliance(ctx, tenantID, deviceID, a.State)
 }
 
 // admin checks the admin token and resolves the tenant in the path. A
@@ -203,20 +233,18 @@ func (s *Service) adminListDevices(w http.ResponseWriter, r *http.Request, t sto
 	return nil
 }
 
-func (s *Service) adminSetCompliance(w http.ResponseWriter, r *http.Request, t store.Tenant, state string) error {
+func (s *Service) adminDeviceAction(w http.ResponseWriter, r *http.Request, t store.Tenant, action DeviceAction) error {
 	deviceID := r.PathValue("device")
 	if err := checkDeviceID(deviceID); err != nil {
 		return err
 	}
-	answer := map[string]any{"deviceId": deviceID, "compliance": state}
-	if state == store.Wiped {
-		ended, err := s.store.RemoveDevice(r.Context(), t.ID, deviceID)
-		if err != nil {
-			return err
-		}
-		answer["subscriptionEnded"] = ended
-	} else if err := s.store.SetCompliance(r.Context(), t.ID, deviceID, state); err != nil {
+	ended, err := action.Apply(r.Context(), s.store, t.ID, deviceID)
+	if err != nil {
 		return err
+	}
+	answer := map[string]any{"deviceId": deviceID, "compliance": action.State}
+	if action.State == store.Wiped {
+		answer["subscriptionEnded"] = ended
 	}
 	writeJSON(w, http.StatusOK, answer)
 	return nil

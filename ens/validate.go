@@ -6,10 +6,18 @@ import (
 	"unicode"
 )
 
-// checkDeviceID accepts what mail apps send: an opaque printable string.
+// ValidDeviceID accepts what mail apps send: an opaque printable string of
+// 1 to 256 bytes. The device API, the admin API and the CLI all use it.
+func ValidDeviceID(id string) bool {
+	return id != "" && len(id) <= 256 && strings.IndexFunc(id, func(r rune) bool { return !unicode.IsPrint(r) }) < 0
+}
+
+// DeviceIDRule says what ValidDeviceID accepts, for error messages.
+const DeviceIDRule = "1 to 256 printable characters"
+
 func checkDeviceID(id string) error {
-	if id == "" || len(id) > 256 || strings.IndexFunc(id, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
-		return badRequest("deviceId: must be 1 to 256 printable characters")
+	if !ValidDeviceID(id) {
+		return badRequest("deviceId: must be %s", DeviceIDRule)
 	}
 	return nil
 }
