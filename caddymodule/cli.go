@@ -15,6 +15,7 @@ import (
 
 	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/privacy"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -109,12 +110,13 @@ func tenantCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			name, _ := cmd.Flags().GetString("name")
-			level, _ := cmd.Flags().GetInt("level")
+			n, _ := cmd.Flags().GetInt("level")
+			level := privacy.Level(n)
 			if err := store.ValidateTenantName(name); err != nil {
 				return err
 			}
-			if level < 0 || level > store.MaxNotificationLevel {
-				return fmt.Errorf("--level %d: must be 0 (sender, subject, preview) to 4 (badge only)", level)
+			if !level.Valid() {
+				return fmt.Errorf("--level %d: must be %s", n, privacy.Range)
 			}
 			return withStore(cmd, time.Minute, func(ctx context.Context, s *store.Store) error {
 				t, token, err := s.CreateTenant(ctx, name, level)
@@ -130,7 +132,7 @@ func tenantCommand() *cobra.Command {
 		},
 	}
 	create.Flags().String("name", "", "tenant name: letters, digits, '.', '_', '-' (required)")
-	create.Flags().Int("level", 0, "notification level ceiling: 0 sender+subject+preview, 1 sender+subject, 2 sender, 3 generic, 4 badge only")
+	create.Flags().Int("level", 0, "notification level ceiling, "+privacy.Range)
 	create.MarkFlagRequired("name")
 
 	list := &cobra.Command{

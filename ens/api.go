@@ -99,7 +99,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) error {
 func jsonProblem(err error) string {
 	var typeErr *json.UnmarshalTypeError
 	if errors.As(err, &typeErr) {
-		return fmt.Sprintf("field %q must be a %s", typeErr.Field, typeErr.Type)
+		return fmt.Sprintf("field %q must be a %s", typeErr.Field, typeErr.Type.Kind())
 	}
 	var syntaxErr *json.SyntaxError
 	if errors.As(err, &syntaxErr) {

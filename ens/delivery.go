@@ -15,6 +15,7 @@ import (
 	"github.com/ensgate/ensgate/attest"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/privacy"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -29,14 +30,6 @@ const PushTimeBudget = 20 * time.Second
 
 // errPushInProgress: another node owns some of this item's pushes.
 var errPushInProgress = errors.New("another node is pushing this item")
-
-// Privacy levels (PolicyLimitNotificationText): what a push may show.
-const (
-	levelSenderSubjectPreview = 0
-	levelSenderSubject        = 1
-	levelSender               = 2
-	levelGeneric              = 3
-)
 
 // delivery turns one notification's new items into pushes.
 type delivery struct {
@@ -56,9 +49,9 @@ type delivery struct {
 	answer http.Header
 }
 
-// level is what a device may be shown: the tenant's level is a ceiling.
-func (d *delivery) level(dev store.Device) int {
-	return max(d.tenant.NotificationLevel, dev.NotificationLevel)
+// level is what a device may be shown.
+func (d *delivery) level(dev store.Device) privacy.Level {
+	return privacy.For(d.tenant.NotificationLevel, dev.NotificationLevel)
 }
 
 func (d *delivery) run(ctx context.Context, items []ews.ItemID) (ews.SubscriptionStatus, error) {
@@ -243,10 +236,10 @@ func (d *delivery) claimedDevices(claimed []int64) []store.Device {
 	return devs
 }
 
-// needsContent: levels 3 and 4 never fetch the item.
+// needsContent: only a level that shows the sender fetches the item.
 func (d *delivery) needsContent(devs []store.Device) bool {
 	for _, dev := range devs {
-		if d.level(dev) <= levelSender {
+		if d.level(dev).ShowsSender() {
 			return true
 		}
 	}
@@ -274,14 +267,14 @@ func (d *delivery) credentialsRefused(ctx context.Context) (ews.SubscriptionStat
 func (s *Service) askToReregister(ctx context.Context, tenant store.Tenant, devices []store.Device, newMail bool) {
 	var wg sync.WaitGroup
 	for _, dev := range devices {
-		level := max(tenant.NotificationLevel, dev.NotificationLevel)
+		level := privacy.For(tenant.NotificationLevel, dev.NotificationLevel)
 		wg.Go(func() {
 			m := baseMessage(dev)
 			m.Kind = push.Reregister
 			m.Badge = -1
 			s.push.Send(ctx, m)
-			if newMail && level <= levelGeneric {
-				s.push.Send(ctx, newMailMessage(dev, levelGeneric, nil, -1))
+			if newMail && level.ShowsAlert() {
+				s.push.Send(ctx, newMailMessage(dev, privacy.Generic, nil, -1))
 			}
 		})
 	}
@@ -293,26 +286,26 @@ func baseMessage(dev store.Device) push.Message {
 		ThreadID: threadID(dev.MailboxHash), RegisteredAt: dev.RegisteredAt}
 }
 
-// newMailMessage builds the push for one device at its level (DESIGN.md):
-// 0 sender, subject and preview; 1 sender and subject; 2 sender; 3 a
-// generic "New message"; 4 only the badge.
-func newMailMessage(dev store.Device, level int, item *ews.Item, badge int) push.Message {
+// newMailMessage builds the push for one device at its level (package
+// privacy): sender, subject and preview as far as it shows them; a generic
+// "New message"; or only the badge.
+func newMailMessage(dev store.Device, level privacy.Level, item *ews.Item, badge int) push.Message {
 	m := baseMessage(dev)
 	m.Kind = push.NewMail
 	m.Badge = badge
-	if level >= levelGeneric {
-		m.Generic = level == levelGeneric
+	if !level.ShowsSender() {
+		m.Generic = level.ShowsAlert()
 		return m
 	}
-	// Below levelGeneric the caller has fetched the item (needsContent).
+	// A level that shows the sender has had the item fetched (needsContent).
 	m.Title = item.From.Name
 	if m.Title == "" {
 		m.Title = item.From.EmailAddress
 	}
-	if level <= levelSenderSubject {
+	if level.ShowsSubject() {
 		m.Subject = item.Subject
 	}
-	if level == levelSenderSubjectPreview {
+	if level.ShowsPreview() {
 		m.Preview = item.Preview
 	}
 	return m

@@ -26,6 +26,7 @@ import (
 	"github.com/ensgate/ensgate/internal/ewssim"
 	"github.com/ensgate/ensgate/internal/pgtest"
 	"github.com/ensgate/ensgate/internal/syncbuf"
+	"github.com/ensgate/ensgate/privacy"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -99,7 +100,7 @@ type env struct {
 func (e *env) travel(d time.Duration) { e.ahead.Add(int64(d)) }
 
 type envOptions struct {
-	tenantLevel int
+	tenantLevel privacy.Level
 	rateLimit   float64
 	// callbackRate limits the notifications per subscription per second.
 	callbackRate float64

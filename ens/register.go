@@ -12,21 +12,22 @@ import (
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ens/seal"
 	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/privacy"
 	"github.com/ensgate/ensgate/store"
 )
 
 type registerRequest struct {
-	DeviceID          string `json:"deviceId"`
-	Email             string `json:"email"`
-	Platform          string `json:"platform"`
-	PushToken         string `json:"pushToken"`
-	Topic             string `json:"topic"`
-	EWSURL            string `json:"ewsUrl"`
-	AuthType          string `json:"authType"`
-	KeyID             string `json:"keyId"`
-	Credentials       string `json:"credentials"`
-	NotificationLevel *int   `json:"notificationLevel"`
-	DeviceSecret      string `json:"deviceSecret"` // needed when the id is already registered
+	DeviceID          string         `json:"deviceId"`
+	Email             string         `json:"email"`
+	Platform          string         `json:"platform"`
+	PushToken         string         `json:"pushToken"`
+	Topic             string         `json:"topic"`
+	EWSURL            string         `json:"ewsUrl"`
+	AuthType          string         `json:"authType"`
+	KeyID             string         `json:"keyId"`
+	Credentials       string         `json:"credentials"`
+	NotificationLevel *privacy.Level `json:"notificationLevel"`
+	DeviceSecret      string         `json:"deviceSecret"` // needed when the id is already registered
 }
 
 var errEndpointNotAllowed = &apiError{http.StatusForbidden, "forbidden", "ewsUrl is not one of this tenant's allowed EWS endpoints"}
@@ -55,8 +56,8 @@ func (req *registerRequest) check() error {
 		return badRequest("keyId: required (from publickey)")
 	case req.Credentials == "":
 		return badRequest("credentials: required (a JWE)")
-	case req.NotificationLevel == nil || *req.NotificationLevel < 0 || *req.NotificationLevel > store.MaxNotificationLevel:
-		return badRequest("notificationLevel: must be 0 to 4")
+	case req.NotificationLevel == nil || !req.NotificationLevel.Valid():
+		return badRequest("notificationLevel: must be %s", privacy.Range)
 	case len(req.DeviceSecret) > maxDeviceSecret:
 		return badRequest("deviceSecret: must be at most %d characters", maxDeviceSecret)
 	}

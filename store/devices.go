@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/ensgate/ensgate/privacy"
 )
 
 // DeviceSummary is what an admin sees of a device: its ENS registration (if
@@ -48,8 +50,8 @@ type Device struct {
 	Platform          string
 	PushToken         string
 	Topic             string
-	NotificationLevel int
-	State             string // active, inactive (push service said the token is dead), unregistered, removed
+	NotificationLevel privacy.Level // what the device asked to be shown; the tenant's is a ceiling
+	State             string        // active, inactive (push service said the token is dead), unregistered, removed
 	StateReason       string
 	RegisteredAt      time.Time
 	SecretHash        []byte // SHA-256 of the device secret; nil if registered before secrets existed

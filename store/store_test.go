@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/ensgate/ensgate/internal/pgtest"
+	"github.com/ensgate/ensgate/privacy"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -117,7 +118,7 @@ func TestCreateTenantRejectsBadInput(t *testing.T) {
 	s := newStore(t)
 	for _, tc := range []struct {
 		name  string
-		level int
+		level privacy.Level
 		want  string
 	}{
 		{"", 0, "tenant name"},

@@ -12,18 +12,17 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/ensgate/ensgate/privacy"
 )
 
 // Tenant is an organisation using ENSGate; its API token selects it.
 type Tenant struct {
 	ID                int64
 	Name              string
-	NotificationLevel int // the ceiling for its devices, 0..4
+	NotificationLevel privacy.Level // the ceiling for its devices
 	CreatedAt         time.Time
 }
-
-// MaxNotificationLevel is the most private level: nothing but the badge.
-const MaxNotificationLevel = 4
 
 var tenantName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
@@ -57,12 +56,12 @@ func HashAPIToken(token string) []byte {
 
 // CreateTenant adds a tenant with a first API token and returns the token,
 // which is not kept anywhere and cannot be shown again.
-func (s *Store) CreateTenant(ctx context.Context, name string, level int) (Tenant, string, error) {
+func (s *Store) CreateTenant(ctx context.Context, name string, level privacy.Level) (Tenant, string, error) {
 	if err := ValidateTenantName(name); err != nil {
 		return Tenant{}, "", err
 	}
-	if level < 0 || level > MaxNotificationLevel {
-		return Tenant{}, "", fmt.Errorf("notification level %d: must be 0 (sender, subject, preview) to 4 (badge only)", level)
+	if err := level.Check(); err != nil {
+		return Tenant{}, "", err
 	}
 	token, hash := NewAPIToken()
 	t := Tenant{Name: name, NotificationLevel: level}
