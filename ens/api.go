@@ -39,22 +39,6 @@ func alive(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": Version()})
 }
 
-// apiError is an error the device API reports as
-// {"error": code, "message": message} with status.
-type apiError struct {
-	status  int
-	code    string
-	message string
-}
-
-func (e *apiError) Error() string { return e.code + ": " + e.message }
-
-func badRequest(format string, args ...any) *apiError {
-	return &apiError{http.StatusBadRequest, "bad_request", fmt.Sprintf(format, args...)}
-}
-
-var errUnknownDevice = &apiError{http.StatusNotFound, "unknown_device", "this device is not registered"}
-
 // tenantAPI authenticates the tenant, applies the rate limits of the
 // client's address and the tenant (the handler applies the device's) and
 // turns the handler's error into the API's error shape.

@@ -8,8 +8,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"net/http"
 
 	"github.com/go-jose/go-jose/v4"
 
@@ -151,31 +149,4 @@ func (s *Service) ewsClient(ep *endpoint, c *credentials) (client *ews.Client, d
 		return nil, nil, err
 	}
 	return client, client.CloseIdleConnections, nil
-}
-
-// exchangeError maps an EWS failure to the device API's answer.
-func exchangeError(err error) *apiError {
-	var re *ews.ResponseError
-	switch {
-	case errors.Is(err, ews.ErrUnauthorized):
-		return &apiError{http.StatusUnauthorized, "bad_credentials", "Exchange refused the credentials"}
-	case errors.Is(err, ews.ErrMailboxMismatch):
-		return &apiError{http.StatusForbidden, "mailbox_mismatch", "the credentials do not log in to this mailbox (access as a delegate is not enough); register with the mailbox's own credentials"}
-	case errors.Is(err, ews.ErrPinMismatch):
-		return &apiError{http.StatusBadGateway, "exchange_error", "the EWS server's certificate does not match the pinned fingerprint; no credentials were sent"}
-	case errors.Is(err, errEndpointBusy):
-		return &apiError{http.StatusServiceUnavailable, "overloaded", "too many requests to this Exchange in flight; retry later"}
-	case errors.As(err, &re):
-		return &apiError{http.StatusBadGateway, "exchange_error", "Exchange answered " + re.Code}
-	case errors.As(err, new(*tls.CertificateVerificationError)):
-		return &apiError{http.StatusBadGateway, "exchange_error", "the EWS server's certificate is not trusted by the gateway; no credentials were sent"}
-	case refusedByProxy(err):
-		return &apiError{http.StatusForbidden, "forbidden", "the EWS proxy refused this device (blocked, wiped, non-compliant or unknown)"}
-	default:
-		var he *ews.HTTPError
-		if errors.As(err, &he) {
-			return &apiError{http.StatusBadGateway, "exchange_error", fmt.Sprintf("Exchange answered HTTP %d", he.StatusCode)}
-		}
-		return &apiError{http.StatusBadGateway, "exchange_error", "Exchange could not be reached"}
-	}
 }

@@ -8,11 +8,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"slices"
 	"sync"
 	"time"
 
-	"github.com/ensgate/ensgate/attest"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ews"
 	"github.com/ensgate/ensgate/privacy"
@@ -195,31 +193,6 @@ func (d *delivery) unreadCount(ctx context.Context, client *ews.Client, acct ews
 	}
 	d.badge = &badge
 	return badge, nil
-}
-
-// refusedByProxy reports an ENSGate EWS proxy's refusal of every device.
-func refusedByProxy(err error) bool {
-	var he *ews.HTTPError
-	return errors.As(err, &he) && he.StatusCode == http.StatusForbidden
-}
-
-// acceptedByProxy splits devs into those an ENSGate EWS proxy in front of
-// Exchange accepted (all of them without a proxy's answer) and the ids of
-// the others.
-func (d *delivery) acceptedByProxy(devs []store.Device) (accepted []store.Device, refused []int64) {
-	v, ok := d.answer[http.CanonicalHeaderKey(attest.AcceptedHeader)]
-	if !ok || len(v) == 0 {
-		return devs, nil
-	}
-	ids, err := attest.SplitIDs(v[0])
-	for _, dev := range devs {
-		if err == nil && slices.Contains(ids, dev.DeviceID) {
-			accepted = append(accepted, dev)
-		} else {
-			refused = append(refused, dev.ID)
-		}
-	}
-	return accepted, refused
 }
 
 func (d *delivery) claimedDevices(claimed []int64) []store.Device {

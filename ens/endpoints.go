@@ -128,3 +128,15 @@ func (ep *endpoint) acquire(ctx context.Context) (release func(), err error) {
 		return nil, errEndpointBusy
 	}
 }
+
+// endpointByID returns the shared state of the subscription's endpoint.
+func (s *Service) endpointByID(ctx context.Context, id int64) (*endpoint, error) {
+	if ep := s.endpoints.get(id); ep != nil {
+		return ep, nil
+	}
+	row, err := s.store.EndpointByID(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return s.endpointFor(row)
+}

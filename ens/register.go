@@ -6,9 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/url"
 
-	"github.com/ensgate/ensgate/attest"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ens/seal"
 	"github.com/ensgate/ensgate/ews"
@@ -29,8 +27,6 @@ type registerRequest struct {
 	NotificationLevel *privacy.Level `json:"notificationLevel"`
 	DeviceSecret      string         `json:"deviceSecret"` // needed when the id is already registered
 }
-
-var errEndpointNotAllowed = &apiError{http.StatusForbidden, "forbidden", "ewsUrl is not one of this tenant's allowed EWS endpoints"}
 
 func (req *registerRequest) check() error {
 	if err := checkDeviceID(req.DeviceID); err != nil {
@@ -193,25 +189,4 @@ func (s *Service) subscribe(ctx context.Context, ep *endpoint, creds *credential
 	creds.InboxID = inbox.ID
 	return client.Subscribe(ctx, acct, ews.SubscribeRequest{
 		URL: s.callbackURL(publicID, key), StatusFrequency: s.cfg.StatusFrequency}, attestation)
-}
-
-// callbackURL is ENS_PUBLIC_URL/api/ens/notify?id=…&f=…: 43 characters of
-// key and 22 of id, far below EWS's 2082-character limit whatever the
-// credentials are.
-func (s *Service) callbackURL(publicID string, key seal.SubscriptionKey) string {
-	u := *s.cfg.PublicURL
-	u.Path += BasePath + "/notify"
-	u.RawQuery = url.Values{"id": {publicID}, "f": {key.String()}}.Encode()
-	return u.String()
-}
-
-// attestation is the call option that signs the list of devices into each
-// EWS call it is given to, bound to that request, for an ENSGate EWS proxy
-// in front of Exchange; without a proxy secret it signs nothing.
-func (s *Service) attestation(tenantID int64, deviceIDs []string) ews.CallOption {
-	var sign func(*http.Request, []byte)
-	if len(s.cfg.ProxySecret) > 0 {
-		sign = attest.Attestation{Secret: s.cfg.ProxySecret}.Signer(tenantID, deviceIDs)
-	}
-	return ews.WithRequestSigner(sign)
 }

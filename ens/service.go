@@ -77,11 +77,6 @@ type Config struct {
 	AdminToken string
 }
 
-// DeviceCompliance reports a device's compliance state ("" if unknown).
-type DeviceCompliance interface {
-	State(store.DeviceKey) (string, error)
-}
-
 // Defaults for Config.
 const (
 	DefaultKeyPoolSize     = 20

@@ -1,6 +1,3 @@
-// Package ens is the Email Notification Service: device keys, registration,
-// EWS push subscriptions, the Exchange webhook and the notification pipeline.
-// It knows nothing of Caddy; caddymodule wires it into the server.
 package ens
 
 import "runtime/debug"

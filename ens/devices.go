@@ -1,7 +1,10 @@
 package ens
 
 import (
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"errors"
 	"net/http"
 
@@ -88,4 +91,26 @@ func (s *Service) unregister(w http.ResponseWriter, r *http.Request, t store.Ten
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
 	return nil
+}
+
+// maxDeviceSecret bounds the deviceSecret a request may carry; ours are 43
+// characters.
+const maxDeviceSecret = 128
+
+// newDeviceSecret is the secret that proves a device owns its id: 256
+// random bits, base64url.
+func newDeviceSecret() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// deviceSecretHash is what the database keeps of a device secret: its
+// SHA-256, which suffices for 256 random bits. nil for no secret.
+func deviceSecretHash(secret string) []byte {
+	if secret == "" {
+		return nil
+	}
+	sum := sha256.Sum256([]byte(secret))
+	return sum[:]
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -268,14 +269,12 @@ func itemHash(id ews.ItemID) []byte {
 	return sum[:16]
 }
 
-// endpointByID returns the shared state of the subscription's endpoint.
-func (s *Service) endpointByID(ctx context.Context, id int64) (*endpoint, error) {
-	if ep := s.endpoints.get(id); ep != nil {
-		return ep, nil
-	}
-	row, err := s.store.EndpointByID(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	return s.endpointFor(row)
+// callbackURL is ENS_PUBLIC_URL/api/ens/notify?id=…&f=…: 43 characters of
+// key and 22 of id, far below EWS's 2082-character limit whatever the
+// credentials are.
+func (s *Service) callbackURL(publicID string, key seal.SubscriptionKey) string {
+	u := *s.cfg.PublicURL
+	u.Path += BasePath + "/notify"
+	u.RawQuery = url.Values{"id": {publicID}, "f": {key.String()}}.Encode()
+	return u.String()
 }

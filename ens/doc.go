@@ -1,0 +1,19 @@
+// Package ens is the Email Notification Service: device keys, registration,
+// EWS push subscriptions, the Exchange webhook and the notification pipeline.
+// It knows nothing of Caddy; caddymodule wires it into the server.
+//
+// Files by job, in the order a notification meets them:
+//
+//	webhook.go      Exchange's callback: authenticate, unseal, hygiene, answer
+//	delivery.go     claims, GetItem/GetFolder, the payload at the device's level, pushes
+//	proxy.go        ENS and an ENSGate EWS proxy: compliance, attestation, the proxy's answer
+//	endpoints.go    the allowed EWS endpoints' shared clients and bulkheads
+//	credentials.go  the sealed credentials and how they call Exchange
+//
+// and for the device API and the workers:
+//
+//	api.go, errors.go, auth.go, ratelimit.go   routes, error answers, tenant tokens, limits
+//	publickey.go, register.go, devices.go       publickey, registerdevicev2, status and unregister
+//	admin.go                                    the admin API and its device actions
+//	service.go, keypool.go, liveness.go         the service, the key pool, silent subscriptions
+package ens

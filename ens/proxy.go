@@ -1,0 +1,88 @@
+package ens
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"slices"
+
+	"github.com/ensgate/ensgate/attest"
+	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/store"
+)
+
+// refuseNonCompliant is the first check of every device request that could
+// lead to Exchange: an admin's block, wipe or removal holds whatever the
+// tenant's endpoint is (Exchange itself or the EWS proxy). It reads the
+// database, not a node's cache, so an unblock counts at once.
+func (s *Service) refuseNonCompliant(ctx context.Context, t store.Tenant, deviceID string) error {
+	state, err := s.store.ComplianceState(ctx, store.DeviceKey{TenantID: t.ID, DeviceID: deviceID})
+	if err != nil {
+		return err
+	}
+	if state != "" && state != store.Compliant {
+		return errDeviceRefused
+	}
+	return nil
+}
+
+// compliantDevices drops devices that the compliance state keeps from
+// mail: blocked, wiped or non-compliant. Unknown devices stay: whether they
+// may reach Exchange is the EWS proxy's policy, which answers ENS's calls.
+func (s *Service) compliantDevices(devices []store.Device) ([]store.Device, error) {
+	if s.cfg.Compliance == nil {
+		return devices, nil
+	}
+	var ok []store.Device
+	for _, dev := range devices {
+		state, err := s.cfg.Compliance.State(store.DeviceKey{TenantID: dev.TenantID, DeviceID: dev.DeviceID})
+		if err != nil {
+			return nil, err
+		}
+		if state == "" || state == store.Compliant {
+			ok = append(ok, dev)
+		}
+	}
+	return ok, nil
+}
+
+// attestation is the call option that signs the list of devices into each
+// EWS call it is given to, bound to that request, for an ENSGate EWS proxy
+// in front of Exchange; without a proxy secret it signs nothing.
+func (s *Service) attestation(tenantID int64, deviceIDs []string) ews.CallOption {
+	var sign func(*http.Request, []byte)
+	if len(s.cfg.ProxySecret) > 0 {
+		sign = attest.Attestation{Secret: s.cfg.ProxySecret}.Signer(tenantID, deviceIDs)
+	}
+	return ews.WithRequestSigner(sign)
+}
+
+// refusedByProxy reports an ENSGate EWS proxy's refusal of every device.
+func refusedByProxy(err error) bool {
+	var he *ews.HTTPError
+	return errors.As(err, &he) && he.StatusCode == http.StatusForbidden
+}
+
+// acceptedByProxy splits devs into those an ENSGate EWS proxy in front of
+// Exchange accepted (all of them without a proxy's answer) and the ids of
+// the others.
+func (d *delivery) acceptedByProxy(devs []store.Device) (accepted []store.Device, refused []int64) {
+	v, ok := d.answer[http.CanonicalHeaderKey(attest.AcceptedHeader)]
+	if !ok || len(v) == 0 {
+		return devs, nil
+	}
+	ids, err := attest.SplitIDs(v[0])
+	for _, dev := range devs {
+		if err == nil && slices.Contains(ids, dev.DeviceID) {
+			accepted = append(accepted, dev)
+		} else {
+			refused = append(refused, dev.ID)
+		}
+	}
+	return accepted, refused
+}
+
+// DeviceCompliance reports a device's compliance state ("" if unknown).
+type DeviceCompliance interface {
+	State(store.DeviceKey) (string, error)
+}
