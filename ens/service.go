@@ -1,6 +1,7 @@
 package ens
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -127,22 +128,22 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.KeyPoolSize = or(cfg.KeyPoolSize, DefaultKeyPoolSize)
-	cfg.KeyBits = or(cfg.KeyBits, DefaultKeyBits)
-	cfg.StatusFrequency = or(cfg.StatusFrequency, DefaultStatusFrequency)
-	cfg.RateLimit = or(cfg.RateLimit, DefaultRateLimit)
-	cfg.DeviceRateLimit = or(cfg.DeviceRateLimit, cfg.RateLimit/2)
-	cfg.TenantRateLimit = or(cfg.TenantRateLimit, 25*cfg.RateLimit)
-	cfg.CallbackRateLimit = or(cfg.CallbackRateLimit, DefaultCallbackRateLimit)
-	cfg.KeyPairTTL = or(cfg.KeyPairTTL, DefaultKeyPairTTL)
-	cfg.KeyPairsPerTenant = or(cfg.KeyPairsPerTenant, DefaultKeyPairsPerTenant)
-	cfg.KeyPairsPerAddress = or(cfg.KeyPairsPerAddress, DefaultKeyPairsPerAddress)
+	cfg.KeyPoolSize = cmp.Or(cfg.KeyPoolSize, DefaultKeyPoolSize)
+	cfg.KeyBits = cmp.Or(cfg.KeyBits, DefaultKeyBits)
+	cfg.StatusFrequency = cmp.Or(cfg.StatusFrequency, DefaultStatusFrequency)
+	cfg.RateLimit = cmp.Or(cfg.RateLimit, DefaultRateLimit)
+	cfg.DeviceRateLimit = cmp.Or(cfg.DeviceRateLimit, cfg.RateLimit/2)
+	cfg.TenantRateLimit = cmp.Or(cfg.TenantRateLimit, 25*cfg.RateLimit)
+	cfg.CallbackRateLimit = cmp.Or(cfg.CallbackRateLimit, DefaultCallbackRateLimit)
+	cfg.KeyPairTTL = cmp.Or(cfg.KeyPairTTL, DefaultKeyPairTTL)
+	cfg.KeyPairsPerTenant = cmp.Or(cfg.KeyPairsPerTenant, DefaultKeyPairsPerTenant)
+	cfg.KeyPairsPerAddress = cmp.Or(cfg.KeyPairsPerAddress, DefaultKeyPairsPerAddress)
 	if cfg.ClientIP == nil {
 		cfg.ClientIP = remoteHost
 	}
-	cfg.EWSTimeout = or(cfg.EWSTimeout, DefaultEWSTimeout)
-	cfg.EWSConcurrency = or(cfg.EWSConcurrency, DefaultEWSConcurrency)
-	cfg.UserAgent = or(cfg.UserAgent, "ENSGate/"+Version())
+	cfg.EWSTimeout = cmp.Or(cfg.EWSTimeout, DefaultEWSTimeout)
+	cfg.EWSConcurrency = cmp.Or(cfg.EWSConcurrency, DefaultEWSConcurrency)
+	cfg.UserAgent = cmp.Or(cfg.UserAgent, "ENSGate/"+Version())
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -165,14 +166,6 @@ func New(cfg Config) (*Service, error) {
 		limits:      newRateLimits(cfg),
 		keyPoolWake: make(chan struct{}, 1),
 	}, nil
-}
-
-func or[T comparable](v, dflt T) T {
-	var zero T
-	if v == zero {
-		return dflt
-	}
-	return v
 }
 
 // Start runs the background workers until Stop. Several nodes, and two

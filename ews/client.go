@@ -2,6 +2,7 @@ package ews
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -141,10 +142,10 @@ func NewClient(cfg Config) (*Client, error) {
 	}
 	c := &Client{
 		url:       u.String(),
-		version:   or(cfg.ServerVersion, DefaultServerVersion),
-		userAgent: or(cfg.UserAgent, DefaultUserAgent),
-		maxSize:   or(cfg.MaxResponseSize, DefaultMaxResponseSize),
-		timeout:   or(cfg.Timeout, DefaultTimeout),
+		version:   cmp.Or(cfg.ServerVersion, DefaultServerVersion),
+		userAgent: cmp.Or(cfg.UserAgent, DefaultUserAgent),
+		maxSize:   cmp.Or(cfg.MaxResponseSize, DefaultMaxResponseSize),
+		timeout:   cmp.Or(cfg.Timeout, DefaultTimeout),
 		backOff:   cfg.BackOff,
 		now:       time.Now,
 	}
@@ -173,12 +174,12 @@ func NewClient(cfg Config) (*Client, error) {
 	transport := &http.Transport{
 		Proxy: http.ProxyFromEnvironment,
 		DialContext: (&net.Dialer{
-			Timeout:   or(cfg.DialTimeout, DefaultDialTimeout),
+			Timeout:   cmp.Or(cfg.DialTimeout, DefaultDialTimeout),
 			KeepAlive: 30 * time.Second,
 		}).DialContext,
 		TLSClientConfig:       tlsConf,
-		TLSHandshakeTimeout:   or(cfg.TLSHandshakeTimeout, DefaultTLSHandshakeTimeout),
-		ResponseHeaderTimeout: or(cfg.ResponseHeaderTimeout, DefaultResponseHeaderTimeout),
+		TLSHandshakeTimeout:   cmp.Or(cfg.TLSHandshakeTimeout, DefaultTLSHandshakeTimeout),
+		ResponseHeaderTimeout: cmp.Or(cfg.ResponseHeaderTimeout, DefaultResponseHeaderTimeout),
 		ForceAttemptHTTP2:     true, // a custom TLSClientConfig turns it off otherwise
 		// Many mailboxes share one endpoint; Go's default of 2 idle
 		// connections per host would make most calls dial anew.
@@ -195,14 +196,6 @@ func NewClient(cfg Config) (*Client, error) {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	return c, nil
-}
-
-func or[T comparable](v, dflt T) T {
-	var zero T
-	if v == zero {
-		return dflt
-	}
-	return v
 }
 
 // CloseIdleConnections closes kept-alive connections, e.g. when a

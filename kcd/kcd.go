@@ -1,6 +1,7 @@
 package kcd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -129,18 +130,10 @@ func New(cfg Config) (*Delegator, error) {
 		kdcs[i] = withPort(k)
 	}
 	cfg.KDCs = kdcs
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 3 * time.Second
-	}
-	if cfg.RenewBefore == 0 {
-		cfg.RenewBefore = 5 * time.Minute
-	}
-	if cfg.NegativeTTL == 0 {
-		cfg.NegativeTTL = time.Minute
-	}
-	if cfg.MaxEntries == 0 {
-		cfg.MaxEntries = 100_000
-	}
+	cfg.Timeout = cmp.Or(cfg.Timeout, 3*time.Second)
+	cfg.RenewBefore = cmp.Or(cfg.RenewBefore, 5*time.Minute)
+	cfg.NegativeTTL = cmp.Or(cfg.NegativeTTL, time.Minute)
+	cfg.MaxEntries = cmp.Or(cfg.MaxEntries, 100_000)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
