@@ -4,8 +4,14 @@ import (
 	cryptotls "crypto/tls"
 	"net/http"
 	"net/http/httptest"
-	"testing"
 )
+
+// TB is what Start needs of a test; testing.TB has it. The simulator also
+// ships as cmd/ewssim, which must not link the testing package.
+type TB interface {
+	Helper()
+	Cleanup(func())
+}
 
 // TestServer is a simulator listening on a loopback port.
 type TestServer struct {
@@ -17,17 +23,17 @@ type TestServer struct {
 
 // Start runs a simulator over plain HTTP on a loopback port and closes it
 // when the test ends.
-func Start(t testing.TB, cfg Config) *TestServer {
+func Start(t TB, cfg Config) *TestServer {
 	return start(t, cfg, false)
 }
 
 // StartTLS is Start over HTTPS with httptest's certificate; use Client to
 // talk to it.
-func StartTLS(t testing.TB, cfg Config) *TestServer {
+func StartTLS(t TB, cfg Config) *TestServer {
 	return start(t, cfg, true)
 }
 
-func start(t testing.TB, cfg Config, tls bool) *TestServer {
+func start(t TB, cfg Config, tls bool) *TestServer {
 	t.Helper()
 	s := New(cfg)
 	hs := httptest.NewUnstartedServer(s)
