@@ -21,9 +21,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/ensgate/ensgate/compliance"
 	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ens/push"
-	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -31,10 +31,10 @@ func init() {
 	caddy.RegisterModule(App{})
 }
 
-// App is the `ens` app: it owns ENSGate's settings, the PostgreSQL pool and
-// the background workers. Every value may be a placeholder such as
-// {env.DATABASE_URL}; placeholders are resolved at provisioning, so secrets
-// stay out of the adapted JSON config.
+// App is the `ens` app: it owns ENS's settings and background workers, and
+// shares the PostgreSQL pool and the compliance cache (pool.go). Every
+// value may be a placeholder such as {env.DATABASE_URL}; placeholders are
+// resolved at provisioning, so secrets stay out of the adapted JSON config.
 type App struct {
 	// PostgreSQL connection string (postgres://user:pass@host:port/db).
 	DatabaseURL string `json:"database_url,omitempty"`
@@ -75,11 +75,9 @@ type App struct {
 	proxySecret []byte
 
 	store      *store.Store
+	compliance *compliance.Cache
 	service    *ens.Service
 	handler    http.Handler
-	compliance *ewsproxy.Compliance
-	stopCache  context.CancelFunc
-	cacheDone  chan struct{}
 	logger     *zap.Logger
 }
 
@@ -120,8 +118,8 @@ func (App) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision resolves placeholders, checks every setting and takes the shared
-// database pool. The pool does not connect until first used, so `caddy
-// validate` works without a database.
+// database pool and compliance cache. The cache starts loading at once, but
+// neither needs the database to be up, so `caddy validate` works without one.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	if err := a.resolve(); err != nil {
@@ -132,6 +130,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("ens: database_url: %w", err)
 	}
 	a.store = s
+	if a.compliance, err = acquireCompliance(a.databaseURL, ctx.Slogger()); err != nil {
+		return fmt.Errorf("ens: database_url: %w", err)
+	}
 	if err := push.Register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("ens: push metrics: %w", err)
 	}
@@ -142,7 +143,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	a.compliance = ewsproxy.NewCompliance(s, ctx.Slogger())
 	a.service, err = ens.New(ens.Config{
 		Store: s, MasterKey: a.masterKey, AcceptedMasterKeys: a.accepted, PublicURL: a.publicURL, Push: sender, Logger: ctx.Slogger(),
 		Compliance: a.compliance, ProxySecret: a.proxySecret, AdminToken: a.adminToken,
@@ -241,10 +241,10 @@ func (a *App) resolve() error {
 	}
 
 	if a.adminToken = get(a.AdminToken); a.adminToken != "" && len(a.adminToken) < 32 {
-		fail("admin_token", "is too short (%d characters): use at least 32 random characters, e.g. openssl rand -hex 32", len(a.adminToken))
+		fail("admin_token", tooShort, len(a.adminToken))
 	}
 	if ps := get(a.ProxySecret); ps != "" && len(ps) < 32 {
-		fail("proxy_secret", "is too short (%d characters): use at least 32 random characters, e.g. openssl rand -hex 32", len(ps))
+		fail("proxy_secret", tooShort, len(ps))
 	} else {
 		a.proxySecret = []byte(ps)
 	}
@@ -306,6 +306,10 @@ func (a *App) resolve() error {
 	return errors.Join(errs...)
 }
 
+// tooShort explains, given its length, why admin_token or a proxy_secret
+// (of the app or of ews_proxy) is refused.
+const tooShort = "is too short (%d characters): use at least 32 random characters, e.g. openssl rand -hex 32"
+
 func decodeBase64(s string) ([]byte, error) {
 	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
 		if b, err := enc.DecodeString(s); err == nil {
@@ -353,41 +357,33 @@ func (a *App) Start() error {
 		return fmt.Errorf("ens: the database schema (version %d) is newer than this ENSGate (version %d): upgrade the binary", current, wanted)
 	}
 	a.service.Start()
-	cacheCtx, stopCache := context.WithCancel(context.Background())
-	a.stopCache, a.cacheDone = stopCache, make(chan struct{})
-	go func() {
-		defer close(a.cacheDone)
-		a.compliance.Run(cacheCtx)
-	}()
-	// With the database up, finish starting only once compliance is known.
-	// Caddy may start the http app first, so /EWS requests also wait for
-	// the first load themselves (ewsproxy.Compliance.AwaitFirstLoad).
-	if err == nil {
-		select {
-		case <-a.compliance.Loaded():
-		case <-ctx.Done():
-			a.logger.Warn("device compliance not loaded yet; /EWS answers 503 until it is")
-		}
-	}
 	return nil
 }
 
-// Stop ends the background workers and the compliance listener.
+// Stop ends the background workers.
 func (a *App) Stop() error {
 	a.service.Stop()
-	if a.stopCache != nil {
-		a.stopCache()
-		<-a.cacheDone
-	}
 	return nil
 }
 
-// Cleanup gives back this config's reference to the shared pool.
+// Cleanup gives back this config's references to the shared compliance
+// cache and pool.
 func (a *App) Cleanup() error {
-	if a.store == nil {
-		return nil
+	var errs []error
+	if a.compliance != nil {
+		errs = append(errs, releaseCompliance(a.databaseURL))
 	}
-	return releaseStore(a.databaseURL)
+	if a.store != nil {
+		errs = append(errs, releaseStore(a.databaseURL))
+	}
+	return errors.Join(errs...)
+}
+
+// ProxySettings returns the database URL and proxy secret as resolved by
+// Provision. ews_proxy handlers that configure neither of their own take
+// the app's through it, and nothing else of the app.
+func (a *App) ProxySettings() (databaseURL string, proxySecret []byte) {
+	return a.databaseURL, a.proxySecret
 }
 
 // Interface guards

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
+	"github.com/ensgate/ensgate/compliance"
 	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/kcd"
 	"github.com/ensgate/ensgate/store"
@@ -41,6 +43,8 @@ func init() {
 //		device_id_query  <parameter>
 //		unknown_devices  allow|deny      # default deny
 //		tenant           <name>          # whose devices these are; default: any tenant
+//		database_url     <url>           # default: the ens app's
+//		proxy_secret     <secret>        # default: the ens app's
 //		max_request_body <size>          # default 64MiB, Exchange's own EWS limit
 //		remove_unsupported_auth on|off   # default on
 //		kerberos { ... }                 # KCD for certificate clients, see Kerberos
@@ -68,6 +72,13 @@ type EWSProxy struct {
 	// Kerberos Constrained Delegation for clients with a certificate that
 	// the site's tls client_auth verified.
 	Kerberos *Kerberos `json:"kerberos,omitempty"`
+	// PostgreSQL connection string of the compliance states (and of the
+	// tenant); default: the ens app's database_url.
+	DatabaseURL string `json:"database_url,omitempty"`
+	// Verifies the device lists ENS signs (at least 32 characters);
+	// default: the ens app's proxy_secret. Without either, signed lists
+	// are refused.
+	ProxySecret string `json:"proxy_secret,omitempty"`
 
 	proxy *reverseproxy.Handler
 	// boundProxy is a second instance of the same reverse_proxy, with its
@@ -76,6 +87,9 @@ type EWSProxy struct {
 	boundProxy  *reverseproxy.Handler
 	guard       *ewsproxy.Guard
 	kerberosKey string // the shared delegator this config holds, if any
+	databaseURL string
+	compliance  *compliance.Cache // shared (pool.go)
+	store       *store.Store      // shared, held only to look up the tenant
 	access      accessLog
 }
 
@@ -99,7 +113,7 @@ func (EWSProxy) CaddyModule() caddy.ModuleInfo {
 
 // Provision loads the embedded reverse_proxy twice, for ordinary and for
 // connection-bound (Kerberos) requests (Caddy cleans both up with us), and
-// takes the ens app's compliance cache and attestation secret.
+// takes the database's shared compliance cache.
 func (h *EWSProxy) Provision(ctx caddy.Context) error {
 	if h.ProxyRaw == nil {
 		return fmt.Errorf("ews_proxy: proxy: an Exchange upstream is required, e.g. `ews_proxy https://exchange.example.com`")
@@ -124,11 +138,13 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 	if h.boundProxy, err = loadReverseProxy(ctx, &boundRaw); err != nil {
 		return err
 	}
-	appModule, err := ctx.App("ens")
+	secret, err := h.settings(ctx)
 	if err != nil {
-		return fmt.Errorf("ews_proxy needs the ens app (the global `ens` option) for device compliance: %w", err)
+		return err
 	}
-	app := appModule.(*App)
+	if h.compliance, err = acquireCompliance(h.databaseURL, ctx.Slogger()); err != nil {
+		return fmt.Errorf("ews_proxy: database_url: %w", err)
+	}
 	if err := ewsproxy.Register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("ews_proxy: metrics: %w", err)
 	}
@@ -151,20 +167,51 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 		DeviceQuery:           h.DeviceIDQuery,
 		AllowUnknown:          h.UnknownDevices == "allow",
 		RemoveUnsupportedAuth: h.RemoveUnsupportedAuth == nil || *h.RemoveUnsupportedAuth,
-		Attestation:           ewsproxy.Attestation{Secret: app.proxySecret},
+		Attestation:           ewsproxy.Attestation{Secret: secret},
 		MaxRequestBody:        h.MaxRequestBody,
 	}
 	if cfg.MaxRequestBody == 0 {
 		cfg.MaxRequestBody = DefaultMaxRequestBody
 	}
 	if tenant != "" {
-		if err := findTenant(ctx, app.store, tenant, &cfg); err != nil {
+		if h.store, err = acquireStore(h.databaseURL); err != nil {
+			return fmt.Errorf("ews_proxy: database_url: %w", err)
+		}
+		if err := findTenant(ctx, h.store, tenant, &cfg); err != nil {
 			return err
 		}
 	}
-	h.guard = ewsproxy.NewGuard(cfg, app.compliance, ctx.Slogger())
+	h.guard = ewsproxy.NewGuard(cfg, h.compliance, ctx.Slogger())
 	h.access = newAccessLog(ctx)
 	return nil
+}
+
+// settings resolves database_url (into h.databaseURL) and proxy_secret.
+// What the handler leaves out it takes from the ens app, if the config has
+// one, through the app's exported ProxySettings.
+func (h *EWSProxy) settings(ctx caddy.Context) ([]byte, error) {
+	get := placeholderResolver()
+	h.databaseURL = get(h.DatabaseURL)
+	secret := []byte(get(h.ProxySecret))
+	if h.databaseURL == "" || len(secret) == 0 {
+		app, err := ctx.AppIfConfigured("ens")
+		switch {
+		case err == nil:
+			appURL, appSecret := app.(*App).ProxySettings()
+			h.databaseURL = cmp.Or(h.databaseURL, appURL)
+			if len(secret) == 0 {
+				secret = appSecret
+			}
+		case !errors.Is(err, caddy.ErrNotConfigured):
+			return nil, fmt.Errorf("ews_proxy: %w", err)
+		case h.databaseURL == "":
+			return nil, errors.New("ews_proxy: database_url is required without the ens app (the global `ens` option), e.g. {env.DATABASE_URL}")
+		}
+	}
+	if len(secret) > 0 && len(secret) < 32 {
+		return nil, fmt.Errorf("ews_proxy: proxy_secret "+tooShort, len(secret))
+	}
+	return secret, nil
 }
 
 // findTenant sets cfg's tenant: found now, or looked up by the first
@@ -217,13 +264,21 @@ func annotateAccessLog(r *http.Request, operation, decision string) {
 	addLogFields(r, zap.String("ews_operation", operation), zap.String("ews_decision", decision))
 }
 
-// Cleanup gives back this config's reference to the shared delegator.
+// Cleanup gives back this config's references to the shared delegator,
+// compliance cache and pool.
 func (h *EWSProxy) Cleanup() error {
-	if h.kerberosKey == "" {
-		return nil
+	var errs []error
+	if h.kerberosKey != "" {
+		_, err := delegators.Delete(h.kerberosKey)
+		errs = append(errs, err)
 	}
-	_, err := delegators.Delete(h.kerberosKey)
-	return err
+	if h.compliance != nil {
+		errs = append(errs, releaseCompliance(h.databaseURL))
+	}
+	if h.store != nil {
+		errs = append(errs, releaseStore(h.databaseURL))
+	}
+	return errors.Join(errs...)
 }
 
 // ServeHTTP writes the access-log entry itself (accessLog): requests
@@ -260,6 +315,10 @@ func parseEWSProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 				dst = &p.UnknownDevices
 			case "tenant":
 				dst = &p.Tenant
+			case "database_url":
+				dst = &p.DatabaseURL
+			case "proxy_secret":
+				dst = &p.ProxySecret
 			case "max_request_body":
 				var v string
 				if err := oneArg(d, &v); err != nil {

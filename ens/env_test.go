@@ -18,10 +18,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ensgate/ensgate/compliance"
 	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ews"
-	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/internal/deviceclient"
 	"github.com/ensgate/ensgate/internal/ewssim"
 	"github.com/ensgate/ensgate/internal/pgtest"
@@ -157,14 +157,14 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	e.api = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*e.served.Load()).ServeHTTP(w, r) }))
 	t.Cleanup(e.api.Close)
 	public, _ := url.Parse(e.api.URL)
-	var compliance ens.DeviceCompliance
+	var states ens.DeviceCompliance
 	if opts.compliance {
-		c := ewsproxy.NewCompliance(e.store, slog.New(slog.DiscardHandler))
+		c := compliance.New(e.store, slog.New(slog.DiscardHandler))
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { c.Run(ctx); close(done) }()
 		t.Cleanup(func() { cancel(); <-done })
-		compliance = c
+		states = c
 	}
 	var sender push.Sender = e.pushes
 	if opts.push != nil {
@@ -172,7 +172,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	}
 	e.start(ens.Config{
 		Store: e.store, MasterKey: bytes.Repeat([]byte{7}, 32), PublicURL: public, Push: sender,
-		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, CallbackRateLimit: opts.callbackRate, StatusFrequency: max(opts.statusFrequency, 1), Compliance: compliance, AdminToken: opts.adminToken, ProxySecret: opts.proxySecret, EWSRootCAs: opts.rootCAs,
+		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, CallbackRateLimit: opts.callbackRate, StatusFrequency: max(opts.statusFrequency, 1), Compliance: states, AdminToken: opts.adminToken, ProxySecret: opts.proxySecret, EWSRootCAs: opts.rootCAs,
 		Now: func() time.Time { return time.Now().Add(time.Duration(e.ahead.Load())) },
 	})
 	t.Cleanup(func() { e.svc.Stop() })

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/attest"
+	"github.com/ensgate/ensgate/compliance"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/internal/ewssim"
@@ -295,7 +296,7 @@ func TestAdminAPIBlocksAndRemovesDevices(t *testing.T) {
 func TestPushesOnlyToDevicesTheProxyAccepted(t *testing.T) {
 	secret := []byte(strings.Repeat("s", 32))
 	e := newEnv(t, envOptions{proxySecret: secret})
-	compliance := ewsproxy.NewCompliance(e.store, slog.New(slog.DiscardHandler))
+	compliance := compliance.New(e.store, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { compliance.Run(ctx); close(done) }()

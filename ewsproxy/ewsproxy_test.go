@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/attest"
+	"github.com/ensgate/ensgate/compliance"
 	"github.com/ensgate/ensgate/ews"
 	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/internal/ewsschema"
@@ -41,9 +42,9 @@ func newStore(t *testing.T, url string) *store.Store {
 }
 
 // runCompliance starts a node's cache and waits for its first load.
-func runCompliance(t *testing.T, s *store.Store) *ewsproxy.Compliance {
+func runCompliance(t *testing.T, s *store.Store) *compliance.Cache {
 	t.Helper()
-	c := ewsproxy.NewCompliance(s, quiet)
+	c := compliance.New(s, quiet)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
@@ -84,7 +85,7 @@ func TestComplianceChangesReachEveryNodeAtOnce(t *testing.T) {
 
 	nodeA, nodeB := runCompliance(t, newStore(t, url)), runCompliance(t, newStore(t, url))
 	key := store.DeviceKey{TenantID: tenant.ID, DeviceID: "phone-1"}
-	for _, n := range []*ewsproxy.Compliance{nodeA, nodeB} {
+	for _, n := range []*compliance.Cache{nodeA, nodeB} {
 		if s, _ := n.State(store.DeviceKey{TenantID: tenant.ID, DeviceID: "known"}); s != store.Compliant {
 			t.Fatalf("the first load missed a state: %q", s)
 		}
@@ -93,7 +94,7 @@ func TestComplianceChangesReachEveryNodeAtOnce(t *testing.T) {
 		if err := admin.SetCompliance(ctx, tenant.ID, "phone-1", state); err != nil {
 			t.Fatal(err)
 		}
-		for name, n := range map[string]*ewsproxy.Compliance{"A": nodeA, "B": nodeB} {
+		for name, n := range map[string]*compliance.Cache{"A": nodeA, "B": nodeB} {
 			took := waitUntil(t, "node "+name+" to see "+state, func() bool { s, _ := n.State(key); return s == state })
 			if took > time.Second {
 				t.Errorf("node %s saw %s after %v, want within a second", name, state, took)
@@ -226,16 +227,16 @@ func TestGuardDecidesBeforeTheUpstream(t *testing.T) {
 	}
 }
 
-// Caddy starts its apps in no fixed order, so the proxy can take a request
-// before the ens app has started loading compliance. Such a request waits
-// for the first load and is judged by it, rather than answered 503.
+// A node's HTTP server may take a request before the compliance cache has
+// finished its first load. Such a request waits for that load and is judged
+// by it, rather than answered 503.
 func TestRequestsToAStartingNodeWaitForTheFirstLoad(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t, pgtest.NewDatabase(t))
 	s.Migrate(ctx)
 	tenant, _, _ := s.CreateTenant(ctx, "contoso", 0)
 	s.SetCompliance(ctx, tenant.ID, "good", store.Compliant)
-	compliance := ewsproxy.NewCompliance(s, quiet) // not running yet
+	compliance := compliance.New(s, quiet) // not running yet
 	g := ewsproxy.NewGuard(ewsproxy.Config{TenantID: tenant.ID, DeviceHeader: "X-Device-Id"}, compliance, quiet)
 
 	r := httptest.NewRequest("POST", "/EWS/Exchange.asmx", strings.NewReader(getItem))
@@ -266,7 +267,7 @@ func TestRequestsToAStartingNodeWaitForTheFirstLoad(t *testing.T) {
 // as soon as the first load has failed, rather than after the start-up wait.
 func TestUnreachableDatabaseFailsClosedAtOnce(t *testing.T) {
 	s := newStore(t, "postgres://ens:pw@127.0.0.1:1/ens?connect_timeout=2")
-	compliance := ewsproxy.NewCompliance(s, quiet)
+	compliance := compliance.New(s, quiet)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { compliance.Run(ctx); close(done) }()
@@ -284,8 +285,8 @@ func TestUnreachableDatabaseFailsClosedAtOnce(t *testing.T) {
 	if w.Code != 503 || up.calls != 0 || !strings.Contains(w.Body.String(), "ErrorServerBusy") {
 		t.Fatalf("status %d with %d upstream calls: %s", w.Code, up.calls, w.Body)
 	}
-	// A refused connection settles the first load at once; the 5 s start-up
-	// wait is only for a node whose database answers slowly.
+	// A refused connection settles the first load at once: no request
+	// waits on a database that is known to be down.
 	if waited := time.Since(start); waited > 3*time.Second {
 		t.Errorf("answered after %v, want no start-up wait once the database is known to be down", waited)
 	}

@@ -11,9 +11,9 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/ensgate/ensgate/attest"
+	"github.com/ensgate/ensgate/compliance"
 	"github.com/ensgate/ensgate/store"
 )
 
@@ -65,18 +65,14 @@ type Delegator interface {
 // Guard enforces Config in front of an upstream.
 type Guard struct {
 	cfg        Config
-	compliance *Compliance
+	compliance *compliance.Cache
 	log        *slog.Logger
 	tenant     atomic.Int64 // TenantID once FindTenant has found it
 }
 
-// firstLoadWait bounds how long a request that reaches a starting node
-// waits for its first compliance load before it gets 503.
-const firstLoadWait = 5 * time.Second
-
 // NewGuard returns a guard that judges devices by compliance.
-func NewGuard(cfg Config, compliance *Compliance, log *slog.Logger) *Guard {
-	g := &Guard{cfg: cfg, compliance: compliance, log: log}
+func NewGuard(cfg Config, states *compliance.Cache, log *slog.Logger) *Guard {
+	g := &Guard{cfg: cfg, compliance: states, log: log}
 	g.tenant.Store(cfg.TenantID)
 	return g
 }
@@ -206,7 +202,7 @@ func (g *Guard) decide(w http.ResponseWriter, r *http.Request, op string) (decis
 		return "refused_attestation", false
 	}
 	allowed, accepted, err := g.allowed(r.Context(), tenantID, ids)
-	if errors.Is(err, ErrComplianceUnknown) {
+	if errors.Is(err, compliance.ErrUnknown) {
 		log.Error("EWS request refused: compliance unknown", slog.Any("error", err))
 		writeFault(w, http.StatusServiceUnavailable, "ErrorServerBusy", "Device compliance cannot be checked right now; retry later.")
 		return "unavailable", false
@@ -305,9 +301,8 @@ func (g *Guard) allowed(ctx context.Context, tenantID int64, ids []string) (allo
 	if len(ids) == 0 {
 		return g.cfg.AllowUnknown, nil, nil
 	}
-	g.compliance.AwaitFirstLoad(ctx, firstLoadWait)
 	for _, id := range ids {
-		state, err := g.compliance.State(store.DeviceKey{TenantID: tenantID, DeviceID: id})
+		state, err := g.compliance.Lookup(ctx, store.DeviceKey{TenantID: tenantID, DeviceID: id})
 		if err != nil {
 			return false, nil, err
 		}

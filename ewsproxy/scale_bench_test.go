@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/ensgate/ensgate/ewsproxy"
+	"github.com/ensgate/ensgate/compliance"
 	"github.com/ensgate/ensgate/internal/pgtest"
 	"github.com/ensgate/ensgate/store"
 )
@@ -58,7 +58,7 @@ func BenchmarkScale100kDevices(b *testing.B) {
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	c := ewsproxy.NewCompliance(s, quiet)
+	c := compliance.New(s, quiet)
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { c.Run(runCtx); close(done) }()

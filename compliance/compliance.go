@@ -1,8 +1,7 @@
-// Package ewsproxy is the EWS proxy's core, free of Caddy: which devices a
-// request belongs to, whether it may reach Exchange (compliance), which
-// authentication challenges a client may see, and which EWS operation it
-// is. caddymodule wraps it around Caddy's reverse_proxy.
-package ewsproxy
+// Package compliance keeps a node's copy of every device's compliance
+// state, which the EWS proxy judges requests by and ENS filters its pushes
+// with. It belongs to neither: one copy per database serves both.
+package compliance
 
 import (
 	"context"
@@ -15,10 +14,10 @@ import (
 	"github.com/ensgate/ensgate/store"
 )
 
-// Compliance is a node's copy of every device's compliance state. Lookups
+// Cache is a node's copy of every device's compliance state. Lookups
 // never touch the database; PostgreSQL NOTIFY keeps the copy current on
 // every node within a round trip of an admin's change.
-type Compliance struct {
+type Cache struct {
 	store *store.Store
 	log   *slog.Logger
 
@@ -38,48 +37,42 @@ type tenantState struct {
 	state  string // one of store's constants, so all share their bytes
 }
 
-// NewCompliance returns an empty cache; Run fills and follows it.
-func NewCompliance(s *store.Store, log *slog.Logger) *Compliance {
-	return &Compliance{store: s, log: log, states: map[string][]tenantState{},
+// New returns an empty cache; Run fills and follows it.
+func New(s *store.Store, log *slog.Logger) *Cache {
+	return &Cache{store: s, log: log, states: map[string][]tenantState{},
 		firstLoad: make(chan struct{}), settled: make(chan struct{})}
 }
 
 // Loaded is closed once the states have been loaded for the first time.
-func (c *Compliance) Loaded() <-chan struct{} { return c.firstLoad }
+func (c *Cache) Loaded() <-chan struct{} { return c.firstLoad }
 
-// AwaitFirstLoad returns once the first load has succeeded or failed, or
-// after at most max. Caddy starts its apps in no fixed order, so a node's
-// HTTP server may take requests before the ens app has loaded compliance:
-// those requests wait for that rather than get 503 from a node that is
-// merely starting. Once the outcome is known this costs one channel check.
-func (c *Compliance) AwaitFirstLoad(ctx context.Context, max time.Duration) {
-	select {
-	case <-c.settled:
-		return
-	default:
-	}
-	timer := time.NewTimer(max)
-	defer timer.Stop()
+func (c *Cache) settle() { c.settledOnce.Do(func() { close(c.settled) }) }
+
+// ErrUnknown means the states could not be loaded (the database is
+// unreachable): the proxy fails closed rather than guess.
+var ErrUnknown = errors.New("device compliance is not known yet (database unreachable)")
+
+// Lookup is State for a request. Until the first load has succeeded or
+// failed it waits for that outcome (or for ctx), so a request that reaches
+// a node in its first moments is judged by the states rather than refused
+// for not knowing them yet; a database that refuses connections fails the
+// first load, and so the request, at once. Afterwards it costs one channel
+// check.
+func (c *Cache) Lookup(ctx context.Context, k store.DeviceKey) (string, error) {
 	select {
 	case <-c.settled:
 	case <-ctx.Done():
-	case <-timer.C:
 	}
+	return c.State(k)
 }
-
-func (c *Compliance) settle() { c.settledOnce.Do(func() { close(c.settled) }) }
-
-// ErrComplianceUnknown means the states could not be loaded (the database
-// is unreachable): the proxy fails closed rather than guess.
-var ErrComplianceUnknown = errors.New("device compliance is not known yet (database unreachable)")
 
 // State returns a device's state ("" when the device is unknown). With
 // TenantID 0 it looks across tenants and returns the most restrictive.
-func (c *Compliance) State(k store.DeviceKey) (string, error) {
+func (c *Cache) State(k store.DeviceKey) (string, error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if !c.loaded {
-		return "", ErrComplianceUnknown
+		return "", ErrUnknown
 	}
 	worst := ""
 	for _, ts := range c.states[k.DeviceID] {
@@ -96,7 +89,7 @@ func (c *Compliance) State(k store.DeviceKey) (string, error) {
 var restrictiveness = map[string]int{store.Compliant: 1, store.NonCompliant: 2, store.Blocked: 3, store.Wiped: 4}
 
 // Run loads the states and follows changes until ctx ends.
-func (c *Compliance) Run(ctx context.Context) {
+func (c *Cache) Run(ctx context.Context) {
 	c.store.ListenCompliance(ctx, func() { c.reload(ctx) }, func(k store.DeviceKey) error { return c.refresh(ctx, k) },
 		func(err error) {
 			c.settle() // the database could not even be listened to
@@ -109,7 +102,7 @@ func (c *Compliance) Run(ctx context.Context) {
 
 // reload replaces the whole copy; called whenever the listener (re)starts,
 // after LISTEN, so no change between the load and the listen is lost.
-func (c *Compliance) reload(ctx context.Context) {
+func (c *Cache) reload(ctx context.Context) {
 	for ctx.Err() == nil {
 		rows, err := c.store.ComplianceStates(ctx)
 		if err == nil {
@@ -135,7 +128,7 @@ func (c *Compliance) reload(ctx context.Context) {
 
 // refresh reads one changed device; if that fails, the listener starts
 // over and reloads everything.
-func (c *Compliance) refresh(ctx context.Context, k store.DeviceKey) error {
+func (c *Cache) refresh(ctx context.Context, k store.DeviceKey) error {
 	state, err := c.store.ComplianceState(ctx, k)
 	c.mu.Lock()
 	defer c.mu.Unlock()
