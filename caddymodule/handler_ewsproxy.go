@@ -20,6 +20,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
+	"github.com/ensgate/ensgate/attest"
 	"github.com/ensgate/ensgate/compliance"
 	"github.com/ensgate/ensgate/ewsproxy"
 	"github.com/ensgate/ensgate/kcd"
@@ -167,7 +168,7 @@ func (h *EWSProxy) Provision(ctx caddy.Context) error {
 		DeviceQuery:           h.DeviceIDQuery,
 		AllowUnknown:          h.UnknownDevices == "allow",
 		RemoveUnsupportedAuth: h.RemoveUnsupportedAuth == nil || *h.RemoveUnsupportedAuth,
-		Attestation:           ewsproxy.Attestation{Secret: secret},
+		Attestation:           attest.Attestation{Secret: secret},
 		MaxRequestBody:        h.MaxRequestBody,
 	}
 	if cfg.MaxRequestBody == 0 {
