@@ -16,7 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/ensgate/ensgate/compliance"
-	"github.com/ensgate/ensgate/internal/pgtest"
+	"github.com/ensgate/ensgate/internal/testenv/pgtest"
 	"github.com/ensgate/ensgate/store"
 )
 

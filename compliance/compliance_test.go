@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/compliance"
-	"github.com/ensgate/ensgate/internal/pgtest"
+	"github.com/ensgate/ensgate/internal/testenv/pgtest"
 	"github.com/ensgate/ensgate/store"
 )
 

@@ -22,8 +22,8 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
-	"github.com/ensgate/ensgate/internal/deviceclient"
-	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/internal/sim/deviceclient"
+	"github.com/ensgate/ensgate/internal/sim/ewssim"
 )
 
 // TestDeviceAPIErrors walks every row of DESIGN.md's error table.

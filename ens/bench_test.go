@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/ens/push"
-	"github.com/ensgate/ensgate/internal/apnsfake"
-	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/internal/sim/apnsfake"
+	"github.com/ensgate/ensgate/internal/sim/ewssim"
 )
 
 // pushBench is ENS end to end on this machine: mail delivered into the

@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/ens"
-	"github.com/ensgate/ensgate/internal/ewssim"
-	"github.com/ensgate/ensgate/internal/syncbuf"
+	"github.com/ensgate/ensgate/internal/sim/ewssim"
+	"github.com/ensgate/ensgate/internal/testenv/syncbuf"
 )
 
 // node is a second ENS on e's database, as another gateway node behind the

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/ensgate/ensgate/ens"
-	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/internal/sim/ewssim"
 )
 
 // answer is a device API response as a test sees it.

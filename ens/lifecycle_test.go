@@ -15,7 +15,7 @@ import (
 	"github.com/ensgate/ensgate/compliance"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ewsproxy"
-	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/internal/sim/ewssim"
 	"github.com/ensgate/ensgate/store"
 )
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/ensgate/ensgate/ens/push"
-	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/internal/sim/ewssim"
 )
 
 var mailFromCarol = ewssim.Mail{From: "carol@fabrikam.test", FromName: "Carol Example", Subject: "Quarterly numbers",

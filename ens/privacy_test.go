@@ -16,8 +16,8 @@ import (
 
 	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ens/push"
-	"github.com/ensgate/ensgate/internal/deviceclient"
-	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/internal/sim/deviceclient"
+	"github.com/ensgate/ensgate/internal/sim/ewssim"
 )
 
 // TestNoSecretOrPersonalDataInLogsOrDatabase runs registrations (basic and

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/ens/push"
-	"github.com/ensgate/ensgate/internal/apnsfake"
-	"github.com/ensgate/ensgate/internal/fcmfake"
+	"github.com/ensgate/ensgate/internal/sim/apnsfake"
+	"github.com/ensgate/ensgate/internal/sim/fcmfake"
 )
 
 // fakes are APNs and FCM peers reached through the real senders.

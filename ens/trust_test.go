@@ -17,8 +17,8 @@ import (
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ens/seal"
 	"github.com/ensgate/ensgate/ews"
-	"github.com/ensgate/ensgate/internal/deviceclient"
-	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/internal/sim/deviceclient"
+	"github.com/ensgate/ensgate/internal/sim/ewssim"
 	"github.com/ensgate/ensgate/store"
 )
 

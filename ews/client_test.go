@@ -25,7 +25,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ensgate/ensgate/internal/ewsschema"
+	"github.com/ensgate/ensgate/internal/testenv/ewsschema"
 )
 
 const (

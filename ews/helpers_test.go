@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/beevik/etree"
-	"github.com/ensgate/ensgate/internal/ewsschema"
+	"github.com/ensgate/ensgate/internal/testenv/ewsschema"
 )
 
 // samples returns every file in the shared samples directory by base name.

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ensgate/ensgate/internal/ewsschema"
+	"github.com/ensgate/ensgate/internal/testenv/ewsschema"
 )
 
 // Every message the package writes validates against the official schema.

@@ -22,8 +22,8 @@ import (
 	"github.com/ensgate/ensgate/compliance"
 	"github.com/ensgate/ensgate/ews"
 	"github.com/ensgate/ensgate/ewsproxy"
-	"github.com/ensgate/ensgate/internal/ewsschema"
-	"github.com/ensgate/ensgate/internal/pgtest"
+	"github.com/ensgate/ensgate/internal/testenv/ewsschema"
+	"github.com/ensgate/ensgate/internal/testenv/pgtest"
 	"github.com/ensgate/ensgate/store"
 )
 

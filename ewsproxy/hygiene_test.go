@@ -16,7 +16,7 @@ import (
 	"testing"
 
 	"github.com/ensgate/ensgate/ewsproxy"
-	"github.com/ensgate/ensgate/internal/pgtest"
+	"github.com/ensgate/ensgate/internal/testenv/pgtest"
 	"github.com/ensgate/ensgate/store"
 )
 

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/ensgate/ensgate/compliance"
-	"github.com/ensgate/ensgate/internal/pgtest"
+	"github.com/ensgate/ensgate/internal/testenv/pgtest"
 	"github.com/ensgate/ensgate/store"
 )
 

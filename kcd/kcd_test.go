@@ -30,8 +30,8 @@ import (
 	"github.com/jcmturner/gokrb5/v8/types"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/ensgate/ensgate/internal/kdctest"
-	"github.com/ensgate/ensgate/internal/testca"
+	"github.com/ensgate/ensgate/internal/testenv/kdctest"
+	"github.com/ensgate/ensgate/internal/testenv/testca"
 )
 
 func TestMain(m *testing.M) { os.Exit(kdctest.Run(m)) }

@@ -6,7 +6,7 @@ import (
 	"encoding/asn1"
 	"testing"
 
-	"github.com/ensgate/ensgate/internal/testca"
+	"github.com/ensgate/ensgate/internal/testenv/testca"
 )
 
 func TestSIDFromCertificate(t *testing.T) {

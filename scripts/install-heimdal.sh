@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # install-heimdal.sh: make Heimdal's kdc and kadmin available to the KCD tests
-# (internal/kdctest) without replacing MIT Kerberos.
+# (internal/testenv/kdctest) without replacing MIT Kerberos.
 #
 # Debian's heimdal-kdc and heimdal-clients conflict with MIT's krb5-kdc and
 # krb5-user, so only their shared libraries are installed with apt; the two

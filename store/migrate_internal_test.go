@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/ensgate/ensgate/internal/pgtest"
+	"github.com/ensgate/ensgate/internal/testenv/pgtest"
 )
 
 // Upgrading to mailbox binding (002) deactivates every device registered

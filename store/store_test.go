@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ensgate/ensgate/internal/pgtest"
+	"github.com/ensgate/ensgate/internal/testenv/pgtest"
 	"github.com/ensgate/ensgate/privacy"
 	"github.com/ensgate/ensgate/store"
 )

@@ -19,7 +19,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ensgate/ensgate/internal/deviceclient"
+	"github.com/ensgate/ensgate/internal/sim/deviceclient"
 )
 
 // DemoPushToken is the scripted iPhone's APNs device token (hex, as Apple's).

@@ -1,4 +1,4 @@
-// Command ewssim runs the Exchange (EWS) simulator of internal/ewssim as a
+// Command ewssim runs the Exchange (EWS) simulator of internal/sim/ewssim as a
 // standalone server, for `make run`, benchmarks and manual testing. See
 // docs/simulator.md.
 package main
@@ -20,7 +20,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ensgate/ensgate/internal/ewssim"
+	"github.com/ensgate/ensgate/internal/sim/ewssim"
 	"github.com/jcmturner/gokrb5/v8/keytab"
 )
 

@@ -23,7 +23,7 @@ import (
 	"github.com/jcmturner/gokrb5/v8/iana/etypeID"
 	"github.com/jcmturner/gokrb5/v8/keytab"
 
-	"github.com/ensgate/ensgate/internal/syncbuf"
+	"github.com/ensgate/ensgate/internal/testenv/syncbuf"
 )
 
 const getFolder = `<?xml version="1.0" encoding="utf-8"?>

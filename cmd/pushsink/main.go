@@ -1,5 +1,5 @@
-// Command pushsink runs a local APNs and a local FCM (internal/apnsfake,
-// internal/fcmfake) on loopback and prints every push they receive as one
+// Command pushsink runs a local APNs and a local FCM (internal/sim/apnsfake,
+// internal/sim/fcmfake) on loopback and prints every push they receive as one
 // JSON line on standard output. `make run` points ENSGate at it.
 //
 // On start it writes, into -dir, an APNs signing key, an FCM service
@@ -28,9 +28,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ensgate/ensgate/internal/apnsfake"
-	"github.com/ensgate/ensgate/internal/fcmfake"
-	"github.com/ensgate/ensgate/internal/testca"
+	"github.com/ensgate/ensgate/internal/sim/apnsfake"
+	"github.com/ensgate/ensgate/internal/sim/fcmfake"
+	"github.com/ensgate/ensgate/internal/testenv/testca"
 )
 
 func main() {

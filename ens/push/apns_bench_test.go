@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/ens/push"
-	"github.com/ensgate/ensgate/internal/apnsfake"
+	"github.com/ensgate/ensgate/internal/sim/apnsfake"
 )
 
 // BenchmarkAPNsPushes sends level-0 pushes through apns2 (token auth,

@@ -12,8 +12,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/ensgate/ensgate/ens/push"
-	"github.com/ensgate/ensgate/internal/apnsfake"
-	"github.com/ensgate/ensgate/internal/testca"
+	"github.com/ensgate/ensgate/internal/sim/apnsfake"
+	"github.com/ensgate/ensgate/internal/testenv/testca"
 )
 
 // TestAPNsPayloadPerLevel checks what each privacy level (and the silent

@@ -10,7 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ensgate/ensgate/ens/push"
-	"github.com/ensgate/ensgate/internal/fcmfake"
+	"github.com/ensgate/ensgate/internal/sim/fcmfake"
 )
 
 // TestFCMPayloadPerLevel checks the data message for each privacy level and

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/ens/push"
-	"github.com/ensgate/ensgate/internal/apnsfake"
-	"github.com/ensgate/ensgate/internal/fcmfake"
+	"github.com/ensgate/ensgate/internal/sim/apnsfake"
+	"github.com/ensgate/ensgate/internal/sim/fcmfake"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
