@@ -11,7 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -38,9 +38,6 @@ type APNsConfig struct {
 
 	Topic string // default apns-topic (the app's bundle id)
 
-	AlertTTL      time.Duration // apns-expiration of new-mail pushes (1h)
-	ReregisterTTL time.Duration // apns-expiration of re-register pushes (24h)
-
 	Retry  RetryPolicy
 	Client ClientConfig
 	Logger *slog.Logger // nil: no logs
@@ -48,57 +45,87 @@ type APNsConfig struct {
 
 // APNs sends pushes to Apple's push service through apns2.
 type APNs struct {
-	client   *apns2.Client
-	token    *token.Token // nil with certificate auth
-	topic    string
-	alertTTL time.Duration
-	reregTTL time.Duration
-	timeout  time.Duration
-	retry    RetryPolicy
-	slots    slots
-	log      *slog.Logger
+	client  *apns2.Client
+	token   *token.Token // nil with certificate auth
+	topic   string
+	timeout time.Duration
+	retry   RetryPolicy
+	slots   slots
+	log     *slog.Logger
 }
 
-// NewAPNs checks cfg, loads the key or certificate and returns a sender. It
-// does not connect: the first Send does.
-func NewAPNs(cfg APNsConfig) (*APNs, error) {
-	host, err := apnsHost(cfg.URL)
-	if err != nil {
-		return nil, err
-	}
-	cc := cfg.Client.withDefaults()
-	a := &APNs{
-		topic:    cfg.Topic,
-		alertTTL: cmp.Or(cfg.AlertTTL, time.Hour),
-		reregTTL: cmp.Or(cfg.ReregisterTTL, 24*time.Hour),
-		timeout:  cc.RequestTimeout,
-		retry:    cfg.Retry.withDefaults(),
-		slots:    make(slots, cc.MaxInFlight),
-		log:      cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler)),
+// Validate reports every problem of cfg at once, each naming the setting
+// (as the ens app's apns block spells it) and what to put there. It reads
+// no file beyond checking that it exists.
+func (cfg APNsConfig) Validate() error {
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf("apns."+format, args...)) }
+	if _, err := apnsHost(cfg.URL); err != nil {
+		fail("url %v", err)
 	}
 	tokenAuth := cfg.KeyFile != "" || len(cfg.Key) > 0
 	switch {
 	case tokenAuth && cfg.CertFile != "":
-		return nil, errors.New("apns: configure a signing key or a certificate, not both")
-	case tokenAuth:
-		key, err := apnsKey(cfg)
-		if err != nil {
-			return nil, err
-		}
-		a.token = &token.Token{AuthKey: key, KeyID: cfg.KeyID, TeamID: cfg.TeamID}
-		a.client = &apns2.Client{Host: host, Token: a.token, HTTPClient: cc.httpClient(true, nil)}
+		fail("cert_file and apns.key_file are alternatives: configure one")
 	case cfg.CertFile != "":
+		if _, err := os.Stat(cfg.CertFile); err != nil {
+			fail("cert_file is unusable: %v", err)
+		}
+	case !tokenAuth:
+		fail("key_file is required: the .p8 signing key from Apple's developer portal (or cert_file for certificate auth)")
+	case cfg.KeyFile != "":
+		if _, err := os.Stat(cfg.KeyFile); err != nil {
+			fail("key_file is unusable: %v", err)
+		}
+	}
+	if cfg.CertFile == "" {
+		// Apple's ids are 10 characters; anything else is a copying slip.
+		if len(cfg.KeyID) != 10 {
+			fail("key_id must be the 10-character key id from Apple")
+		}
+		if len(cfg.TeamID) != 10 {
+			fail("team_id must be the 10-character team id from Apple")
+		}
+	}
+	errs = append(errs, cfg.Retry.validate("apns")...)
+	errs = append(errs, cfg.Client.validate("apns")...)
+	return errors.Join(errs...)
+}
+
+// NewAPNs validates cfg, loads the key or certificate and returns a
+// sender. It does not connect: the first Send does.
+func NewAPNs(cfg APNsConfig) (*APNs, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	host, _ := apnsHost(cfg.URL) // checked by Validate
+	cc := cfg.Client.withDefaults()
+	a := &APNs{
+		topic:   cfg.Topic,
+		timeout: cc.RequestTimeout,
+		retry:   cfg.Retry.withDefaults(),
+		slots:   make(slots, cc.MaxInFlight),
+		log:     cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler)),
+	}
+	if cfg.CertFile != "" {
 		cert, err := apnsCert(cfg.CertFile, cfg.CertPassword)
 		if err != nil {
 			return nil, err
 		}
 		a.client = &apns2.Client{Host: host, Certificate: cert, HTTPClient: cc.httpClient(true, []tls.Certificate{cert})}
-	default:
-		return nil, errors.New("apns: no signing key (key_file, key_id, team_id) or certificate configured")
+		return a, nil
 	}
+	key, err := apnsKey(cfg)
+	if err != nil {
+		return nil, err
+	}
+	a.token = &token.Token{AuthKey: key, KeyID: cfg.KeyID, TeamID: cfg.TeamID}
+	a.client = &apns2.Client{Host: host, Token: a.token, HTTPClient: cc.httpClient(true, nil)}
 	return a, nil
 }
 
+// apnsHost maps the url setting to the endpoint: Apple's names for its
+// two, or the base URL of another (a test server).
 func apnsHost(u string) (string, error) {
 	switch strings.ToLower(u) {
 	case "", "production":
@@ -106,17 +133,13 @@ func apnsHost(u string) (string, error) {
 	case "sandbox", "development":
 		return apns2.HostDevelopment, nil
 	}
-	p, err := url.Parse(u)
-	if err != nil || p.Scheme != "https" || p.Host == "" {
-		return "", fmt.Errorf("apns: url %q: want production, sandbox or an https:// URL", u)
+	if !isHTTPSURL(u) {
+		return "", fmt.Errorf("%q: want production, sandbox or an https:// URL", u)
 	}
 	return strings.TrimSuffix(u, "/"), nil
 }
 
 func apnsKey(cfg APNsConfig) (*ecdsa.PrivateKey, error) {
-	if cfg.KeyID == "" || cfg.TeamID == "" {
-		return nil, errors.New("apns: token auth needs key_id and team_id")
-	}
 	var key *ecdsa.PrivateKey
 	var err error
 	if cfg.KeyFile != "" {
@@ -219,7 +242,7 @@ func (a *APNs) notification(m Message) (*apns2.Notification, string) {
 		Payload:     body,
 		PushType:    apns2.PushTypeAlert,
 		Priority:    apns2.PriorityHigh,
-		Expiration:  time.Now().Add(a.alertTTL),
+		Expiration:  time.Now().Add(alertTTL),
 		CollapseID:  collapseID(m.CollapseID),
 	}
 	switch {
@@ -228,7 +251,7 @@ func (a *APNs) notification(m Message) (*apns2.Notification, string) {
 		// would only let one account's request replace another's.
 		n.PushType = apns2.PushTypeBackground
 		n.Priority = apns2.PriorityLow
-		n.Expiration = time.Now().Add(a.reregTTL)
+		n.Expiration = time.Now().Add(reregisterTTL)
 		n.CollapseID = ""
 	case !textOf(m).alert():
 		n.Priority = apns2.PriorityLow // a badge change can wait for the device's convenience

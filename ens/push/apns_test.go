@@ -341,3 +341,40 @@ func lastPush(t testing.TB, fake *apnsfake.Server, token string) apnsfake.Push {
 	t.Fatalf("no push for the token")
 	return apnsfake.Push{}
 }
+
+func TestPushConfigValidateNamesTheSettingToFix(t *testing.T) {
+	key, err := apnsfake.NewKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		err  error
+		want []string
+	}{
+		"apns empty":        {push.APNsConfig{}.Validate(), []string{"apns.key_file is required", "apns.key_id must be the 10-character", "apns.team_id must be the 10-character"}},
+		"apns short ids":    {push.APNsConfig{Key: key.PEM, KeyID: "ABC", TeamID: "T"}.Validate(), []string{"apns.key_id", "apns.team_id"}},
+		"apns url":          {push.APNsConfig{URL: "http://apns.test", Key: key.PEM, KeyID: key.ID, TeamID: key.TeamID}.Validate(), []string{`apns.url "http://apns.test": want production, sandbox or an https:// URL`}},
+		"apns key and cert": {push.APNsConfig{KeyFile: key.Path, CertFile: key.Path}.Validate(), []string{"apns.cert_file and apns.key_file are alternatives"}},
+		"apns cert file":    {push.APNsConfig{CertFile: key.Path + ".gone"}.Validate(), []string{"apns.cert_file is unusable"}},
+		"apns negative":     {push.APNsConfig{Key: key.PEM, KeyID: key.ID, TeamID: key.TeamID, Retry: push.RetryPolicy{MaxElapsed: -1}, Client: push.ClientConfig{MaxInFlight: -1}}.Validate(), []string{"apns.retry:", "apns.client.max_in_flight -1 must not be negative"}},
+		"fcm empty":         {push.FCMConfig{URL: "fcm.test"}.Validate(), []string{`fcm.url "fcm.test": want an https:// URL`, "fcm.credentials_file is required"}},
+		"fcm missing file":  {push.FCMConfig{CredentialsFile: "/nonexistent.json", Client: push.ClientConfig{RequestTimeout: -time.Second}}.Validate(), []string{"fcm.credentials_file is unusable", "fcm.client.request_timeout -1s must not be negative"}},
+	} {
+		if tc.err == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(tc.err.Error(), w) {
+				t.Errorf("%s: %q does not say %q", name, tc.err, w)
+			}
+		}
+	}
+	// Apple's names for its endpoints are accepted by Validate itself, so
+	// a host that validates before building the sender accepts them too.
+	for _, u := range []string{"", "production", "sandbox", "development", "https://apns.test:8443"} {
+		if err := (push.APNsConfig{URL: u, KeyFile: key.Path, KeyID: key.ID, TeamID: key.TeamID}).Validate(); err != nil {
+			t.Errorf("url %q: %v", u, err)
+		}
+	}
+}

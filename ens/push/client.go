@@ -1,11 +1,14 @@
 package push
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -15,16 +18,6 @@ type ClientConfig struct {
 	// RequestTimeout bounds one request, well under apns2's 60 s so that a
 	// stuck stream is retried instead of holding a slot (10s).
 	RequestTimeout time.Duration
-	// DialTimeout bounds the TCP connect and the TLS handshake (10s).
-	DialTimeout time.Duration
-	// IdleConnTimeout closes a connection unused this long (15m). Apple asks
-	// providers to keep connections open rather than reconnect often.
-	IdleConnTimeout time.Duration
-	// PingInterval: an HTTP/2 PING is sent when nothing was read for this
-	// long, so a connection silently dropped by a middlebox is noticed (15s).
-	PingInterval time.Duration
-	// PingTimeout closes a connection whose PING is not answered (5s).
-	PingTimeout time.Duration
 	// MaxInFlight caps concurrent requests per sender; further sends wait
 	// (256).
 	MaxInFlight int
@@ -33,21 +26,42 @@ type ClientConfig struct {
 	ExtraRoots []*x509.Certificate
 }
 
+// Connection settings of every sender.
+const (
+	// dialTimeout bounds the TCP connect and the TLS handshake.
+	dialTimeout = 10 * time.Second
+	// idleConnTimeout closes a connection unused this long. Apple asks
+	// providers to keep connections open rather than reconnect often.
+	idleConnTimeout = 15 * time.Minute
+	// pingInterval: an HTTP/2 PING is sent when nothing was read for this
+	// long, so a connection silently dropped by a middlebox is noticed;
+	// pingTimeout closes a connection whose PING is not answered.
+	pingInterval = 15 * time.Second
+	pingTimeout  = 5 * time.Second
+)
+
+// validate reports negative settings; sender names the config (apns, fcm).
+func (c ClientConfig) validate(sender string) []error {
+	var errs []error
+	if c.RequestTimeout < 0 {
+		errs = append(errs, fmt.Errorf("%s.client.request_timeout %s must not be negative (0: 10s)", sender, c.RequestTimeout))
+	}
+	if c.MaxInFlight < 0 {
+		errs = append(errs, fmt.Errorf("%s.client.max_in_flight %d must not be negative (0: 256)", sender, c.MaxInFlight))
+	}
+	return errs
+}
+
 func (c ClientConfig) withDefaults() ClientConfig {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
-	def(&c.RequestTimeout, 10*time.Second)
-	def(&c.DialTimeout, 10*time.Second)
-	def(&c.IdleConnTimeout, 15*time.Minute)
-	def(&c.PingInterval, 15*time.Second)
-	def(&c.PingTimeout, 5*time.Second)
-	if c.MaxInFlight <= 0 {
-		c.MaxInFlight = 256
-	}
+	c.RequestTimeout = cmp.Or(c.RequestTimeout, 10*time.Second)
+	c.MaxInFlight = cmp.Or(c.MaxInFlight, 256)
 	return c
+}
+
+// isHTTPSURL reports whether raw is an absolute https:// URL.
+func isHTTPSURL(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && u.Scheme == "https" && u.Host != ""
 }
 
 // httpClient builds the client of one sender. h2Only is for APNs, which
@@ -65,17 +79,17 @@ func (c ClientConfig) httpClient(h2Only bool, certs []tls.Certificate) *http.Cli
 	if !h2Only {
 		protocols.SetHTTP1(true)
 	}
-	dialer := &net.Dialer{Timeout: c.DialTimeout, KeepAlive: 30 * time.Second}
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 	t := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
 		DialContext:         dialer.DialContext,
 		TLSClientConfig:     &tls.Config{RootCAs: roots, Certificates: certs, MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout: c.DialTimeout,
-		IdleConnTimeout:     c.IdleConnTimeout,
+		TLSHandshakeTimeout: dialTimeout,
+		IdleConnTimeout:     idleConnTimeout,
 		Protocols:           protocols,
 		HTTP2: &http.HTTP2Config{
-			SendPingTimeout: c.PingInterval,
-			PingTimeout:     c.PingTimeout,
+			SendPingTimeout: pingInterval,
+			PingTimeout:     pingTimeout,
 		},
 	}
 	// The client timeout is a backstop; each request also gets a context

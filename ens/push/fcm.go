@@ -30,13 +30,10 @@ type FCMConfig struct {
 	URL string // base URL (FCMDefaultURL)
 
 	// CredentialsFile is a Google service-account JSON key; its token_uri
-	// is where access tokens are fetched (so a fake can serve them).
+	// is where access tokens are fetched (so a fake can serve them), and
+	// its project_id the project messages are sent for.
 	CredentialsFile string
 	Credentials     []byte // the same, in memory (instead of CredentialsFile)
-	ProjectID       string // default: the credentials' project_id
-
-	AlertTTL      time.Duration // android.ttl of new-mail pushes (1h)
-	ReregisterTTL time.Duration // android.ttl of re-register pushes (24h)
 
 	Retry  RetryPolicy
 	Client ClientConfig
@@ -48,44 +45,56 @@ type FCM struct {
 	client   *http.Client // adds the OAuth 2 access token
 	conns    http.RoundTripper
 	endpoint string // …/v1/projects/{project}/messages:send
-	alertTTL time.Duration
-	reregTTL time.Duration
 	timeout  time.Duration
 	retry    RetryPolicy
 	slots    slots
 }
 
-// NewFCM checks cfg and returns a sender. It fetches no token yet: the first
-// Send does.
+// Validate reports every problem of cfg at once, each naming the setting
+// (as the ens app's fcm block spells it) and what to put there. It reads
+// no file beyond checking that it exists.
+func (cfg FCMConfig) Validate() error {
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf("fcm."+format, args...)) }
+	if base := cmp.Or(cfg.URL, FCMDefaultURL); !isHTTPSURL(base) {
+		fail("url %q: want an https:// URL", base)
+	}
+	switch {
+	case cfg.CredentialsFile != "":
+		if _, err := os.Stat(cfg.CredentialsFile); err != nil {
+			fail("credentials_file is unusable: %v", err)
+		}
+	case len(cfg.Credentials) == 0:
+		fail("credentials_file is required: a Google service-account JSON key of the Firebase project")
+	}
+	errs = append(errs, cfg.Retry.validate("fcm")...)
+	errs = append(errs, cfg.Client.validate("fcm")...)
+	return errors.Join(errs...)
+}
+
+// NewFCM validates cfg, reads the credentials and returns a sender. It
+// fetches no token yet: the first Send does.
 func NewFCM(cfg FCMConfig) (*FCM, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	creds := cfg.Credentials
 	if cfg.CredentialsFile != "" {
 		var err error
 		if creds, err = os.ReadFile(cfg.CredentialsFile); err != nil {
-			return nil, fmt.Errorf("fcm: credentials: %w", err)
+			return nil, fmt.Errorf("fcm.credentials_file: %w", err)
 		}
-	}
-	if len(creds) == 0 {
-		return nil, errors.New("fcm: no service-account credentials configured")
 	}
 	jc, err := google.JWTConfigFromJSON(creds, FCMScope)
 	if err != nil {
-		return nil, fmt.Errorf("fcm: credentials: %w", err)
+		return nil, fmt.Errorf("fcm.credentials_file: %w", err)
 	}
-	project := cfg.ProjectID
-	if project == "" {
-		var f struct {
-			ProjectID string `json:"project_id"`
-		}
-		_ = json.Unmarshal(creds, &f) // JWTConfigFromJSON has parsed it already
-		project = f.ProjectID
+	var f struct {
+		ProjectID string `json:"project_id"`
 	}
-	if project == "" {
-		return nil, errors.New("fcm: no project id in the credentials or the configuration")
-	}
-	base := cmp.Or(cfg.URL, FCMDefaultURL)
-	if u, err := url.Parse(base); err != nil || u.Scheme != "https" || u.Host == "" {
-		return nil, fmt.Errorf("fcm: url %q: want an https:// URL", base)
+	_ = json.Unmarshal(creds, &f) // JWTConfigFromJSON has parsed it already
+	if f.ProjectID == "" {
+		return nil, errors.New("fcm.credentials_file: no project_id: download the service-account key again from the Firebase console")
 	}
 
 	cc := cfg.Client.withDefaults()
@@ -99,9 +108,7 @@ func NewFCM(cfg FCMConfig) (*FCM, error) {
 			Timeout:   hc.Timeout,
 		},
 		conns:    hc.Transport,
-		endpoint: strings.TrimSuffix(base, "/") + "/v1/projects/" + url.PathEscape(project) + "/messages:send",
-		alertTTL: cmp.Or(cfg.AlertTTL, time.Hour),
-		reregTTL: cmp.Or(cfg.ReregisterTTL, 24*time.Hour),
+		endpoint: strings.TrimSuffix(cmp.Or(cfg.URL, FCMDefaultURL), "/") + "/v1/projects/" + url.PathEscape(f.ProjectID) + "/messages:send",
 		timeout:  cc.RequestTimeout,
 		retry:    cfg.Retry.withDefaults(),
 		slots:    make(slots, cc.MaxInFlight),

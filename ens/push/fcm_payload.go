@@ -35,7 +35,7 @@ func (f *FCM) body(m Message) ([]byte, string) {
 		Data:  map[string]string{"type": "newmail"},
 		Android: fcmAndroid{
 			Priority:    "high",
-			TTL:         fcmTTL(f.alertTTL),
+			TTL:         fcmTTL(alertTTL),
 			CollapseKey: m.ThreadID, // offline devices keep only the newest per account
 		},
 	}
@@ -51,7 +51,7 @@ func (f *FCM) body(m Message) ([]byte, string) {
 		// Rare, and must not be collapsed into (or replaced by) a new-mail
 		// message; normal priority is enough to wake the app.
 		msg.Data["type"] = "reregister"
-		msg.Android = fcmAndroid{Priority: "normal", TTL: fcmTTL(f.reregTTL)}
+		msg.Android = fcmAndroid{Priority: "normal", TTL: fcmTTL(reregisterTTL)}
 	case !t.alert():
 		// Level 4: nothing to show. FCM demotes high-priority messages that
 		// show no notification, so do not ask for it.

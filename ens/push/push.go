@@ -53,6 +53,14 @@ type Message struct {
 	RegisteredAt time.Time // device registration time: an APNs 410 whose timestamp is older than this does not kill the token
 }
 
+// How long the push service keeps a push for an offline device (APNs
+// apns-expiration, FCM android.ttl): new mail is stale after an hour, while
+// a request to register again still matters the next day.
+const (
+	alertTTL      = time.Hour
+	reregisterTTL = 24 * time.Hour
+)
+
 // Outcome classifies what became of a push.
 type Outcome int
 

@@ -1,9 +1,11 @@
 package push
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -21,19 +23,19 @@ type RetryPolicy struct {
 	MaxElapsed  time.Duration // total time a Send may spend, waits included (30s)
 }
 
+// validate reports negative settings; sender names the config (apns, fcm).
+func (p RetryPolicy) validate(sender string) []error {
+	if p.MaxAttempts < 0 || p.BaseDelay < 0 || p.MaxDelay < 0 || p.MaxElapsed < 0 {
+		return []error{fmt.Errorf("%s.retry: attempts and delays must not be negative (0 takes the default)", sender)}
+	}
+	return nil
+}
+
 func (p RetryPolicy) withDefaults() RetryPolicy {
-	if p.MaxAttempts <= 0 {
-		p.MaxAttempts = 4
-	}
-	if p.BaseDelay <= 0 {
-		p.BaseDelay = 250 * time.Millisecond
-	}
-	if p.MaxDelay <= 0 {
-		p.MaxDelay = 5 * time.Second
-	}
-	if p.MaxElapsed <= 0 {
-		p.MaxElapsed = 30 * time.Second
-	}
+	p.MaxAttempts = cmp.Or(p.MaxAttempts, 4)
+	p.BaseDelay = cmp.Or(p.BaseDelay, 250*time.Millisecond)
+	p.MaxDelay = cmp.Or(p.MaxDelay, 5*time.Second)
+	p.MaxElapsed = cmp.Or(p.MaxElapsed, 30*time.Second)
 	return p
 }
 
