@@ -87,7 +87,7 @@ func (c *endpointCache) keep(ep *endpoint) *endpoint {
 }
 
 func (s *Service) ewsConfig(e store.Endpoint, pin ews.Fingerprint) ews.Config {
-	return ews.Config{URL: e.URL, Pin: pin, RootCAs: s.cfg.EWSRootCAs, UserAgent: s.cfg.UserAgent, Timeout: s.cfg.EWSTimeout}
+	return ews.Config{URL: e.URL, Pin: pin, RootCAs: s.cfg.EWSRootCAs, UserAgent: "ENSGate/" + Version(), Timeout: s.cfg.EWSTimeout}
 }
 
 // endpointFor returns the shared state for an endpoint row read from the

@@ -14,7 +14,7 @@ import (
 // newKeyPair generates an RSA key pair with its private key sealed under
 // the current master key.
 func (s *Service) newKeyPair() (store.KeyPair, error) {
-	priv, err := rsa.GenerateKey(rand.Reader, s.cfg.KeyBits)
+	priv, err := rsa.GenerateKey(rand.Reader, keyBits)
 	if err != nil {
 		return store.KeyPair{}, err
 	}

@@ -144,7 +144,7 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	sub, err := s.store.Register(ctx, store.Registration{
 		Subscription: store.Subscription{PublicID: publicID, TenantID: t.ID, MailboxHash: mailbox, EndpointID: row.ID,
 			AuthType: req.AuthType, SealedCredentials: key.Seal(publicID, sealed), EWSSubscriptionID: ewsSub.ID,
-			Watermark: ewsSub.Watermark, StatusFrequency: s.cfg.StatusFrequency},
+			Watermark: ewsSub.Watermark, StatusFrequency: s.statusMinutes()},
 		Device: store.Device{TenantID: t.ID, DeviceID: req.DeviceID, MailboxHash: mailbox, Platform: req.Platform,
 			PushToken: req.PushToken, Topic: req.Topic, NotificationLevel: *req.NotificationLevel,
 			SecretHash: deviceSecretHash(secret)},
@@ -188,5 +188,5 @@ func (s *Service) subscribe(ctx context.Context, ep *endpoint, creds *credential
 	}
 	creds.InboxID = inbox.ID
 	return client.Subscribe(ctx, acct, ews.SubscribeRequest{
-		URL: s.callbackURL(publicID, key), StatusFrequency: s.cfg.StatusFrequency}, attestation)
+		URL: s.callbackURL(publicID, key), StatusFrequency: s.statusMinutes()}, attestation)
 }

@@ -15,11 +15,13 @@ import (
 
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ens/seal"
+	"github.com/ensgate/ensgate/ews"
 	"github.com/ensgate/ensgate/store"
 )
 
 // Config is what ENS needs from its host (caddymodule); zero values take
-// the defaults below.
+// the defaults below. The settings an admin may tune are named in comments
+// and in Validate's errors as the ens app spells them (key_pool_size).
 type Config struct {
 	Store     *store.Store
 	MasterKey []byte   // 32 bytes
@@ -32,39 +34,42 @@ type Config struct {
 	// under MasterKey, and mailbox hashes made with them still match.
 	AcceptedMasterKeys [][]byte
 
-	KeyPoolSize     int              // free key pairs kept ready; DefaultKeyPoolSize
-	KeyBits         int              // RSA key size; DefaultKeyBits
-	StatusFrequency int              // minutes between Exchange's status pings; DefaultStatusFrequency
-	RateLimit       float64          // device API requests per second per client address of a tenant; DefaultRateLimit
-	EWSTimeout      time.Duration    // one EWS call; DefaultEWSTimeout
-	EWSConcurrency  int              // EWS calls in flight per endpoint; DefaultEWSConcurrency
+	KeyPoolSize int // key_pool_size: free key pairs kept ready, at most 10,000; DefaultKeyPoolSize
+	// StatusFrequency (status_frequency) is how often Exchange pings a
+	// quiet subscription: whole minutes from 1m to 24h, as EWS takes it;
+	// DefaultStatusFrequency.
+	StatusFrequency time.Duration
+	RateLimit       float64          // rate_limit: device API requests per second per client address of a tenant; DefaultRateLimit
+	EWSTimeout      time.Duration    // ews_timeout: one EWS call; DefaultEWSTimeout
+	EWSConcurrency  int              // ews_concurrency: EWS calls in flight per endpoint; DefaultEWSConcurrency
 	EWSRootCAs      *x509.CertPool   // trusted for Exchange; nil: the system roots (SSL_CERT_FILE adds to them)
-	UserAgent       string           // sent to Exchange
 	Now             func() time.Time // the clock that judges an item's age; nil: time.Now
 
 	// Fair shares: one device, address or tenant over its share is refused
 	// alone. Rates are per node, with bursts of twice the rate.
-	DeviceRateLimit float64 // device API requests per second per device; RateLimit/2
-	// TenantRateLimit is a tenant's ceiling, far above a normal tenant's
-	// load; 25 × RateLimit.
+	DeviceRateLimit float64 // device_rate_limit: device API requests per second per device; RateLimit/2
+	// TenantRateLimit (tenant_rate_limit) is a tenant's ceiling, far above
+	// a normal tenant's load; 25 × RateLimit.
 	TenantRateLimit float64
-	// CallbackRateLimit bounds the notifications one subscription's
-	// callback URL may bring per second (bursts of twice it); beyond it
-	// Exchange is answered 503 and retries. DefaultCallbackRateLimit.
+	// CallbackRateLimit (callback_rate_limit) bounds the notifications one
+	// subscription's callback URL may bring per second (bursts of twice
+	// it); beyond it Exchange is answered 503 and retries.
+	// DefaultCallbackRateLimit.
 	CallbackRateLimit float64
 	// ClientIP is the request's client address, the key of RateLimit; nil
 	// or an empty answer: the host of r.RemoteAddr. Behind proxies the
 	// host passes the address it trusts.
 	ClientIP func(*http.Request) string
-	// KeyPairTTL is how long a key pair handed out by publickey stays
-	// usable unless a registration uses it; DefaultKeyPairTTL.
+	// KeyPairTTL (key_pair_ttl) is how long a key pair handed out by
+	// publickey stays usable unless a registration uses it;
+	// DefaultKeyPairTTL.
 	KeyPairTTL time.Duration
-	// KeyPairsPerTenant bounds a tenant's unexpired, unused key pairs;
-	// DefaultKeyPairsPerTenant.
+	// KeyPairsPerTenant (key_pairs_per_tenant) bounds a tenant's
+	// unexpired, unused key pairs; DefaultKeyPairsPerTenant.
 	KeyPairsPerTenant int
-	// KeyPairsPerAddress bounds those of one client address of a tenant,
-	// so that one app cannot hold the tenant's whole share;
-	// DefaultKeyPairsPerAddress.
+	// KeyPairsPerAddress (key_pairs_per_address) bounds those of one
+	// client address of a tenant, so that one app cannot hold the tenant's
+	// whole share; DefaultKeyPairsPerAddress.
 	KeyPairsPerAddress int
 
 	// Compliance is the EWS proxy's view of devices; nil: every device may
@@ -81,8 +86,7 @@ type Config struct {
 // Defaults for Config.
 const (
 	DefaultKeyPoolSize     = 20
-	DefaultKeyBits         = 2048
-	DefaultStatusFrequency = 15
+	DefaultStatusFrequency = 15 * time.Minute
 	DefaultRateLimit       = 20
 	DefaultEWSTimeout      = 20 * time.Second
 	DefaultEWSConcurrency  = 16
@@ -98,7 +102,57 @@ const (
 	DefaultKeyPairTTL         = 10 * time.Minute
 	DefaultKeyPairsPerTenant  = 100
 	DefaultKeyPairsPerAddress = 10
+
+	// MaxKeyPoolSize bounds key_pool_size: the pool is refilled by one
+	// node at a time, and more pairs than this only cost start-up time.
+	MaxKeyPoolSize = 10_000
 )
+
+// keyBits is the size of device RSA keys.
+const keyBits = 2048
+
+// Validate reports every problem of cfg's settings at once, each naming
+// the setting and the values it takes. Zero takes the default; negative
+// values are errors. The collaborators (Store, Push, the keys) are New's
+// to check.
+func (cfg Config) Validate() error {
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf("ens: "+format, args...)) }
+	if cfg.KeyPoolSize < 0 || cfg.KeyPoolSize > MaxKeyPoolSize {
+		fail("key_pool_size must be 1 to %d (got %d)", MaxKeyPoolSize, cfg.KeyPoolSize)
+	}
+	if sf := cfg.StatusFrequency; sf != 0 && (sf%time.Minute != 0 || sf < ews.MinStatusFrequency*time.Minute || sf > ews.MaxStatusFrequency*time.Minute) {
+		fail("status_frequency must be whole minutes from 1m to 24h (got %s)", sf)
+	}
+	if cfg.RateLimit < 0 {
+		fail("rate_limit must be positive (requests per second per tenant)")
+	}
+	for _, r := range []struct {
+		name string
+		v    float64
+	}{{"device_rate_limit", cfg.DeviceRateLimit}, {"tenant_rate_limit", cfg.TenantRateLimit}, {"callback_rate_limit", cfg.CallbackRateLimit}} {
+		if r.v < 0 {
+			fail("%s must be positive (requests per second; 0 takes the default)", r.name)
+		}
+	}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"key_pairs_per_tenant", cfg.KeyPairsPerTenant}, {"key_pairs_per_address", cfg.KeyPairsPerAddress}, {"ews_concurrency", cfg.EWSConcurrency}} {
+		if n.v < 0 {
+			fail("%s must be positive (got %d; 0 takes the default)", n.name, n.v)
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"key_pair_ttl", cfg.KeyPairTTL}, {"ews_timeout", cfg.EWSTimeout}} {
+		if d.v < 0 {
+			fail("%s must be positive (got %s; 0 takes the default)", d.name, d.v)
+		}
+	}
+	return errors.Join(errs...)
+}
 
 // Service is ENS: the device API, the webhook and the background workers.
 type Service struct {
@@ -119,17 +173,19 @@ type Service struct {
 	workers     sync.WaitGroup
 }
 
-// New checks cfg and builds the service; Start runs its workers.
+// New validates cfg and builds the service; Start runs its workers.
 func New(cfg Config) (*Service, error) {
 	if cfg.Store == nil || cfg.PublicURL == nil || cfg.Push == nil {
 		return nil, errors.New("ens: Store, PublicURL and Push are required")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	keys, err := seal.NewKeyring(cfg.MasterKey, cfg.AcceptedMasterKeys...)
 	if err != nil {
 		return nil, err
 	}
 	cfg.KeyPoolSize = cmp.Or(cfg.KeyPoolSize, DefaultKeyPoolSize)
-	cfg.KeyBits = cmp.Or(cfg.KeyBits, DefaultKeyBits)
 	cfg.StatusFrequency = cmp.Or(cfg.StatusFrequency, DefaultStatusFrequency)
 	cfg.RateLimit = cmp.Or(cfg.RateLimit, DefaultRateLimit)
 	cfg.DeviceRateLimit = cmp.Or(cfg.DeviceRateLimit, cfg.RateLimit/2)
@@ -143,15 +199,8 @@ func New(cfg Config) (*Service, error) {
 	}
 	cfg.EWSTimeout = cmp.Or(cfg.EWSTimeout, DefaultEWSTimeout)
 	cfg.EWSConcurrency = cmp.Or(cfg.EWSConcurrency, DefaultEWSConcurrency)
-	cfg.UserAgent = cmp.Or(cfg.UserAgent, "ENSGate/"+Version())
 	if cfg.Now == nil {
 		cfg.Now = time.Now
-	}
-	if cfg.StatusFrequency < 1 || cfg.StatusFrequency > 1440 {
-		return nil, fmt.Errorf("ens: status frequency %d: must be 1 to 1440 minutes", cfg.StatusFrequency)
-	}
-	if cfg.KeyBits < 2048 {
-		return nil, fmt.Errorf("ens: RSA keys of %d bits are too weak: use 2048 or more", cfg.KeyBits)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -194,6 +243,9 @@ func (s *Service) Stop() {
 	}
 	s.workers.Wait()
 }
+
+// statusMinutes is StatusFrequency as the database and EWS keep it.
+func (s *Service) statusMinutes() int { return int(s.cfg.StatusFrequency / time.Minute) }
 
 // every runs work at once, then at each tick or wake-up, until ctx ends.
 func (s *Service) every(ctx context.Context, interval time.Duration, wake <-chan struct{}, work func(context.Context)) {
