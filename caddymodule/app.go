@@ -6,6 +6,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -13,7 +14,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -60,8 +60,27 @@ type App struct {
 	KeyPoolSize int `json:"key_pool_size,omitempty"`
 	// Exchange's status ping interval, whole minutes from 1m to 24h (default 15m).
 	StatusFrequency caddy.Duration `json:"status_frequency,omitempty"`
-	// Device API requests per second per tenant and node (default 20).
+	// Device API requests per second per client address of a tenant, on
+	// each node (default 20).
 	RateLimit float64 `json:"rate_limit,omitempty"`
+	// Device API requests per second per device (default rate_limit/2).
+	DeviceRateLimit float64 `json:"device_rate_limit,omitempty"`
+	// A tenant's ceiling in requests per second (default 25 × rate_limit).
+	TenantRateLimit float64 `json:"tenant_rate_limit,omitempty"`
+	// Notifications per second one subscription's callback URL may bring
+	// (default 10).
+	CallbackRateLimit float64 `json:"callback_rate_limit,omitempty"`
+	// How long a key pair handed out by publickey waits for its
+	// registration (default 10m).
+	KeyPairTTL caddy.Duration `json:"key_pair_ttl,omitempty"`
+	// Unused key pairs a tenant may hold (default 100).
+	KeyPairsPerTenant int `json:"key_pairs_per_tenant,omitempty"`
+	// Unused key pairs one client address of a tenant may hold (default 10).
+	KeyPairsPerAddress int `json:"key_pairs_per_address,omitempty"`
+	// Bound on one EWS call (default 20s).
+	EWSTimeout caddy.Duration `json:"ews_timeout,omitempty"`
+	// EWS calls in flight per Exchange endpoint, on each node (default 16).
+	EWSConcurrency int `json:"ews_concurrency,omitempty"`
 
 	// Resolved settings, filled by Provision.
 	databaseURL string
@@ -69,8 +88,10 @@ type App struct {
 	accepted    [][]byte // accepted master keys
 	publicURL   *url.URL
 	adminToken  string
-	apns        APNsConfig
-	fcm         FCMConfig
+	settings    ens.Config // the tunables, validated by resolve
+	apns        push.APNsConfig
+	fcm         push.FCMConfig
+	apnsOn      bool // credentials configured
 
 	proxySecret []byte
 
@@ -84,7 +105,9 @@ type App struct {
 // APNsConfig selects the APNs endpoint and the credentials: a .p8
 // token-signing key (key_file, key_id, team_id) or a certificate (cert_file).
 type APNsConfig struct {
-	// https://api.push.apple.com (default), https://api.sandbox.push.apple.com or a test server.
+	// production (https://api.push.apple.com, the default), sandbox
+	// (https://api.sandbox.push.apple.com, for development builds) or the
+	// https:// URL of another endpoint (a test server).
 	URL     string `json:"url,omitempty"`
 	KeyFile string `json:"key_file,omitempty"`
 	KeyID   string `json:"key_id,omitempty"`
@@ -102,12 +125,6 @@ type FCMConfig struct {
 	URL             string `json:"url,omitempty"`
 	CredentialsFile string `json:"credentials_file,omitempty"`
 }
-
-// Defaults applied when the APNs or FCM URL is empty.
-const (
-	DefaultAPNsURL = "https://api.push.apple.com"
-	DefaultFCMURL  = "https://fcm.googleapis.com"
-)
 
 // CaddyModule returns the Caddy module information.
 func (App) CaddyModule() caddy.ModuleInfo {
@@ -143,12 +160,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	a.service, err = ens.New(ens.Config{
-		Store: s, MasterKey: a.masterKey, AcceptedMasterKeys: a.accepted, PublicURL: a.publicURL, Push: sender, Logger: ctx.Slogger(),
-		Compliance: a.compliance, ProxySecret: a.proxySecret, AdminToken: a.adminToken,
-		KeyPoolSize: a.KeyPoolSize, StatusFrequency: int(time.Duration(a.StatusFrequency) / time.Minute), RateLimit: a.RateLimit,
-		ClientIP: caddyClientIP,
-	})
+	cfg := a.settings
+	cfg.Store, cfg.MasterKey, cfg.AcceptedMasterKeys, cfg.PublicURL = s, a.masterKey, a.accepted, a.publicURL
+	cfg.Push, cfg.Logger, cfg.ClientIP = sender, ctx.Slogger(), caddyClientIP
+	cfg.Compliance, cfg.ProxySecret, cfg.AdminToken = a.compliance, a.proxySecret, a.adminToken
+	a.service, err = ens.New(cfg)
 	if err != nil {
 		return fmt.Errorf("ens: %w", err)
 	}
@@ -160,21 +176,23 @@ func (a *App) Provision(ctx caddy.Context) error {
 func (a *App) pushSender(logger *slog.Logger) (push.Sender, error) {
 	router := &push.Router{Logger: logger}
 	retry := push.RetryPolicy{MaxElapsed: ens.PushTimeBudget}
-	if a.apns.KeyFile != "" || a.apns.CertFile != "" {
-		apns, err := push.NewAPNs(push.APNsConfig{URL: a.apns.URL, KeyFile: a.apns.KeyFile, KeyID: a.apns.KeyID,
-			TeamID: a.apns.TeamID, CertFile: a.apns.CertFile, CertPassword: a.apns.CertPassword, Topic: a.apns.Topic,
-			Retry: retry, Logger: logger})
+	if a.apnsOn {
+		cfg := a.apns
+		cfg.Retry, cfg.Logger = retry, logger
+		apns, err := push.NewAPNs(cfg)
 		if err != nil {
-			return nil, fmt.Errorf("ens: apns: %w", err)
+			return nil, fmt.Errorf("ens: %w", err)
 		}
 		router.APNs = apns
 	} else {
 		a.logger.Warn("APNs is not configured: iOS devices get no pushes (set ENS_APNS_KEY_FILE, ENS_APNS_KEY_ID, ENS_APNS_TEAM_ID)")
 	}
 	if a.fcm.CredentialsFile != "" {
-		fcm, err := push.NewFCM(push.FCMConfig{URL: a.fcm.URL, CredentialsFile: a.fcm.CredentialsFile, Retry: retry, Logger: logger})
+		cfg := a.fcm
+		cfg.Retry, cfg.Logger = retry, logger
+		fcm, err := push.NewFCM(cfg)
 		if err != nil {
-			return nil, fmt.Errorf("ens: fcm: %w", err)
+			return nil, fmt.Errorf("ens: %w", err)
 		}
 		router.FCM = fcm
 	} else {
@@ -249,61 +267,64 @@ func (a *App) resolve() error {
 		a.proxySecret = []byte(ps)
 	}
 
-	if a.APNs != nil {
-		a.apns = APNsConfig{URL: get(a.APNs.URL), KeyFile: get(a.APNs.KeyFile), KeyID: get(a.APNs.KeyID),
-			TeamID: get(a.APNs.TeamID), Topic: get(a.APNs.Topic), CertFile: get(a.APNs.CertFile),
-			CertPassword: get(a.APNs.CertPassword)}
+	// The push settings and the tunables follow their packages' own rules
+	// (Validate); the adapter adds where Caddyfile.example takes them from.
+	apns, fcm := cmp.Or(a.APNs, new(APNsConfig)), cmp.Or(a.FCM, new(FCMConfig))
+	a.apns = push.APNsConfig{URL: cmp.Or(get(apns.URL), push.APNsDefaultURL), KeyFile: get(apns.KeyFile), KeyID: get(apns.KeyID),
+		TeamID: get(apns.TeamID), Topic: get(apns.Topic), CertFile: get(apns.CertFile), CertPassword: get(apns.CertPassword)}
+	// Any credential setting turns APNs on, so that a partial one is
+	// reported rather than silently leaving iOS devices without pushes.
+	if a.apnsOn = a.apns.KeyFile != "" || a.apns.CertFile != "" || a.apns.KeyID != "" || a.apns.TeamID != ""; a.apnsOn {
+		errs = append(errs, withEnvHints(a.apns.Validate())...)
 	}
-	if a.apns.CertFile != "" {
-		if a.apns.KeyFile != "" {
-			fail("apns.cert_file", "and apns.key_file are alternatives: configure one")
-		}
-		if _, err := os.Stat(a.apns.CertFile); err != nil {
-			fail("apns.cert_file", "is unusable: %v", err)
-		}
-	} else if a.apns.KeyFile != "" || a.apns.KeyID != "" || a.apns.TeamID != "" {
-		if a.apns.KeyFile == "" {
-			fail("apns.key_file", "is required when APNs is configured (set ENS_APNS_KEY_FILE to the .p8 file)")
-		} else if _, err := os.Stat(a.apns.KeyFile); err != nil {
-			fail("apns.key_file", "is unusable: %v", err)
-		}
-		if len(a.apns.KeyID) != 10 {
-			fail("apns.key_id", "must be the 10-character key id from Apple (set ENS_APNS_KEY_ID)")
-		}
-		if len(a.apns.TeamID) != 10 {
-			fail("apns.team_id", "must be the 10-character team id from Apple (set ENS_APNS_TEAM_ID)")
-		}
-	}
-	if a.apns.URL == "" {
-		a.apns.URL = DefaultAPNsURL
-	} else if err := checkHTTPSURL(a.apns.URL); err != nil {
-		fail("apns.url", "is invalid: %v", err)
-	}
-
-	if a.KeyPoolSize < 0 || a.KeyPoolSize > 10000 {
-		fail("key_pool_size", "must be 1 to 10000 (got %d)", a.KeyPoolSize)
-	}
-	if sf := time.Duration(a.StatusFrequency); sf != 0 && (sf%time.Minute != 0 || sf < time.Minute || sf > 24*time.Hour) {
-		fail("status_frequency", "must be whole minutes from 1m to 24h (got %s)", sf)
-	}
-	if a.RateLimit < 0 {
-		fail("rate_limit", "must be positive (requests per second per tenant)")
-	}
-
-	if a.FCM != nil {
-		a.fcm = FCMConfig{URL: get(a.FCM.URL), CredentialsFile: get(a.FCM.CredentialsFile)}
-	}
+	a.fcm = push.FCMConfig{URL: cmp.Or(get(fcm.URL), push.FCMDefaultURL), CredentialsFile: get(fcm.CredentialsFile)}
 	if a.fcm.CredentialsFile != "" {
-		if _, err := os.Stat(a.fcm.CredentialsFile); err != nil {
-			fail("fcm.credentials_file", "is unusable: %v", err)
-		}
+		errs = append(errs, withEnvHints(a.fcm.Validate())...)
 	}
-	if a.fcm.URL == "" {
-		a.fcm.URL = DefaultFCMURL
-	} else if err := checkHTTPSURL(a.fcm.URL); err != nil {
-		fail("fcm.url", "is invalid: %v", err)
+
+	a.settings = ens.Config{
+		KeyPoolSize: a.KeyPoolSize, StatusFrequency: time.Duration(a.StatusFrequency),
+		RateLimit: a.RateLimit, DeviceRateLimit: a.DeviceRateLimit, TenantRateLimit: a.TenantRateLimit,
+		CallbackRateLimit: a.CallbackRateLimit, KeyPairTTL: time.Duration(a.KeyPairTTL),
+		KeyPairsPerTenant: a.KeyPairsPerTenant, KeyPairsPerAddress: a.KeyPairsPerAddress,
+		EWSTimeout: time.Duration(a.EWSTimeout), EWSConcurrency: a.EWSConcurrency,
 	}
+	errs = append(errs, unjoin(a.settings.Validate())...)
 	return errors.Join(errs...)
+}
+
+// pushEnv names the variable Caddyfile.example takes each push setting
+// from, for the hint in its error.
+var pushEnv = map[string]string{
+	"apns.url": "ENS_APNS_URL", "apns.key_file": "ENS_APNS_KEY_FILE", "apns.key_id": "ENS_APNS_KEY_ID",
+	"apns.team_id": "ENS_APNS_TEAM_ID", "fcm.url": "ENS_FCM_URL", "fcm.credentials_file": "ENS_FCM_CREDENTIALS_FILE",
+}
+
+// withEnvHints turns push's problems (each starting with the setting's
+// name) into the app's: prefixed "ens: ", with the variable to set.
+func withEnvHints(err error) []error {
+	var errs []error
+	for _, e := range unjoin(err) {
+		msg := e.Error()
+		field, _, _ := strings.Cut(msg, " ")
+		if v, ok := pushEnv[field]; ok {
+			msg += " (set " + v + ")"
+		}
+		errs = append(errs, errors.New("ens: "+msg))
+	}
+	return errs
+}
+
+// unjoin lists the errors of an errors.Join, so that each problem is
+// reported on its own line.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	if err != nil {
+		return []error{err}
+	}
+	return nil
 }
 
 // tooShort explains, given its length, why admin_token or a proxy_secret
@@ -330,14 +351,6 @@ func decodeMasterKey(s string) ([]byte, error) {
 		return nil, fmt.Errorf("must be base64 of exactly 32 bytes (got %d bytes)", len(key))
 	}
 	return key, nil
-}
-
-func checkHTTPSURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return fmt.Errorf("%q must be an https:// URL", raw)
-	}
-	return nil
 }
 
 // Start checks that the database schema matches this binary and starts the

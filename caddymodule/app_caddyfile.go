@@ -24,7 +24,15 @@ func init() {
 //		proxy_secret <secret shared by ENS and the EWS proxy>
 //		key_pool_size    <n>
 //		status_frequency <duration, whole minutes>
-//		rate_limit       <requests per second per tenant>
+//		rate_limit       <requests per second per client address of a tenant>
+//		device_rate_limit     <requests per second per device>
+//		tenant_rate_limit     <requests per second per tenant>
+//		callback_rate_limit   <notifications per second per subscription>
+//		key_pair_ttl          <duration>
+//		key_pairs_per_tenant  <n>
+//		key_pairs_per_address <n>
+//		ews_timeout      <duration>
+//		ews_concurrency  <n per Exchange endpoint>
 //		apns {
 //			url <url>
 //			key_file <path>
@@ -71,28 +79,27 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "proxy_secret":
 			err = oneArg(d, &a.ProxySecret)
 		case "key_pool_size":
-			var v string
-			if err = oneArg(d, &v); err == nil {
-				if a.KeyPoolSize, err = strconv.Atoi(v); err != nil {
-					return d.Errf("key_pool_size %q: not a number", v)
-				}
-			}
+			err = intArg(d, &a.KeyPoolSize)
 		case "status_frequency":
-			var v string
-			if err = oneArg(d, &v); err == nil {
-				dur, perr := caddy.ParseDuration(v)
-				if perr != nil {
-					return d.Errf("status_frequency %q: %v", v, perr)
-				}
-				a.StatusFrequency = caddy.Duration(dur)
-			}
+			err = durationArg(d, &a.StatusFrequency)
 		case "rate_limit":
-			var v string
-			if err = oneArg(d, &v); err == nil {
-				if a.RateLimit, err = strconv.ParseFloat(v, 64); err != nil {
-					return d.Errf("rate_limit %q: not a number", v)
-				}
-			}
+			err = floatArg(d, &a.RateLimit)
+		case "device_rate_limit":
+			err = floatArg(d, &a.DeviceRateLimit)
+		case "tenant_rate_limit":
+			err = floatArg(d, &a.TenantRateLimit)
+		case "callback_rate_limit":
+			err = floatArg(d, &a.CallbackRateLimit)
+		case "key_pair_ttl":
+			err = durationArg(d, &a.KeyPairTTL)
+		case "key_pairs_per_tenant":
+			err = intArg(d, &a.KeyPairsPerTenant)
+		case "key_pairs_per_address":
+			err = intArg(d, &a.KeyPairsPerAddress)
+		case "ews_timeout":
+			err = durationArg(d, &a.EWSTimeout)
+		case "ews_concurrency":
+			err = intArg(d, &a.EWSConcurrency)
 		case "apns":
 			a.APNs = new(APNsConfig)
 			err = subBlock(d, map[string]*string{
@@ -104,7 +111,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.FCM = new(FCMConfig)
 			err = subBlock(d, map[string]*string{"url": &a.FCM.URL, "credentials_file": &a.FCM.CredentialsFile})
 		default:
-			return d.Errf("unrecognized ens option %q (known: database_url, master_key, accepted_master_keys, public_url, admin_token, proxy_secret, key_pool_size, status_frequency, rate_limit, apns, fcm)", d.Val())
+			return d.Errf("unrecognized ens option %q (known: database_url, master_key, accepted_master_keys, public_url, admin_token, proxy_secret, key_pool_size, status_frequency, rate_limit, device_rate_limit, tenant_rate_limit, callback_rate_limit, key_pair_ttl, key_pairs_per_tenant, key_pairs_per_address, ews_timeout, ews_concurrency, apns, fcm)", d.Val())
 		}
 		if err != nil {
 			return err
@@ -123,6 +130,51 @@ func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	if d.NextArg() {
 		return d.Errf("%s takes one value, got another: %q", name, d.Val())
 	}
+	return nil
+}
+
+// intArg reads one whole number into dst.
+func intArg(d *caddyfile.Dispenser, dst *int) error {
+	name := d.Val()
+	var v string
+	if err := oneArg(d, &v); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return d.Errf("%s %q: not a number", name, v)
+	}
+	*dst = n
+	return nil
+}
+
+// floatArg reads one number into dst.
+func floatArg(d *caddyfile.Dispenser, dst *float64) error {
+	name := d.Val()
+	var v string
+	if err := oneArg(d, &v); err != nil {
+		return err
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		return d.Errf("%s %q: not a number", name, v)
+	}
+	*dst = f
+	return nil
+}
+
+// durationArg reads one duration (Caddy's syntax: 90s, 15m, 1d) into dst.
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name := d.Val()
+	var v string
+	if err := oneArg(d, &v); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return d.Errf("%s %q: %v", name, v, err)
+	}
+	*dst = caddy.Duration(dur)
 	return nil
 }
 

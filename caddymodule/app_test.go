@@ -5,6 +5,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/ensgate/ensgate/ens/push"
 )
 
 const goodKey = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" // 32 bytes
@@ -20,7 +25,7 @@ func TestAppResolvesPlaceholdersFromTheEnvironment(t *testing.T) {
 	if a.databaseURL != "postgres://ens@db/ens" || len(a.masterKey) != 32 || a.publicURL.String() != "https://ens.example.com" {
 		t.Errorf("resolved %q, %d-byte key, %v", a.databaseURL, len(a.masterKey), a.publicURL)
 	}
-	if a.apns.URL != DefaultAPNsURL || a.fcm.URL != DefaultFCMURL {
+	if a.apns.URL != push.APNsDefaultURL || a.fcm.URL != push.FCMDefaultURL {
 		t.Errorf("push URLs default to %q and %q", a.apns.URL, a.fcm.URL)
 	}
 }
@@ -74,9 +79,15 @@ func TestAppValidationNamesEveryBadField(t *testing.T) {
 		{"apns missing file", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", APNs: &APNsConfig{KeyFile: "/nonexistent.p8", KeyID: "ABCDE12345", TeamID: "TEAM123456"}},
 			[]string{"apns.key_file is unusable"}},
 		{"apns http url", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", APNs: &APNsConfig{URL: "http://apns.test", KeyFile: keyFile, KeyID: "ABCDE12345", TeamID: "TEAM123456"}},
-			[]string{`apns.url is invalid: "http://apns.test" must be an https:// URL`}},
+			[]string{`apns.url "http://apns.test": want production, sandbox or an https:// URL (set ENS_APNS_URL)`}},
+		{"apns cert and key", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", APNs: &APNsConfig{KeyFile: keyFile, CertFile: keyFile}},
+			[]string{"apns.cert_file and apns.key_file are alternatives: configure one"}},
 		{"fcm", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", FCM: &FCMConfig{URL: "fcm.test", CredentialsFile: "/nonexistent.json"}},
-			[]string{"fcm.credentials_file is unusable", "fcm.url is invalid"}},
+			[]string{"fcm.credentials_file is unusable", `fcm.url "fcm.test": want an https:// URL (set ENS_FCM_URL)`}},
+		{"tunables", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", KeyPoolSize: -1,
+			StatusFrequency: caddy.Duration(90 * time.Second), RateLimit: -1, KeyPairTTL: caddy.Duration(-time.Minute), EWSConcurrency: -2},
+			[]string{"ens: key_pool_size must be 1 to 10000 (got -1)", "ens: status_frequency must be whole minutes from 1m to 24h (got 1m30s)",
+				"ens: rate_limit must be positive", "ens: key_pair_ttl must be positive (got -1m0s", "ens: ews_concurrency must be positive (got -2"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.app.resolve()
@@ -96,5 +107,27 @@ func TestAppValidationNamesEveryBadField(t *testing.T) {
 	ok := App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", APNs: &APNsConfig{KeyFile: keyFile, KeyID: "ABCDE12345", TeamID: "TEAM123456"}}
 	if err := ok.resolve(); err != nil {
 		t.Errorf("a complete APNs config was refused: %v", err)
+	}
+	// Apple's endpoint names, which push.NewAPNs maps, pass the app too
+	// (it used to demand an https:// URL, so `url sandbox` never loaded).
+	ok.APNs.URL = "sandbox"
+	if err := ok.resolve(); err != nil || ok.apns.URL != "sandbox" {
+		t.Errorf("apns url sandbox: %v (resolved %q)", err, ok.apns.URL)
+	}
+}
+
+func TestAppPassesEveryTunableToENS(t *testing.T) {
+	a := &App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x",
+		KeyPoolSize: 50, StatusFrequency: caddy.Duration(30 * time.Minute), RateLimit: 40, DeviceRateLimit: 5,
+		TenantRateLimit: 2000, CallbackRateLimit: 20, KeyPairTTL: caddy.Duration(5 * time.Minute),
+		KeyPairsPerTenant: 500, KeyPairsPerAddress: 20, EWSTimeout: caddy.Duration(45 * time.Second), EWSConcurrency: 32}
+	if err := a.resolve(); err != nil {
+		t.Fatal(err)
+	}
+	s := a.settings
+	if s.KeyPoolSize != 50 || s.StatusFrequency != 30*time.Minute || s.RateLimit != 40 || s.DeviceRateLimit != 5 ||
+		s.TenantRateLimit != 2000 || s.CallbackRateLimit != 20 || s.KeyPairTTL != 5*time.Minute ||
+		s.KeyPairsPerTenant != 500 || s.KeyPairsPerAddress != 20 || s.EWSTimeout != 45*time.Second || s.EWSConcurrency != 32 {
+		t.Errorf("ens settings %+v", s)
 	}
 }

@@ -21,6 +21,9 @@ import (
 	"github.com/sideshow/apns2/token"
 )
 
+// APNsDefaultURL is Apple's production endpoint, the url "production".
+const APNsDefaultURL = apns2.HostProduction
+
 // APNsConfig configures the APNs sender: token auth (KeyFile or Key, with
 // KeyID and TeamID) or certificate auth (CertFile), not both.
 type APNsConfig struct {
@@ -129,7 +132,7 @@ func NewAPNs(cfg APNsConfig) (*APNs, error) {
 func apnsHost(u string) (string, error) {
 	switch strings.ToLower(u) {
 	case "", "production":
-		return apns2.HostProduction, nil
+		return APNsDefaultURL, nil
 	case "sandbox", "development":
 		return apns2.HostDevelopment, nil
 	}
