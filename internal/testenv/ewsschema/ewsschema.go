@@ -10,7 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"testing"
+
+	"github.com/ensgate/ensgate/internal/testenv"
 )
 
 // Dir returns the directory holding ews-envelope-strict.xsd: $ENSGATE_EWS_SCHEMA
@@ -93,7 +94,7 @@ func Validate(docs map[string][]byte) error {
 }
 
 // Check is Validate for tests: it fails t with xmllint's output.
-func Check(t testing.TB, docs map[string][]byte) {
+func Check(t testenv.TB, docs map[string][]byte) {
 	t.Helper()
 	if err := Validate(docs); err != nil {
 		t.Fatal(err)

@@ -13,8 +13,9 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"testing"
 	"time"
+
+	"github.com/ensgate/ensgate/internal/testenv"
 )
 
 // python is Debian's interpreter: python3-exchangelib installs into its
@@ -35,7 +36,7 @@ var missing = sync.OnceValue(func() string {
 // Require skips the test when exchangelib is not installed, unless CI or
 // ENSGATE_REQUIRE_EXCHANGELIB is set: there a missing client must fail the
 // run rather than silently drop the interoperability check.
-func Require(t testing.TB) {
+func Require(t testenv.TB) {
 	t.Helper()
 	msg := missing()
 	if msg == "" {
@@ -51,7 +52,7 @@ func Require(t testing.TB) {
 
 // Command prepares client.py with args (see its --help); the password goes
 // in its environment, not on the command line.
-func Command(t testing.TB, password string, args ...string) *exec.Cmd {
+func Command(t testenv.TB, password string, args ...string) *exec.Cmd {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
@@ -75,7 +76,7 @@ type Inbox struct {
 
 // Read runs client.py and decodes its answer; on failure the error holds
 // the client's one-line complaint.
-func Read(t testing.TB, url, user, password string, args ...string) (Inbox, error) {
+func Read(t testenv.TB, url, user, password string, args ...string) (Inbox, error) {
 	t.Helper()
 	cmd := Command(t, password, append([]string{"--url", url, "--user", user}, args...)...)
 	var stderr strings.Builder

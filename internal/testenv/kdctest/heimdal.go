@@ -8,8 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"testing"
 	"time"
+
+	"github.com/ensgate/ensgate/internal/testenv"
 
 	"github.com/jcmturner/gokrb5/v8/keytab"
 )
@@ -65,7 +66,7 @@ const (
 // (the enterprise name), and carry no PAC. The AS exchange takes "alice"
 // (NT-PRINCIPAL) or the UPN as an enterprise name, not the UPN as an
 // NT-PRINCIPAL; the proxy logs in as HTTP/proxy.corp.example.test.
-func Heimdal(t testing.TB) *Realm {
+func Heimdal(t testenv.TB) *Realm {
 	t.Helper()
 	kdc := filepath.Join(HeimdalDir(), "usr/lib/heimdal-servers/kdc")
 	kadmin := filepath.Join(HeimdalDir(), "usr/bin/kadmin.heimdal")
@@ -86,7 +87,7 @@ func Heimdal(t testing.TB) *Realm {
 		return kadminLocal(kadmin, conf, dir, commands)
 	}
 	r := cast("heimdal", dir, heimdalProxy, heimdalUntrusted)
-	r.addUser = func(t testing.TB, name string) {
+	r.addUser = func(t testenv.TB, name string) {
 		t.Helper()
 		if err := kadm(heimdalUser(name, "")); err != nil {
 			t.Fatal(err)

@@ -52,8 +52,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"testing"
 	"time"
+
+	"github.com/ensgate/ensgate/internal/testenv"
 
 	"github.com/jcmturner/gokrb5/v8/keytab"
 )
@@ -111,8 +112,8 @@ type Realm struct {
 
 	relay   *relay
 	kdc     *daemon                                // Heimdal's, owned by the test
-	addUser func(t testing.TB, name string)        // creates name with UserPassword and the UPN name@corp.example.test
-	userSID func(t testing.TB, name string) string // nil: no SIDs (Heimdal)
+	addUser func(t testenv.TB, name string)        // creates name with UserPassword and the UPN name@corp.example.test
+	userSID func(t testenv.TB, name string) string // nil: no SIDs (Heimdal)
 }
 
 // Requests returns how many AS-REQ and TGS-REQ messages went through this
@@ -127,7 +128,7 @@ func (r *Realm) Requests() (as, tgs int64) {
 // UPN (name@corp.example.test); its canonical principal name is name. On
 // Samba the user stays for the rest of the test binary, and adding it again
 // (as go test -count does) returns the same user.
-func (r *Realm) AddUser(t testing.TB, name string) string {
+func (r *Realm) AddUser(t testenv.TB, name string) string {
 	t.Helper()
 	r.addUser(t, name)
 	return name + "@" + DNSDomain
@@ -143,7 +144,7 @@ func (r *Realm) AddUser(t testing.TB, name string) string {
 //
 // Heimdal has no SIDs (its tickets carry no PAC): there UserSID skips the
 // test (t.Skip), so a test that needs SIDs runs against Samba only.
-func (r *Realm) UserSID(t testing.TB, name string) string {
+func (r *Realm) UserSID(t testenv.TB, name string) string {
 	t.Helper()
 	if r.userSID == nil {
 		t.Skipf("kdctest: %s has no SIDs (its tickets carry no PAC): UserSID needs Samba", r.Kind)
@@ -198,7 +199,7 @@ func krb5Conf(addr string) string {
 
 // withRelay starts this test's relay in front of the KDC at backend and
 // fills in the client side of r.
-func withRelay(t testing.TB, r *Realm, backend, dir string) {
+func withRelay(t testenv.TB, r *Realm, backend, dir string) {
 	t.Helper()
 	rl, err := startRelay(backend)
 	if err != nil {
@@ -215,7 +216,7 @@ func withRelay(t testing.TB, r *Realm, backend, dir string) {
 }
 
 // unavailable skips the test, or fails it under ENSGATE_REQUIRE_KDC.
-func unavailable(t testing.TB, err error) {
+func unavailable(t testenv.TB, err error) {
 	t.Helper()
 	if os.Getenv("ENSGATE_REQUIRE_KDC") != "" {
 		t.Fatalf("%v (ENSGATE_REQUIRE_KDC is set)", err)

@@ -14,8 +14,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
+
+	"github.com/ensgate/ensgate/internal/testenv"
 
 	"github.com/jcmturner/gokrb5/v8/keytab"
 )
@@ -39,8 +40,8 @@ var (
 )
 
 // Run runs the tests and stops the Samba DC they started. Call it from the
-// package's TestMain: func TestMain(m *testing.M) { os.Exit(kdctest.Run(m)) }.
-func Run(m *testing.M) int { return RunFunc(m.Run) }
+// package's TestMain: func TestMain(m testenv.M) { os.Exit(kdctest.Run(m)) }.
+func Run(m testenv.M) int { return RunFunc(m.Run) }
 
 // RunFunc is Run for a TestMain that already wraps m.Run, e.g. with pgtest:
 //
@@ -86,7 +87,7 @@ func RunFunc(run func() int) int {
 // The DC must run as root. Each one binds its KDC to a loopback address of
 // its own (127.x.y.z) and free ports, and runs only the kdc service, so the
 // DCs of test binaries running in parallel do not meet.
-func Samba(t testing.TB) *Realm {
+func Samba(t testenv.TB) *Realm {
 	t.Helper()
 	if err := sambaMissing(); err != nil {
 		unavailable(t, err)
@@ -335,7 +336,7 @@ func (s *sambaServer) setup(spec sambaSpec) error {
 }
 
 // userSID returns the objectSid of an account setup created.
-func (s *sambaServer) userSID(t testing.TB, name string) string {
+func (s *sambaServer) userSID(t testenv.TB, name string) string {
 	t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -351,7 +352,7 @@ func (s *sambaServer) userSID(t testing.TB, name string) string {
 	return sid
 }
 
-func (s *sambaServer) addUser(t testing.TB, name string) {
+func (s *sambaServer) addUser(t testenv.TB, name string) {
 	t.Helper()
 	s.mu.Lock()
 	_, exists := s.sids[name]

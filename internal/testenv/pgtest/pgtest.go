@@ -17,8 +17,9 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
+
+	"github.com/ensgate/ensgate/internal/testenv"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -32,8 +33,8 @@ var (
 )
 
 // Run runs the tests and stops the server they started. Call it from the
-// package's TestMain: func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }.
-func Run(m *testing.M) int {
+// package's TestMain: func TestMain(m testenv.M) { os.Exit(pgtest.Run(m)) }.
+func Run(m testenv.M) int {
 	mainUsed.Store(true)
 	code := m.Run()
 	startMu.Lock()
@@ -47,7 +48,7 @@ func Run(m *testing.M) int {
 // NewDatabase creates an empty database for this test, dropped when it ends,
 // and returns its connection URL. It skips the test only when no PostgreSQL
 // is installed and ENSGATE_REQUIRE_POSTGRES is unset (make test sets it).
-func NewDatabase(t testing.TB) string {
+func NewDatabase(t testenv.TB) string {
 	t.Helper()
 	if !mainUsed.Load() {
 		t.Fatal("pgtest: call pgtest.Run(m) from TestMain so the server is stopped")

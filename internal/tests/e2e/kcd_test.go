@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/internal/sim/ewssim"
+	"github.com/ensgate/ensgate/internal/testenv"
 	"github.com/ensgate/ensgate/internal/testenv/kdctest"
 	"github.com/ensgate/ensgate/internal/testenv/pgtest"
 	"github.com/ensgate/ensgate/internal/testenv/syncbuf"
@@ -23,7 +24,7 @@ import (
 // kdcs are the real KDCs the KCD tests run against.
 var kdcs = []struct {
 	name  string
-	start func(testing.TB) *kdctest.Realm
+	start func(testenv.TB) *kdctest.Realm
 }{{"heimdal", kdctest.Heimdal}, {"samba", kdctest.Samba}}
 
 // kcdGateway is bin/ensgate serving HTTPS with optional client certificates

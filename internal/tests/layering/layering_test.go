@@ -1,7 +1,7 @@
 // Package layering holds the test that guards the shape of the code, after
 // tailscale's tstest/deptest: domain packages stay free of Caddy and zap,
-// each package imports only the layers below it, and no shipped binary
-// links the testing package. docs/architecture.md draws the same arrows.
+// each package imports only the layers below it, and only tests import
+// the testing package. docs/architecture.md draws the same arrows.
 package layering
 
 import (
@@ -120,18 +120,19 @@ func TestPackagesImportOnlyTheLayersBelow(t *testing.T) {
 	}
 }
 
-// The shipped binaries, the simulator and the push sink included, do not
-// link the testing package (its flags and globals are not for production).
-func TestBinariesDoNotLinkTesting(t *testing.T) {
+// No package but tests imports the testing package (its flags and globals
+// are not for production, and the simulator and push sink ship as
+// binaries): test environments take testenv.TB, which *testing.T has.
+func TestOnlyTestsImportTesting(t *testing.T) {
 	pkgs := list(t)
-	for _, name := range []string{"cmd/ensgate", "cmd/ewssim", "cmd/pushsink", "cmd/ensdemo"} {
-		p, ok := pkgs[name]
-		if !ok {
-			t.Errorf("binary %q does not exist: update this test", name)
-			continue
+	for name, p := range pkgs {
+		if slices.Contains(p.Imports, "testing") {
+			t.Errorf("%q imports the testing package outside its tests", name)
 		}
-		if slices.Contains(p.Deps, "testing") {
-			t.Errorf("%s links the testing package", name)
+	}
+	for _, name := range []string{"cmd/ensgate", "cmd/ewssim", "cmd/pushsink", "cmd/ensdemo"} {
+		if p, ok := pkgs[name]; !ok || slices.Contains(p.Deps, "testing") {
+			t.Errorf("binary %q is missing or links the testing package", name)
 		}
 	}
 }
