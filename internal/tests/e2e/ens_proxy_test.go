@@ -75,18 +75,7 @@ func TestENSThroughItsOwnProxy(t *testing.T) {
 	sinkEnv, sink := startPushSink(t)
 	env, base := gatewayEnv(t, dbURL, sim.URL)
 	env = append(env, sinkEnv...)
-	if r := cli(t, db, "ens", "migrate"); r.code != 0 {
-		t.Fatalf("migrate: %+v", r)
-	}
-	token := lastLine(cli(t, db, "ens", "tenant", "create", "--name", "contoso").stdout)
-	for _, args := range [][]string{
-		{"ens", "endpoint", "add", "--tenant", "contoso", "--url", base + "/EWS/Exchange.asmx"},
-		{"ens", "device", "unblock", "--tenant", "contoso", "--device", "phone"},
-	} {
-		if r := cli(t, db, args...); r.code != 0 {
-			t.Fatalf("%v: %+v", args, r)
-		}
-	}
+	token := tenantBehindOwnProxy(t, db, base)
 	startGateway(t, env)
 	waitFor(t, base+"/api/ens/alive", 200, 30*time.Second).Body.Close()
 
@@ -121,4 +110,25 @@ func TestENSThroughItsOwnProxy(t *testing.T) {
 	if n := sim.Counters().Requests["GetItem"]; n != items {
 		t.Errorf("Exchange served %d GetItem calls for the blocked device", n-items)
 	}
+}
+
+// tenantBehindOwnProxy migrates the database and creates tenant contoso,
+// whose allowed EWS endpoint is the gateway's own /EWS (base), with the
+// device "phone" known to the proxy as compliant; it returns the tenant's
+// API token.
+func tenantBehindOwnProxy(t *testing.T, db []string, base string) string {
+	t.Helper()
+	if r := cli(t, db, "ens", "migrate"); r.code != 0 {
+		t.Fatalf("migrate: %+v", r)
+	}
+	token := lastLine(cli(t, db, "ens", "tenant", "create", "--name", "contoso").stdout)
+	for _, args := range [][]string{
+		{"ens", "endpoint", "add", "--tenant", "contoso", "--url", base + "/EWS/Exchange.asmx"},
+		{"ens", "device", "unblock", "--tenant", "contoso", "--device", "phone"},
+	} {
+		if r := cli(t, db, args...); r.code != 0 {
+			t.Fatalf("%v: %+v", args, r)
+		}
+	}
+	return token
 }

@@ -64,18 +64,7 @@ func TestNoSecretInAnyLogLine(t *testing.T) {
 	env, base := gatewayEnv(t, dbURL, sim.URL)
 	env = append(env, sinkEnv...)
 	adminToken := envValue(env, "ENS_ADMIN_TOKEN")
-	if r := cli(t, db, "ens", "migrate"); r.code != 0 {
-		t.Fatalf("migrate: %+v", r)
-	}
-	token := lastLine(cli(t, db, "ens", "tenant", "create", "--name", "contoso").stdout)
-	for _, args := range [][]string{
-		{"ens", "endpoint", "add", "--tenant", "contoso", "--url", base + "/EWS/Exchange.asmx"},
-		{"ens", "device", "unblock", "--tenant", "contoso", "--device", "phone"},
-	} {
-		if r := cli(t, db, args...); r.code != 0 {
-			t.Fatalf("%v: %+v", args, r)
-		}
-	}
+	token := tenantBehindOwnProxy(t, db, base)
 	_, logs := runGateway(t, env, withAccessLogs(t))
 	waitFor(t, base+"/api/ens/alive", 200, 30*time.Second).Body.Close()
 
