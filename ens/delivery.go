@@ -140,7 +140,11 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 	results := make([]push.Result, len(targets))
 	var wg sync.WaitGroup
 	for i, dev := range targets {
-		wg.Go(func() { results[i] = d.s.push.Send(ctx, newMailMessage(dev, d.level(dev), item, badge)) })
+		wg.Go(func() {
+			m := newMailMessage(dev, d.level(dev), item, badge)
+			m.CollapseID = collapseID(dev.MailboxHash, hash)
+			results[i] = d.s.push.Send(ctx, m)
+		})
 	}
 	wg.Wait()
 
@@ -282,6 +286,16 @@ func newMailMessage(dev store.Device, level privacy.Level, item *ews.Item, badge
 		m.Preview = item.Preview
 	}
 	return m
+}
+
+// collapseID names one item of one mailbox, the same in every push of it:
+// a push sent again (a node died after APNs or FCM accepted it, before the
+// claim was finished) replaces the first on the device instead of showing
+// twice (APNs apns-collapse-id; FCM data "item", which the app keys on).
+// Opaque: it reveals neither the mailbox nor the item.
+func collapseID(mailboxHash, itemHash []byte) string {
+	sum := sha256.Sum256(append(append([]byte("ensgate item "), mailboxHash...), itemHash...))
+	return base64.RawURLEncoding.EncodeToString(sum[:18])
 }
 
 // threadID groups a mailbox's notifications on the phone without naming it.

@@ -1,9 +1,11 @@
 package ens_test
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -189,5 +191,40 @@ func TestAPNsOutageIsBridgedByExchangeRetries(t *testing.T) {
 	subs := e.simSubscriptions(alice)
 	if len(subs) != 1 || subs[0].Failures != 1 || subs[0].State != "active" {
 		t.Errorf("Exchange's subscription %+v: want one failed callback, then success", subs)
+	}
+}
+
+// Every push of one item to one device carries the same item id (APNs
+// apns-collapse-id, FCM data "item"), so a push sent again after a node
+// died replaces the first on the device; another item has another id.
+func TestPushesOfOneItemShareTheirCollapseID(t *testing.T) {
+	f, sender := startFakes(t)
+	e := newEnv(t, envOptions{push: sender})
+	ios := e.basicDevice("iphone", alice, alicePW, 0)
+	ios.PushToken = iphone
+	android := e.basicDevice("pixel", alice, alicePW, 3)
+	android.Platform, android.PushToken = "android", "fcm-registration-token-1"
+	e.register(ios)
+	e.register(android)
+	item := e.deliver(alice, mailFromCarol)
+	e.waitFor("the first pushes", func() bool { return len(f.apns.Delivered()) == 1 && len(f.fcm.Delivered()) == 1 })
+	// As if the node died before recording them: the claims are gone and
+	// Exchange's retry brings the item again.
+	if _, err := e.store.Pool().Exec(context.Background(), `DELETE FROM push_claims`); err != nil {
+		t.Fatal(err)
+	}
+	callback, body := e.newMailNotification(alice, item.ID)
+	post(t, callback, body)
+	e.deliver(alice, mailForAlice)
+	e.waitFor("all pushes", func() bool { return len(f.apns.Delivered()) == 3 && len(f.fcm.Delivered()) == 3 })
+	a, m := f.apns.Delivered(), f.fcm.Delivered()
+	if a[0].CollapseID == "" || a[0].CollapseID != a[1].CollapseID || a[2].CollapseID == a[0].CollapseID {
+		t.Errorf("apns-collapse-id of the first push, its re-send and another item: %q %q %q", a[0].CollapseID, a[1].CollapseID, a[2].CollapseID)
+	}
+	if m[0].Data["item"] == "" || m[0].Data["item"] != m[1].Data["item"] || m[2].Data["item"] == m[0].Data["item"] {
+		t.Errorf("FCM item of the first push, its re-send and another item: %q %q %q", m[0].Data["item"], m[1].Data["item"], m[2].Data["item"])
+	}
+	if strings.Contains(a[0].CollapseID, alice) || len(a[0].CollapseID) > 64 {
+		t.Errorf("collapse id %q", a[0].CollapseID)
 	}
 }

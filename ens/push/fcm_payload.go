@@ -45,6 +45,11 @@ func (f *FCM) body(m Message) ([]byte, string) {
 	if m.Badge >= 0 && m.Kind == NewMail {
 		msg.Data["badge"] = strconv.Itoa(m.Badge)
 	}
+	if m.CollapseID != "" && m.Kind == NewMail {
+		// FCM allows 4 collapse keys per device, too few for one per
+		// item: the app replaces a notification whose item it shows.
+		msg.Data["item"] = m.CollapseID
+	}
 	t := textOf(m)
 	switch {
 	case m.Kind == Reregister:

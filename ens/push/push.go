@@ -49,7 +49,7 @@ type Message struct {
 	Generic      bool      // level 3: body "New message", no title
 	Badge        int       // Inbox unread count; negative = leave the badge alone
 	ThreadID     string    // opaque per-mailbox id (aps.thread-id; FCM collapse key per account)
-	CollapseID   string    // optional apns-collapse-id
+	CollapseID   string    // one item's id, the same in every push of it: apns-collapse-id, FCM data "item"
 	RegisteredAt time.Time // device registration time: an APNs 410 whose timestamp is older than this does not kill the token
 }
 
