@@ -57,6 +57,11 @@ func (s *Service) tenantAPI(h func(w http.ResponseWriter, r *http.Request, t sto
 		if errors.Is(err, errUnauthorized) {
 			err = &apiError{http.StatusUnauthorized, "unauthorized", "missing or unknown API token (Authorization: Bearer <ENSAPIToken>)"}
 		}
+		if errors.Is(err, store.ErrUnavailable) {
+			s.log.Warn("device API request: the database is unavailable", slog.String("path", r.URL.Path), slog.Any("error", err))
+			w.Header().Set("Retry-After", "1")
+			err = &apiError{http.StatusServiceUnavailable, "unavailable", "the gateway's database is unavailable; retry later"}
+		}
 		var ae *apiError
 		if !errors.As(err, &ae) {
 			s.log.Error("device API request failed", slog.String("path", r.URL.Path), slog.Any("error", err))

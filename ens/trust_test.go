@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ens/seal"
 	"github.com/ensgate/ensgate/ews"
@@ -379,5 +380,41 @@ func TestCallbackFloodIsLimitedPerSubscription(t *testing.T) {
 	}
 	if n := e.sim.Counters().Requests["GetItem"] - before; n > 12-int64(refused) {
 		t.Fatalf("%d GetItem calls for %d admitted notifications", n, 12-refused)
+	}
+}
+
+// While the database is away, the device API answers 503 with Retry-After
+// (apps retry), never 500.
+func TestDatabaseAwayIsAnsweredWithRetryAfter(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	down, err := store.Open(context.Background(), "postgres://ensgate@127.0.0.1:1/ensgate?connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(down.Close)
+	e.restart(func(c *ens.Config) { c.Store = down })
+	for _, tc := range []struct {
+		method, path string
+		body         any
+	}{
+		{"GET", "/api/ens/status?deviceId=phone", nil},
+		{"POST", "/api/ens/publickey", map[string]string{"deviceId": "phone", "email": alice}},
+		{"POST", "/api/ens/unregister", e.unregisterBody("phone")},
+	} {
+		req, _ := http.NewRequest(tc.method, e.api.URL+tc.path, nil)
+		if tc.body != nil {
+			b, _ := json.Marshal(tc.body)
+			req, _ = http.NewRequest(tc.method, e.api.URL+tc.path, strings.NewReader(string(b)))
+		}
+		req.Header.Set("Authorization", "Bearer "+e.token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("%s %s with the database away: %d, Retry-After %q; want 503 with Retry-After", tc.method, tc.path, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
 	}
 }

@@ -7,7 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
+	"strings"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -57,7 +61,28 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 func (s *Store) unreachable(err error) error {
-	return fmt.Errorf("database unreachable at %s: %w", Redact(s.pool.Config().ConnConfig.ConnString()), err)
+	return fmt.Errorf("database unreachable at %s: %w (%w)", Redact(s.pool.Config().ConnConfig.ConnString()), ErrUnavailable, err)
+}
+
+// ErrUnavailable is in every error that comes from not reaching the
+// database (down, restarting, failing over), as opposed to a query it
+// refused: callers answer "try again later", not "internal error".
+var ErrUnavailable = errors.New("database unavailable")
+
+// lostDatabase reports errors of a database that is away: no connection,
+// a connection lost, or a server shutting down or starting up.
+func lostDatabase(err error) bool {
+	var connectErr *pgconn.ConnectError
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &connectErr), pgconn.SafeToRetry(err), pgconn.Timeout(err):
+		return true
+	case errors.As(err, &pgErr):
+		// Class 08: connection exception; 57P01-03: admin shutdown, crash
+		// shutdown, cannot connect now (starting or in recovery).
+		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
+	}
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // Redact returns a database URL without its password, for messages.
@@ -92,8 +117,7 @@ func hasCode(err error, code string) bool {
 // queryError names the operation and, for connection failures, the
 // database (without its password), so an admin sees where it went wrong.
 func (s *Store) queryError(op string, err error) error {
-	var connectErr *pgconn.ConnectError
-	if errors.As(err, &connectErr) {
+	if lostDatabase(err) {
 		err = s.unreachable(err)
 	}
 	return fmt.Errorf("%s: %w", op, err)
