@@ -1,12 +1,14 @@
 package ens
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/ensgate/ensgate/store"
 )
@@ -22,6 +24,7 @@ const maxRequestBody = 64 << 10
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+BasePath+"/alive", alive)
+	mux.HandleFunc("GET "+BasePath+"/ready", s.ready)
 	mux.Handle("POST "+BasePath+"/publickey", s.tenantAPI(s.publicKey))
 	mux.Handle("POST "+BasePath+"/registerdevicev2", s.tenantAPI(s.register))
 	mux.Handle("GET "+BasePath+"/status", s.tenantAPI(s.status))
@@ -37,6 +40,34 @@ func (s *Service) Handler() http.Handler {
 // alive needs no token and touches no database: load balancers call it often.
 func alive(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": Version()})
+}
+
+// ready tells a load balancer whether this node can serve: the database
+// answers, the compliance states are loaded and the workers run. No token;
+// one database round trip. 503 names what is missing.
+func (s *Service) ready(w http.ResponseWriter, r *http.Request) {
+	var missing []string
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		missing = append(missing, "database")
+	}
+	if c, ok := s.cfg.Compliance.(interface{ Loaded() <-chan struct{} }); ok {
+		select {
+		case <-c.Loaded():
+		default:
+			missing = append(missing, "compliance")
+		}
+	}
+	if !s.running.Load() {
+		missing = append(missing, "workers")
+	}
+	if len(missing) > 0 {
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "missing": missing})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "version": Version()})
 }
 
 // tenantAPI authenticates the tenant, applies the rate limits of the

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ensgate/ensgate/ens/push"
@@ -169,6 +170,7 @@ type Service struct {
 	adminFailures loginFailures
 
 	keyPoolWake chan struct{}
+	running     atomic.Bool // between Start and Stop
 	stop        context.CancelFunc
 	workers     sync.WaitGroup
 }
@@ -223,6 +225,7 @@ func New(cfg Config) (*Service, error) {
 func (s *Service) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
+	s.running.Store(true)
 	s.every(ctx, 2*time.Second, s.keyPoolWake, s.fillKeyPool)
 	s.every(ctx, 30*time.Second, nil, s.failSilentSubscriptions)
 	s.every(ctx, time.Minute, nil, s.cleanUp) // unused key pairs expire in minutes
@@ -238,6 +241,7 @@ func (s *Service) Start() {
 
 // Stop ends the workers and waits for them.
 func (s *Service) Stop() {
+	s.running.Store(false)
 	if s.stop != nil {
 		s.stop()
 	}

@@ -418,3 +418,34 @@ func TestDatabaseAwayIsAnsweredWithRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+// Readiness (for the load balancer) says what a node is missing: the
+// database, the first compliance load, or its workers.
+func TestReadyNamesWhatTheNodeIsMissing(t *testing.T) {
+	e := newEnv(t, envOptions{compliance: true})
+	ready := func() (int, map[string]any) {
+		t.Helper()
+		resp, err := http.Get(e.api.URL + "/api/ens/ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body
+	}
+	e.waitFor("ready", func() bool { st, _ := ready(); return st == 200 })
+	e.svc.Stop()
+	if st, body := ready(); st != 503 || fmt.Sprint(body["missing"]) != "[workers]" {
+		t.Fatalf("stopped workers: %d %v", st, body)
+	}
+	down, err := store.Open(context.Background(), "postgres://ensgate@127.0.0.1:1/ensgate?connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(down.Close)
+	e.restart(func(c *ens.Config) { c.Store = down })
+	if st, body := ready(); st != 503 || fmt.Sprint(body["missing"]) != "[database]" {
+		t.Fatalf("database away: %d %v", st, body)
+	}
+}
