@@ -81,6 +81,9 @@ type App struct {
 	EWSTimeout caddy.Duration `json:"ews_timeout,omitempty"`
 	// EWS calls in flight per Exchange endpoint, on each node (default 16).
 	EWSConcurrency int `json:"ews_concurrency,omitempty"`
+	// NotificationsInFlight bounds the Exchange callbacks a node works on
+	// at once (ens.DefaultNotificationsInFlight).
+	NotificationsInFlight int `json:"notifications_in_flight,omitempty"`
 
 	// Resolved settings, filled by Provision.
 	databaseURL string
@@ -287,7 +290,7 @@ func (a *App) resolve() error {
 		RateLimit: a.RateLimit, DeviceRateLimit: a.DeviceRateLimit, TenantRateLimit: a.TenantRateLimit,
 		CallbackRateLimit: a.CallbackRateLimit, KeyPairTTL: time.Duration(a.KeyPairTTL),
 		KeyPairsPerTenant: a.KeyPairsPerTenant, KeyPairsPerAddress: a.KeyPairsPerAddress,
-		EWSTimeout: time.Duration(a.EWSTimeout), EWSConcurrency: a.EWSConcurrency,
+		EWSTimeout: time.Duration(a.EWSTimeout), EWSConcurrency: a.EWSConcurrency, NotificationsInFlight: a.NotificationsInFlight,
 	}
 	errs = append(errs, unjoin(a.settings.Validate())...)
 	return errors.Join(errs...)

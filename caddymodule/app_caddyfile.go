@@ -28,6 +28,7 @@ func init() {
 //		device_rate_limit     <requests per second per device>
 //		tenant_rate_limit     <requests per second per tenant>
 //		callback_rate_limit   <notifications per second per subscription>
+//		notifications_in_flight <callbacks one node works on at once>
 //		key_pair_ttl          <duration>
 //		key_pairs_per_tenant  <n>
 //		key_pairs_per_address <n>
@@ -96,6 +97,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = intArg(d, &a.KeyPairsPerTenant)
 		case "key_pairs_per_address":
 			err = intArg(d, &a.KeyPairsPerAddress)
+		case "notifications_in_flight":
+			err = intArg(d, &a.NotificationsInFlight)
 		case "ews_timeout":
 			err = durationArg(d, &a.EWSTimeout)
 		case "ews_concurrency":
@@ -111,7 +114,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.FCM = new(FCMConfig)
 			err = subBlock(d, map[string]*string{"url": &a.FCM.URL, "credentials_file": &a.FCM.CredentialsFile})
 		default:
-			return d.Errf("unrecognized ens option %q (known: database_url, master_key, accepted_master_keys, public_url, admin_token, proxy_secret, key_pool_size, status_frequency, rate_limit, device_rate_limit, tenant_rate_limit, callback_rate_limit, key_pair_ttl, key_pairs_per_tenant, key_pairs_per_address, ews_timeout, ews_concurrency, apns, fcm)", d.Val())
+			return d.Errf("unrecognized ens option %q (known: database_url, master_key, accepted_master_keys, public_url, admin_token, proxy_secret, key_pool_size, status_frequency, rate_limit, device_rate_limit, tenant_rate_limit, callback_rate_limit, key_pair_ttl, key_pairs_per_tenant, key_pairs_per_address, ews_timeout, ews_concurrency, notifications_in_flight, apns, fcm)", d.Val())
 		}
 		if err != nil {
 			return err

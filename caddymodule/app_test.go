@@ -120,14 +120,16 @@ func TestAppPassesEveryTunableToENS(t *testing.T) {
 	a := &App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x",
 		KeyPoolSize: 50, StatusFrequency: caddy.Duration(30 * time.Minute), RateLimit: 40, DeviceRateLimit: 5,
 		TenantRateLimit: 2000, CallbackRateLimit: 20, KeyPairTTL: caddy.Duration(5 * time.Minute),
-		KeyPairsPerTenant: 500, KeyPairsPerAddress: 20, EWSTimeout: caddy.Duration(45 * time.Second), EWSConcurrency: 32}
+		KeyPairsPerTenant: 500, KeyPairsPerAddress: 20, EWSTimeout: caddy.Duration(45 * time.Second), EWSConcurrency: 32,
+		NotificationsInFlight: 64}
 	if err := a.resolve(); err != nil {
 		t.Fatal(err)
 	}
 	s := a.settings
 	if s.KeyPoolSize != 50 || s.StatusFrequency != 30*time.Minute || s.RateLimit != 40 || s.DeviceRateLimit != 5 ||
 		s.TenantRateLimit != 2000 || s.CallbackRateLimit != 20 || s.KeyPairTTL != 5*time.Minute ||
-		s.KeyPairsPerTenant != 500 || s.KeyPairsPerAddress != 20 || s.EWSTimeout != 45*time.Second || s.EWSConcurrency != 32 {
+		s.KeyPairsPerTenant != 500 || s.KeyPairsPerAddress != 20 || s.EWSTimeout != 45*time.Second || s.EWSConcurrency != 32 ||
+		s.NotificationsInFlight != 64 {
 		t.Errorf("ens settings %+v", s)
 	}
 }

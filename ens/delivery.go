@@ -38,7 +38,8 @@ type delivery struct {
 	tenant  store.Tenant
 	devices []store.Device
 	ep      *endpoint
-	badge   *int // unread count once fetched
+	badge   *int      // unread count once fetched
+	arrived time.Time // when Exchange's callback arrived
 	// calls are the options of each EWS call: sign the devices'
 	// attestation into it, and record its answer's header in answer.
 	calls []ews.CallOption
@@ -165,6 +166,8 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 			}
 		case push.Rejected:
 			d.log.Warn("push rejected", slog.String("device", dev.DeviceID), slog.String("reason", res.Reason))
+		case push.Delivered:
+			webhookToPush.Observe(time.Since(d.arrived).Seconds())
 		}
 		finished = append(finished, dev.ID)
 	}

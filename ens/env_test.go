@@ -104,6 +104,7 @@ type envOptions struct {
 	rateLimit   float64
 	// callbackRate limits the notifications per subscription per second.
 	callbackRate float64
+	inFlight     int // notifications one node works on at once
 	simConfig    ewssim.Config
 	keyPool      int
 	rootCAs      *x509.CertPool
@@ -172,7 +173,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	}
 	e.start(ens.Config{
 		Store: e.store, MasterKey: bytes.Repeat([]byte{7}, 32), PublicURL: public, Push: sender,
-		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, CallbackRateLimit: opts.callbackRate, StatusFrequency: time.Duration(max(opts.statusFrequency, 1)) * time.Minute, Compliance: states, AdminToken: opts.adminToken, ProxySecret: opts.proxySecret, EWSRootCAs: opts.rootCAs,
+		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), KeyPoolSize: max(opts.keyPool, 4), RateLimit: opts.rateLimit, CallbackRateLimit: opts.callbackRate, NotificationsInFlight: opts.inFlight, StatusFrequency: time.Duration(max(opts.statusFrequency, 1)) * time.Minute, Compliance: states, AdminToken: opts.adminToken, ProxySecret: opts.proxySecret, EWSRootCAs: opts.rootCAs,
 		Now: func() time.Time { return time.Now().Add(time.Duration(e.ahead.Load())) },
 	})
 	t.Cleanup(func() { e.svc.Stop() })

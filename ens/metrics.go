@@ -10,7 +10,7 @@ import (
 var (
 	notifications = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ensgate", Subsystem: "ens", Name: "notifications_total",
-		Help: "SendNotification callbacks from Exchange by result (ok, unsubscribe, retry, throttled, forged, malformed).",
+		Help: "SendNotification callbacks from Exchange by result (ok, unsubscribe, retry, throttled, overloaded, forged, malformed).",
 	}, []string{"result"})
 	registrations = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ensgate", Subsystem: "ens", Name: "registrations_total",
@@ -24,6 +24,19 @@ var (
 		Namespace: "ensgate", Subsystem: "ens", Name: "items_ignored_total",
 		Help: "Items named in notifications that were not announced, by reason (stale: older than the subscription or a day; over_cap: beyond the newest per notification; not_inbox: not in the subscribed Inbox).",
 	}, []string{"reason"})
+	notificationsInFlight = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "ensgate", Subsystem: "ens", Name: "notifications_in_flight",
+		Help: "Exchange callbacks this node is working on.",
+	})
+	webhookToPush = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "ensgate", Subsystem: "ens", Name: "webhook_to_push_seconds",
+		Help:    "From Exchange's callback arriving to a push accepted by APNs or FCM.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	})
+	subscriptionsByState = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "ensgate", Subsystem: "ens", Name: "subscriptions",
+		Help: "Subscriptions by state (active, failed, ended), as last counted by this node's clean-up.",
+	}, []string{"state"})
 	keyPairsResealed = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "ensgate", Subsystem: "ens", Name: "key_pairs_resealed_total",
 		Help: "Key pairs this node moved from an accepted (rotated-out) master key to the current one.",
@@ -33,5 +46,5 @@ var (
 // Register adds ENS's metrics to reg; registering twice (a config reload)
 // is fine.
 func Register(reg prometheus.Registerer) error {
-	return promreg.Register(reg, notifications, registrations, itemsIgnored, keyPoolFree, keyPairsResealed)
+	return promreg.Register(reg, notifications, registrations, itemsIgnored, keyPoolFree, keyPairsResealed, notificationsInFlight, webhookToPush, subscriptionsByState)
 }

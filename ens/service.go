@@ -57,6 +57,11 @@ type Config struct {
 	// it); beyond it Exchange is answered 503 and retries.
 	// DefaultCallbackRateLimit.
 	CallbackRateLimit float64
+	// NotificationsInFlight (notifications_in_flight) bounds the callbacks
+	// one node works on at once; beyond it Exchange is answered 503 and
+	// retries, so a burst cannot grow memory without bound.
+	// DefaultNotificationsInFlight.
+	NotificationsInFlight int
 	// ClientIP is the request's client address, the key of RateLimit; nil
 	// or an empty answer: the host of r.RemoteAddr. Behind proxies the
 	// host passes the address it trusts.
@@ -94,6 +99,10 @@ const (
 	// Exchange sends a subscription's notifications one at a time, each
 	// answered after its pushes: a few a second at most, even catching up.
 	DefaultCallbackRateLimit = 10
+	// Each notification in flight holds one EWS slot at most and a few
+	// kilobytes; 256 keeps a node's memory small and its EWS bulkheads
+	// (16 per endpoint) busy.
+	DefaultNotificationsInFlight = 256
 
 	// A device asks for a key and registers within seconds; 10 minutes
 	// covers a user typing a password. 100 unused pairs at once is more
@@ -139,7 +148,8 @@ func (cfg Config) Validate() error {
 	for _, n := range []struct {
 		name string
 		v    int
-	}{{"key_pairs_per_tenant", cfg.KeyPairsPerTenant}, {"key_pairs_per_address", cfg.KeyPairsPerAddress}, {"ews_concurrency", cfg.EWSConcurrency}} {
+	}{{"key_pairs_per_tenant", cfg.KeyPairsPerTenant}, {"key_pairs_per_address", cfg.KeyPairsPerAddress}, {"ews_concurrency", cfg.EWSConcurrency},
+		{"notifications_in_flight", cfg.NotificationsInFlight}} {
 		if n.v < 0 {
 			fail("%s must be positive (got %d; 0 takes the default)", n.name, n.v)
 		}
@@ -170,6 +180,7 @@ type Service struct {
 	adminFailures loginFailures
 
 	keyPoolWake chan struct{}
+	inFlight    chan struct{} // a slot per notification being handled
 	running     atomic.Bool // between Start and Stop
 	stop        context.CancelFunc
 	workers     sync.WaitGroup
@@ -193,6 +204,7 @@ func New(cfg Config) (*Service, error) {
 	cfg.DeviceRateLimit = cmp.Or(cfg.DeviceRateLimit, cfg.RateLimit/2)
 	cfg.TenantRateLimit = cmp.Or(cfg.TenantRateLimit, 25*cfg.RateLimit)
 	cfg.CallbackRateLimit = cmp.Or(cfg.CallbackRateLimit, DefaultCallbackRateLimit)
+	cfg.NotificationsInFlight = cmp.Or(cfg.NotificationsInFlight, DefaultNotificationsInFlight)
 	cfg.KeyPairTTL = cmp.Or(cfg.KeyPairTTL, DefaultKeyPairTTL)
 	cfg.KeyPairsPerTenant = cmp.Or(cfg.KeyPairsPerTenant, DefaultKeyPairsPerTenant)
 	cfg.KeyPairsPerAddress = cmp.Or(cfg.KeyPairsPerAddress, DefaultKeyPairsPerAddress)
@@ -216,6 +228,7 @@ func New(cfg Config) (*Service, error) {
 		tenants:     tenantCache{entries: map[[sha256.Size]byte]cachedTenant{}},
 		limits:      newRateLimits(cfg),
 		keyPoolWake: make(chan struct{}, 1),
+		inFlight:    make(chan struct{}, cfg.NotificationsInFlight),
 	}, nil
 }
 
@@ -270,8 +283,14 @@ func (s *Service) every(ctx context.Context, interval time.Duration, wake <-chan
 	}()
 }
 
-// cleanUp forgets finished push claims and key pairs never used.
+// cleanUp forgets finished push claims and key pairs never used, and
+// counts the subscriptions by state for the metrics.
 func (s *Service) cleanUp(ctx context.Context) {
+	if counts, err := s.store.SubscriptionCounts(ctx); err == nil {
+		for state, n := range counts {
+			subscriptionsByState.WithLabelValues(state).Set(float64(n))
+		}
+	}
 	if _, err := s.store.DeleteOldClaims(ctx, pushMemory); err != nil && ctx.Err() == nil {
 		s.log.Warn("cleaning up push claims", slog.Any("error", err))
 	}

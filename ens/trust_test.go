@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -448,4 +449,47 @@ func TestReadyNamesWhatTheNodeIsMissing(t *testing.T) {
 	if st, body := ready(); st != 503 || fmt.Sprint(body["missing"]) != "[database]" {
 		t.Fatalf("database away: %d %v", st, body)
 	}
+}
+
+// A node works on a bounded number of callbacks at once: past it, Exchange
+// is answered 503 with Retry-After at once (and retries), nothing is
+// buffered. A push accepted counts in the webhook-to-push histogram.
+func TestCallbacksInFlightAreBounded(t *testing.T) {
+	e := newEnv(t, envOptions{inFlight: 1, statusFrequency: 30})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	if _, err := e.sim.InjectFault(ewssim.Fault{Kind: ewssim.FaultDelay, User: alice, Operation: "GetItem", Count: 1, Delay: 3 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	before := gatherMetrics(t)
+	item := e.deliver(alice, mailForAlice) // its callback now waits on GetItem
+	e.waitFor("the callback in flight", func() bool { return e.sim.Counters().Requests["GetItem"] == 1 })
+	callback, body := e.newMailNotification(alice, item.ID)
+	req, _ := http.NewRequest("POST", callback, strings.NewReader(string(body)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a second callback while one is in flight: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	e.waitFor("the push", func() bool { return len(e.pushes.pushes("")) == 1 })
+	if b, a := histogramCount(before), histogramCount(gatherMetrics(t)); a != fmt.Sprint(atoi(b)+1) {
+		t.Fatalf("webhook-to-push observations %q before, %q after one push", b, a)
+	}
+}
+
+// histogramCount is the webhook-to-push histogram's count in metrics text.
+func histogramCount(metrics string) string {
+	for line := range strings.Lines(metrics) {
+		if v, ok := strings.CutPrefix(line, "ensgate_ens_webhook_to_push_seconds_count "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "0"
+}
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
 }

@@ -53,6 +53,17 @@ func (s *Service) openCallback(ctx context.Context, publicID, f string) (store.S
 // the pushes are handed to APNs/FCM, Unsubscribe for a subscription that is
 // over, and an HTTP error when Exchange should retry later.
 func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
+	select {
+	case s.inFlight <- struct{}{}:
+		notificationsInFlight.Inc()
+		defer func() { <-s.inFlight; notificationsInFlight.Dec() }()
+	default:
+		notifications.WithLabelValues("overloaded").Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many notifications in flight; try again later", http.StatusServiceUnavailable)
+		return
+	}
+	arrived := time.Now()
 	ctx := r.Context()
 	q := r.URL.Query()
 	sub, creds, err := s.openCallback(ctx, q.Get("id"), q.Get("f"))
@@ -93,7 +104,7 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 	case creds.InboxID == "":
 		err = s.reverify(ctx, log, sub)
 	default:
-		result, err = s.handleNotification(ctx, log, sub, creds, n)
+		result, err = s.handleNotification(ctx, log, sub, creds, n, arrived)
 	}
 	if err != nil {
 		notifications.WithLabelValues("retry").Inc()
@@ -134,7 +145,7 @@ func (s *Service) reverify(ctx context.Context, log *slog.Logger, sub store.Subs
 }
 
 // handleNotification records Exchange's liveness and pushes new mail.
-func (s *Service) handleNotification(ctx context.Context, log *slog.Logger, sub store.Subscription, creds *credentials, n *ews.Notification) (ews.SubscriptionStatus, error) {
+func (s *Service) handleNotification(ctx context.Context, log *slog.Logger, sub store.Subscription, creds *credentials, n *ews.Notification, arrived time.Time) (ews.SubscriptionStatus, error) {
 	devices, err := s.store.ActiveDevices(ctx, sub.TenantID, sub.MailboxHash)
 	if err != nil {
 		return "", err
@@ -165,7 +176,7 @@ func (s *Service) handleNotification(ctx context.Context, log *slog.Logger, sub 
 	if err != nil {
 		return "", err
 	}
-	d := &delivery{s: s, log: log, sub: sub, creds: creds, tenant: tenant, devices: devices, ep: ep}
+	d := &delivery{s: s, log: log, sub: sub, creds: creds, tenant: tenant, devices: devices, ep: ep, arrived: arrived}
 	return d.run(ctx, items)
 }
 
