@@ -22,14 +22,14 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "ens",
-		Usage: "<migrate|tenant|endpoint|device|kcd> ...",
-		Short: "Administers ENSGate: schema, tenants, EWS endpoints, devices; checks KCD",
+		Usage: "<migrate|tenant|endpoint|device|subscription|kcd> ...",
+		Short: "Administers ENSGate: schema, tenants, EWS endpoints, devices; shows subscription health; checks KCD",
 		Long: `
 Works on the database named by $DATABASE_URL (or --database-url) directly,
 so no gateway needs to be running; running nodes pick the changes up.`,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.PersistentFlags().String("database-url", "", "PostgreSQL URL (default $DATABASE_URL)")
-			cmd.AddCommand(migrateCommand(), tenantCommand(), endpointCommand(), deviceCommand(), kcdCommand())
+			cmd.AddCommand(migrateCommand(), tenantCommand(), endpointCommand(), deviceCommand(), subscriptionCommand(), kcdCommand())
 		},
 	})
 }
@@ -360,6 +360,40 @@ func deviceActionCommand(action ens.DeviceAction) *cobra.Command {
 	cmd.Flags().String("device", "", "device id (required)")
 	cmd.MarkFlagRequired("device")
 	return cmd
+}
+
+func subscriptionCommand() *cobra.Command {
+	subscription := &cobra.Command{Use: "subscription", Short: "Shows a tenant's EWS push subscriptions"}
+	health := &cobra.Command{
+		Use:   "health --tenant NAME",
+		Short: "Counts a tenant's subscriptions by state and reason, and when Exchange was last heard from",
+		Long: `
+Counts only: no mailbox, nor its hash, is shown. Overdue subscriptions are
+active ones that Exchange has not called back for in longer than their
+status frequency; at twice it they fail as silent.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
+				h, err := s.SubscriptionHealth(ctx, t.ID)
+				if err != nil {
+					return err
+				}
+				out := cmd.OutOrStdout()
+				fmt.Fprintf(out, "tenant %q: %d active (%d overdue), %d failed, %d ended\n", t.Name, h.Active, h.Overdue, h.Failed, h.Ended)
+				if h.Active > 0 {
+					fmt.Fprintf(out, "Exchange last heard from: newest %s ago, oldest %s ago\n",
+						h.AsOf.Sub(h.NewestHeard).Round(time.Second), h.AsOf.Sub(h.OldestHeard).Round(time.Second))
+				}
+				return table(out, []string{"STATE", "REASON", "COUNT"}, len(h.Groups), func(i int) []string {
+					g := h.Groups[i]
+					return []string{g.State, orDash(g.Reason), fmt.Sprint(g.Count)}
+				})
+			})
+		},
+	}
+	tenantFlag(health)
+	subscription.AddCommand(health)
+	return subscription
 }
 
 // table prints rows under a header, aligned; an empty table says so.

@@ -69,6 +69,7 @@ func (s *Service) adminAPI(mux *http.ServeMux) {
 	if s.cfg.AdminToken == "" {
 		return
 	}
+	mux.Handle("GET "+BasePath+"/admin/tenants/{tenant}/subscriptions", s.admin(s.adminSubscriptionHealth))
 	prefix := BasePath + "/admin/tenants/{tenant}/devices"
 	mux.Handle("GET "+prefix, s.admin(s.adminListDevices))
 	for _, action := range DeviceActions {
@@ -230,6 +231,42 @@ func (s *Service) adminListDevices(w http.ResponseWriter, r *http.Request, t sto
 		out[i] = device(d)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"devices": out})
+	return nil
+}
+
+// adminSubscriptionHealth answers store.SubscriptionHealth: counts and
+// times, no mailbox.
+func (s *Service) adminSubscriptionHealth(w http.ResponseWriter, r *http.Request, t store.Tenant) error {
+	h, err := s.store.SubscriptionHealth(r.Context(), t.ID)
+	if err != nil {
+		return err
+	}
+	type group struct {
+		State  string `json:"state"`
+		Reason string `json:"reason,omitempty"`
+		Count  int    `json:"count"`
+	}
+	type heard struct {
+		Oldest time.Time `json:"oldest"`
+		Newest time.Time `json:"newest"`
+	}
+	answer := struct {
+		Tenant    string    `json:"tenant"`
+		AsOf      time.Time `json:"asOf"`
+		Active    int       `json:"active"`
+		Overdue   int       `json:"overdue"`
+		Failed    int       `json:"failed"`
+		Ended     int       `json:"ended"`
+		LastHeard *heard    `json:"lastHeard,omitempty"` // without active subscriptions, nothing was heard
+		ByReason  []group   `json:"byReason"`
+	}{Tenant: t.Name, AsOf: h.AsOf.UTC(), Active: h.Active, Overdue: h.Overdue, Failed: h.Failed, Ended: h.Ended, ByReason: []group{}}
+	if h.Active > 0 {
+		answer.LastHeard = &heard{h.OldestHeard.UTC(), h.NewestHeard.UTC()}
+	}
+	for _, g := range h.Groups {
+		answer.ByReason = append(answer.ByReason, group(g))
+	}
+	writeJSON(w, http.StatusOK, answer)
 	return nil
 }
 

@@ -1,12 +1,22 @@
 package ens_test
 
 import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/ensgate/ensgate/ens"
+	"github.com/ensgate/ensgate/internal/sim/ewssim"
+	"github.com/ensgate/ensgate/store"
 )
 
 // send makes a request with the Authorization header given verbatim.
@@ -106,5 +116,84 @@ func TestFailedAdminLoginsAreLimited(t *testing.T) {
 	// The device API is not the admin API: its callers are not affected.
 	if w := send(t, h, "POST", "/api/ens/publickey", "Bearer "+e.token); w.Code == http.StatusTooManyRequests {
 		t.Errorf("the device API is limited by admin login failures")
+	}
+}
+
+// The admin API's subscription health counts states and reasons and times
+// the last callbacks; it names no mailbox, nor its hash.
+func TestAdminSubscriptionHealth(t *testing.T) {
+	admin := strings.Repeat("a", 40)
+	// Exchange minutes of a real minute: the simulator's status pings do not
+	// refresh the times set below while the test runs.
+	e := newEnv(t, envOptions{adminToken: admin, simConfig: ewssim.Config{ClockScale: time.Minute}})
+	const health = "/api/ens/admin/tenants/contoso/subscriptions"
+	status, body := e.callWith(admin, "GET", health, nil)
+	if status != http.StatusOK || body["active"] != 0.0 || body["lastHeard"] != nil || len(body["byReason"].([]any)) != 0 {
+		t.Fatalf("a tenant without subscriptions: %d %v", status, body)
+	}
+
+	ctx := context.Background()
+	e.register(e.basicDevice("phone", alice, alicePW, 1))
+	live := e.register(e.basicDevice("tablet", alice, alicePW, 1)) // supersedes phone's
+	refused := e.register(e.basicDevice("bobphone", bob, bobPW, 1))
+	sub, err := e.store.SubscriptionByPublicID(ctx, refused)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.StopSubscription(ctx, sub.ID, store.SubscriptionFailed, store.ReasonUnauthorized); err != nil {
+		t.Fatal(err)
+	}
+	// Past the 1-minute status frequency, not yet twice it (silent).
+	if _, err := e.store.Pool().Exec(ctx, `UPDATE subscriptions SET last_seen_at = now() - interval '90 seconds' WHERE public_id = $1`, live); err != nil {
+		t.Fatal(err)
+	}
+
+	w := send(t, e.svc.Handler(), "GET", health, "Bearer "+admin)
+	var got struct {
+		Tenant                         string
+		AsOf                           time.Time
+		Active, Overdue, Failed, Ended int
+		LastHeard                      *struct{ Oldest, Newest time.Time }
+		ByReason                       []struct {
+			State, Reason string
+			Count         int
+		}
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &got); w.Code != http.StatusOK || err != nil {
+		t.Fatalf("subscription health: %d %s, %v", w.Code, w.Body, err)
+	}
+	t.Logf("GET %s: %s", health, w.Body)
+	if got.Tenant != "contoso" || got.Active != 1 || got.Overdue != 1 || got.Failed != 1 || got.Ended != 1 {
+		t.Errorf("counts %+v, want 1 active (1 overdue), 1 failed, 1 ended", got)
+	}
+	wantGroups := "[{active  1} {failed unauthorized 1} {ended superseded 1}]"
+	if groups := fmt.Sprint(got.ByReason); groups != wantGroups {
+		t.Errorf("byReason %s, want %s", groups, wantGroups)
+	}
+	if got.LastHeard == nil || got.LastHeard.Oldest != got.LastHeard.Newest ||
+		got.AsOf.Sub(got.LastHeard.Oldest) < 90*time.Second || got.AsOf.Sub(got.LastHeard.Oldest) > 2*time.Minute {
+		t.Errorf("lastHeard %+v as of %v, want the one live subscription's, 90 seconds before", got.LastHeard, got.AsOf)
+	}
+	rows, _ := e.store.Pool().Query(ctx, `SELECT mailbox_hash FROM subscriptions`)
+	hashes, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil || len(hashes) != 3 {
+		t.Fatalf("mailbox hashes: %d, %v", len(hashes), err)
+	}
+	for _, h := range hashes {
+		for _, enc := range []string{hex.EncodeToString(h), base64.StdEncoding.EncodeToString(h), base64.RawURLEncoding.EncodeToString(h)} {
+			if strings.Contains(w.Body.String(), enc) {
+				t.Errorf("the answer holds a mailbox hash (%s)", enc)
+			}
+		}
+	}
+	if strings.Contains(w.Body.String(), "@") {
+		t.Errorf("the answer names a mailbox: %s", w.Body)
+	}
+
+	if w := send(t, e.svc.Handler(), "GET", "/api/ens/admin/tenants/nobody/subscriptions", "Bearer "+admin); w.Code != http.StatusNotFound {
+		t.Errorf("an unknown tenant: %d, want 404", w.Code)
+	}
+	if w := send(t, e.svc.Handler(), "GET", health, "Bearer "+e.token); w.Code != http.StatusUnauthorized {
+		t.Errorf("a tenant token: %d, want 401", w.Code)
 	}
 }
