@@ -181,7 +181,7 @@ type Service struct {
 
 	keyPoolWake chan struct{}
 	inFlight    chan struct{} // a slot per notification being handled
-	running     atomic.Bool // between Start and Stop
+	running     atomic.Bool   // between Start and Stop
 	stop        context.CancelFunc
 	workers     sync.WaitGroup
 }
