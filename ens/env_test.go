@@ -104,7 +104,8 @@ type envOptions struct {
 	rateLimit   float64
 	// callbackRate limits the notifications per subscription per second.
 	callbackRate float64
-	inFlight     int // notifications one node works on at once
+	inFlight     int    // notifications one node works on at once
+	dbURL        string // the database; empty: a new one on the shared server
 	simConfig    ewssim.Config
 	keyPool      int
 	rootCAs      *x509.CertPool
@@ -121,7 +122,10 @@ type envOptions struct {
 func newEnv(t testing.TB, opts envOptions) *env {
 	t.Helper()
 	ctx := context.Background()
-	e := &env{t: t, dbURL: pgtest.NewDatabase(t), pushes: &recorder{outcomes: map[string][]push.Outcome{}}}
+	e := &env{t: t, dbURL: opts.dbURL, pushes: &recorder{outcomes: map[string][]push.Outcome{}}}
+	if e.dbURL == "" {
+		e.dbURL = pgtest.NewDatabase(t)
+	}
 	var err error
 	if e.store, err = store.Open(ctx, e.dbURL); err != nil {
 		t.Fatal(err)

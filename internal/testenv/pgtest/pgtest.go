@@ -144,14 +144,22 @@ func start() (*server, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("pgtest: initdb: %v\n%s", err, out)
 	}
-	opts := "-k " + dir + " -c listen_addresses= -c fsync=off -c synchronous_commit=off" +
-		" -c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB"
-	if out, err := s.run("pg_ctl", "start", "-w", "-t", "60", "-D", data, "-l", filepath.Join(dir, "log"), "-o", opts); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "log"))
+	if err := s.start(); err != nil {
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("pgtest: pg_ctl start: %v\n%s\n%s", err, out, log)
+		return nil, err
 	}
 	return s, nil
+}
+
+// start starts the initialised cluster.
+func (s *server) start() error {
+	opts := "-k " + s.dir + " -c listen_addresses= -c fsync=off -c synchronous_commit=off" +
+		" -c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB"
+	if out, err := s.run("pg_ctl", "start", "-w", "-t", "60", "-D", filepath.Join(s.dir, "data"), "-l", filepath.Join(s.dir, "log"), "-o", opts); err != nil {
+		log, _ := os.ReadFile(filepath.Join(s.dir, "log"))
+		return fmt.Errorf("pgtest: pg_ctl start: %v\n%s\n%s", err, out, log)
+	}
+	return nil
 }
 
 func (s *server) stop() {
@@ -200,4 +208,44 @@ func chownTo(dir, name string) error {
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 	return os.Chown(dir, uid, gid)
+}
+
+// Server is a PostgreSQL cluster of one test's own, for tests that stop and
+// start it (a restart while the gateway runs); other tests use NewDatabase.
+type Server struct {
+	s *server
+}
+
+// NewServer starts a cluster, stopped and removed when the test ends.
+func NewServer(t testenv.TB) *Server {
+	t.Helper()
+	s, err := start()
+	if errors.Is(err, errNotInstalled) && os.Getenv("ENSGATE_REQUIRE_POSTGRES") == "" {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.stop)
+	return &Server{s: s}
+}
+
+// URL is the connection URL of the cluster's postgres database.
+func (s *Server) URL() string { return s.s.url("postgres") }
+
+// Stop shuts the cluster down as an admin would (fast: connections are
+// closed, nothing is lost).
+func (s *Server) Stop(t testenv.TB) {
+	t.Helper()
+	if out, err := s.s.run("pg_ctl", "stop", "-w", "-m", "fast", "-D", filepath.Join(s.s.dir, "data")); err != nil {
+		t.Fatalf("pgtest: pg_ctl stop: %v\n%s", err, out)
+	}
+}
+
+// Start starts the cluster again after Stop.
+func (s *Server) Start(t testenv.TB) {
+	t.Helper()
+	if err := s.s.start(); err != nil {
+		t.Fatal(err)
+	}
 }
