@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -248,4 +249,105 @@ func (s *Server) Start(t testenv.TB) {
 	if err := s.s.start(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Kill stops the cluster as a crash would (immediate: no checkpoint, the
+// connections are dropped), the way a primary dies before a failover.
+func (s *Server) Kill(t testenv.TB) {
+	t.Helper()
+	if out, err := s.s.run("pg_ctl", "stop", "-w", "-m", "immediate", "-D", filepath.Join(s.s.dir, "data")); err != nil {
+		t.Fatalf("pgtest: pg_ctl stop -m immediate: %v\n%s", err, out)
+	}
+}
+
+// NewStandby makes a streaming standby of s with pg_basebackup -R (initdb
+// -A trust already lets local connections replicate) and starts it on a
+// socket directory of its own. It is stopped and removed when the test ends.
+func (s *Server) NewStandby(t testenv.TB) *Server {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ensgate-pg-standby-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &server{dir: dir, bin: s.s.bin, asUser: s.s.asUser}
+	if st.asUser != "" {
+		if err := chownTo(dir, st.asUser); err != nil {
+			os.RemoveAll(dir)
+			t.Fatal(err)
+		}
+	}
+	// -c fast: no waiting for the next checkpoint; -X stream: the WAL of
+	// the copy itself comes along, so the standby starts consistent.
+	if out, err := st.run("pg_basebackup", "-h", s.s.dir, "-U", "postgres", "-D", filepath.Join(dir, "data"),
+		"-R", "-X", "stream", "-c", "fast", "--no-sync"); err != nil {
+		os.RemoveAll(dir)
+		t.Fatalf("pgtest: pg_basebackup: %v\n%s", err, out)
+	}
+	if err := st.start(); err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	t.Cleanup(st.stop)
+	return &Server{s: st}
+}
+
+// WaitReplayed waits until standby has replayed everything s has written
+// so far, so that a failover now loses none of it (replication is
+// asynchronous: the last commits before a crash may be lost otherwise).
+func (s *Server) WaitReplayed(t testenv.TB, standby *Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	primary, err := pgx.Connect(ctx, s.URL())
+	if err != nil {
+		t.Fatalf("pgtest: connect to the primary: %v", err)
+	}
+	defer primary.Close(ctx)
+	// The insert position, not pg_current_wal_lsn (written so far): with
+	// synchronous_commit=off the last commits may not be written yet.
+	var lsn string
+	if err := primary.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn); err != nil {
+		t.Fatalf("pgtest: primary's WAL position: %v", err)
+	}
+	replica, err := pgx.Connect(ctx, standby.URL())
+	if err != nil {
+		t.Fatalf("pgtest: connect to the standby: %v", err)
+	}
+	defer replica.Close(ctx)
+	for {
+		var done bool
+		if err := replica.QueryRow(ctx, "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false)", lsn).Scan(&done); err != nil {
+			t.Fatalf("pgtest: standby's replay position: %v", err)
+		}
+		if done {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("pgtest: the standby has not replayed up to %s", lsn)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Promote makes a standby the primary and waits until it accepts writes.
+func (s *Server) Promote(t testenv.TB) {
+	t.Helper()
+	if out, err := s.s.run("pg_ctl", "promote", "-w", "-t", "60", "-D", filepath.Join(s.s.dir, "data")); err != nil {
+		t.Fatalf("pgtest: pg_ctl promote: %v\n%s", err, out)
+	}
+}
+
+// MultiHostURL is the postgres database's URL on all the servers, in
+// order, with target_session_attrs=read-write: a client connects to
+// whichever of them is the primary, as a DATABASE_URL for a primary and
+// its standbys does.
+func MultiHostURL(servers ...*Server) string {
+	hosts := make([]string, len(servers))
+	for i, s := range servers {
+		hosts[i] = s.s.dir
+	}
+	return (&url.URL{Scheme: "postgres", User: url.User("postgres"), Path: "/postgres",
+		RawQuery: url.Values{"host": {strings.Join(hosts, ",")}, "sslmode": {"disable"},
+			"target_session_attrs": {"read-write"}}.Encode()}).String()
 }
