@@ -44,10 +44,18 @@ func TestPostgreSQLRestartLosesNothing(t *testing.T) {
 
 	// An admin's block after the restart reaches the compliance cache,
 	// whose LISTEN connection the restart broke.
+	phone := store.DeviceKey{TenantID: e.tenant.ID, DeviceID: "phone"}
+	e.waitFor("the compliance listener back", func() bool {
+		_, err := e.cfg.Compliance.State(phone)
+		return err == nil
+	})
 	if err := e.store.SetCompliance(context.Background(), e.tenant.ID, "phone", store.Blocked); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second) // a NOTIFY, or the reload after reconnecting, takes well under this
+	e.waitFor("the block in the compliance cache", func() bool {
+		state, _ := e.cfg.Compliance.State(phone)
+		return state == store.Blocked
+	})
 	e.deliver(alice, mailFromCarol)
 	e.waitFor("the tablet's push", func() bool { return len(e.pushes.pushes(tok("tablet"))) == 1 })
 	e.settle()
