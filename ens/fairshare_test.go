@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -449,4 +450,38 @@ func TestOneUsersThrottlingDoesNotBlockOthers(t *testing.T) {
 	e.register(e.basicDevice("alices-phone", alice, alicePW, 0))
 	e.deliver(alice, mailFromCarol)
 	e.waitFor("alice's push", func() bool { return len(e.pushes.pushes(tok("alices-phone"))) == 1 })
+}
+
+// Rate limits are kept per node (docs/api.md): behind a balancer, one
+// client address gets each node's burst and rate, so N nodes allow N times
+// the figures. This test pins that bound: two nodes on one database admit
+// exactly twice one node's burst.
+func TestRateLimitsAreKeptPerNode(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	withClientIP(e, func(c *ens.Config) { c.RateLimit = 0.01 }) // a burst of 1, then one request per 100 s
+	other, err := ens.New(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeB := httptest.NewServer(other.Handler())
+	t.Cleanup(nodeB.Close)
+	admitted := 0
+	for _, base := range []string{e.api.URL, nodeB.URL} {
+		for range 3 {
+			req, _ := http.NewRequest("GET", base+"/api/ens/status?deviceId=phone", nil)
+			req.Header.Set("Authorization", "Bearer "+e.token)
+			req.Header.Set("X-Test-Client", "192.0.2.9")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusTooManyRequests {
+				admitted++
+			}
+		}
+	}
+	if admitted != 2 {
+		t.Fatalf("%d of 6 requests from one address admitted by two nodes, want each node's burst of 1", admitted)
+	}
 }
