@@ -43,9 +43,11 @@ type delivery struct {
 	// calls are the options of each EWS call: sign the devices'
 	// attestation into it, and record its answer's header in answer.
 	calls []ews.CallOption
-	// answer is the header of the latest EWS answer, which names the
-	// devices an ENSGate EWS proxy accepted.
+	// answer is the header of the latest EWS answer.
 	answer http.Header
+	// accepted is the device list of the latest answer that carried one
+	// (an ENSGate EWS proxy's), nil while none has.
+	accepted []string
 }
 
 // level is what a device may be shown.
@@ -118,6 +120,7 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 	var item *ews.Item
 	if d.needsContent(targets) {
 		item, err = client.GetItem(ctx, acct, id, d.calls...)
+		d.noteProxyAnswer()
 		if errors.Is(err, ews.ErrItemNotFound) || refusedByProxy(err) || (err == nil && !announceable(item, d.sub, d.creds, d.s.cfg.Now())) {
 			// Deleted or moved before we looked, no device may see mail, or
 			// not new mail of this Inbox (a replay): nothing to announce.
@@ -190,6 +193,7 @@ func (d *delivery) unreadCount(ctx context.Context, client *ews.Client, acct ews
 	}
 	badge := -1
 	inbox, err := client.GetInbox(ctx, acct, d.calls...)
+	d.noteProxyAnswer()
 	switch {
 	case err == nil:
 		badge = inbox.UnreadCount

@@ -1,13 +1,16 @@
 package ens_test
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -335,5 +338,61 @@ func TestPushesOnlyToDevicesTheProxyAccepted(t *testing.T) {
 	e.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM push_claims WHERE done_at IS NULL`).Scan(&open)
 	if open != 0 {
 		t.Errorf("%d push claims left open", open)
+	}
+}
+
+// An answer without the proxy's device list (here the GetFolder for the
+// badge gets a bare 503, as from a balancer or a proxy node that cannot
+// judge) does not turn the list of the item's GetItem into "everyone":
+// the device the proxy refused still gets nothing.
+func TestAnAnswerWithoutTheProxysListAcceptsNoOneElse(t *testing.T) {
+	secret := []byte(strings.Repeat("s", 32))
+	e := newEnv(t, envOptions{proxySecret: secret})
+	states := compliance.New(e.store, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { states.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	guard := ewsproxy.NewGuard(ewsproxy.Config{Attestation: attest.Attestation{Secret: secret}}, states, slog.New(slog.DiscardHandler))
+	upstream, _ := url.Parse(e.sim.URL)
+	rp := httputil.NewSingleHostReverseProxy(upstream)
+	var failGetFolder atomic.Bool
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		if failGetFolder.Load() && bytes.Contains(body, []byte("GetFolder")) {
+			http.Error(w, "Service Unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request, _ bool) error { rp.ServeHTTP(w, r); return nil })
+	}))
+	t.Cleanup(proxy.Close)
+	ewsURL := proxy.URL + ewssim.EWSPath
+	if _, err := e.store.AddEndpoint(context.Background(), e.tenant.ID, ewsURL, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"phone", "tablet"} {
+		e.store.SetCompliance(context.Background(), e.tenant.ID, id, "compliant")
+	}
+	e.waitFor("the proxy's states", func() bool {
+		s, _ := states.State(store.DeviceKey{TenantID: e.tenant.ID, DeviceID: "tablet"})
+		return s == store.Compliant
+	})
+	for _, id := range []string{"phone", "tablet"} {
+		d := e.basicDevice(id, alice, alicePW, 0)
+		d.EWSURL = ewsURL
+		e.register(d)
+	}
+	e.store.SetCompliance(context.Background(), e.tenant.ID, "tablet", "blocked")
+	e.waitFor("the proxy's block", func() bool {
+		s, _ := states.State(store.DeviceKey{TenantID: e.tenant.ID, DeviceID: "tablet"})
+		return s == store.Blocked
+	})
+	failGetFolder.Store(true)
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("the phone's push", func() bool { return len(e.pushes.pushes(tok("phone"))) == 1 })
+	e.settle()
+	if n := len(e.pushes.pushes(tok("tablet"))); n != 0 {
+		t.Fatalf("the tablet the proxy refused got %d pushes after a list-less answer", n)
 	}
 }

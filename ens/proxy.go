@@ -63,15 +63,25 @@ func refusedByProxy(err error) bool {
 	return errors.As(err, &he) && he.StatusCode == http.StatusForbidden
 }
 
+// noteProxyAnswer keeps the device list of the latest EWS answer that
+// carried one. An ENSGate EWS proxy names the devices it accepted on every
+// answer it lets through; an answer without the list after one with it (an
+// error of the proxy's, or of a balancer in front of it) must not count as
+// "every device accepted".
+func (d *delivery) noteProxyAnswer() {
+	if v := d.answer[http.CanonicalHeaderKey(attest.AcceptedHeader)]; len(v) > 0 {
+		d.accepted = v
+	}
+}
+
 // acceptedByProxy splits devs into those an ENSGate EWS proxy in front of
-// Exchange accepted (all of them without a proxy's answer) and the ids of
-// the others.
+// Exchange accepted (all of them when no answer named any: no proxy) and
+// the ids of the others.
 func (d *delivery) acceptedByProxy(devs []store.Device) (accepted []store.Device, refused []int64) {
-	v, ok := d.answer[http.CanonicalHeaderKey(attest.AcceptedHeader)]
-	if !ok || len(v) == 0 {
+	if d.accepted == nil {
 		return devs, nil
 	}
-	ids, err := attest.SplitIDs(v[0])
+	ids, err := attest.SplitIDs(d.accepted[0])
 	for _, dev := range devs {
 		if err == nil && slices.Contains(ids, dev.DeviceID) {
 			accepted = append(accepted, dev)
