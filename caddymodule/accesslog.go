@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -97,7 +98,7 @@ func (a accessLog) serve(w http.ResponseWriter, r *http.Request, next func(http.
 		}
 	}
 	fields := append([]zap.Field{request,
-		zap.Int("bytes_read", body.n),
+		zap.Int64("bytes_read", body.n.Load()),
 		zap.String("user_id", userID(r)),
 		zap.Duration("duration", time.Since(start)),
 		zap.Int("size", rec.Size()),
@@ -163,14 +164,17 @@ func redactQuery(query string) string {
 }
 
 // countingReader counts the request body bytes read, for bytes_read.
+// countingReader counts the body bytes read. Behind reverse_proxy the
+// transport may still be reading the body on its own goroutine when the
+// handler returns (an upstream answering early), hence the atomic.
 type countingReader struct {
 	r io.ReadCloser
-	n int
+	n atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += n
+	c.n.Add(int64(n))
 	return n, err
 }
 

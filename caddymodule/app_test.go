@@ -86,8 +86,8 @@ func TestAppValidationNamesEveryBadField(t *testing.T) {
 			[]string{"fcm.credentials_file is unusable", `fcm.url "fcm.test": want an https:// URL (set ENS_FCM_URL)`}},
 		{"tunables", App{DatabaseURL: "postgres://x", MasterKey: goodKey, PublicURL: "https://x", KeyPoolSize: -1,
 			StatusFrequency: caddy.Duration(90 * time.Second), RateLimit: -1, KeyPairTTL: caddy.Duration(-time.Minute), EWSConcurrency: -2},
-			[]string{"ens: key_pool_size must be 1 to 10000 (got -1)", "ens: status_frequency must be whole minutes from 1m to 24h (got 1m30s)",
-				"ens: rate_limit must be positive", "ens: key_pair_ttl must be positive (got -1m0s", "ens: ews_concurrency must be positive (got -2"}},
+			[]string{"ens: key_pool_size must be 1 to 10000, or 0 for the default (got -1)", "ens: status_frequency must be whole minutes from 1m to 24h (got 1m30s)",
+				"ens: rate_limit must be a positive number", "ens: key_pair_ttl must be positive (got -1m0s", "ens: ews_concurrency must be positive (got -2"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.app.resolve()

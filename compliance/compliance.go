@@ -53,18 +53,29 @@ func (c *Cache) settle() { c.settledOnce.Do(func() { close(c.settled) }) }
 var ErrUnknown = errors.New("device compliance is not known yet (database unreachable)")
 
 // Lookup is State for a request. Until the first load has succeeded or
-// failed it waits for that outcome (or for ctx), so a request that reaches
-// a node in its first moments is judged by the states rather than refused
-// for not knowing them yet; a database that refuses connections fails the
-// first load, and so the request, at once. Afterwards it costs one channel
-// check.
+// failed it waits for that outcome (or for ctx, at most FirstLoadWait), so
+// a request that reaches a node in its first moments is judged by the
+// states rather than refused for not knowing them yet; a database that
+// refuses connections fails the first load, and so the request, at once,
+// and one that does not answer at all costs a request FirstLoadWait.
+// Afterwards it costs one channel check.
 func (c *Cache) Lookup(ctx context.Context, k store.DeviceKey) (string, error) {
 	select {
 	case <-c.settled:
-	case <-ctx.Done():
+	default:
+		wait := time.NewTimer(FirstLoadWait)
+		defer wait.Stop()
+		select {
+		case <-c.settled:
+		case <-ctx.Done():
+		case <-wait.C:
+		}
 	}
 	return c.State(k)
 }
+
+// FirstLoadWait bounds how long a request waits for the first load.
+const FirstLoadWait = 5 * time.Second
 
 // State returns a device's state ("" when the device is unknown). With
 // TenantID 0 it looks across tenants and returns the most restrictive.

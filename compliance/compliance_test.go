@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -61,5 +62,41 @@ func TestLookupWaitsForTheFirstLoad(t *testing.T) {
 	t.Cleanup(func() { stop(); <-done })
 	if r := <-looked; r.state != store.Blocked || r.err != nil {
 		t.Errorf("Lookup after the first load: %+v, want blocked", r)
+	}
+}
+
+// A database that accepts connections and never answers (a dropped-packet
+// host) holds a request at most FirstLoadWait, then it is refused as
+// unknown rather than kept for the TCP timeout.
+func TestLookupWaitsForTheFirstLoadBoundedly(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	silent, err := store.Open(context.Background(), "postgres://ensgate@"+l.Addr().String()+"/ensgate?connect_timeout=120")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	c := compliance.New(silent, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	deadline, stop := context.WithTimeout(context.Background(), 60*time.Second)
+	defer stop()
+	_, err = c.Lookup(deadline, store.DeviceKey{TenantID: 1, DeviceID: "phone"})
+	if deadline.Err() != nil || !errors.Is(err, compliance.ErrUnknown) {
+		t.Fatalf("Lookup against a silent database: %v (context %v), want ErrUnknown well before the request's own deadline", err, deadline.Err())
 	}
 }

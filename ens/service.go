@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"sync"
@@ -129,20 +130,17 @@ func (cfg Config) Validate() error {
 	var errs []error
 	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf("ens: "+format, args...)) }
 	if cfg.KeyPoolSize < 0 || cfg.KeyPoolSize > MaxKeyPoolSize {
-		fail("key_pool_size must be 1 to %d (got %d)", MaxKeyPoolSize, cfg.KeyPoolSize)
+		fail("key_pool_size must be 1 to %d, or 0 for the default (got %d)", MaxKeyPoolSize, cfg.KeyPoolSize)
 	}
 	if sf := cfg.StatusFrequency; sf != 0 && (sf%time.Minute != 0 || sf < ews.MinStatusFrequency*time.Minute || sf > ews.MaxStatusFrequency*time.Minute) {
 		fail("status_frequency must be whole minutes from 1m to 24h (got %s)", sf)
 	}
-	if cfg.RateLimit < 0 {
-		fail("rate_limit must be positive (requests per second per tenant)")
-	}
 	for _, r := range []struct {
 		name string
 		v    float64
-	}{{"device_rate_limit", cfg.DeviceRateLimit}, {"tenant_rate_limit", cfg.TenantRateLimit}, {"callback_rate_limit", cfg.CallbackRateLimit}} {
-		if r.v < 0 {
-			fail("%s must be positive (requests per second; 0 takes the default)", r.name)
+	}{{"rate_limit", cfg.RateLimit}, {"device_rate_limit", cfg.DeviceRateLimit}, {"tenant_rate_limit", cfg.TenantRateLimit}, {"callback_rate_limit", cfg.CallbackRateLimit}} {
+		if r.v < 0 || math.IsNaN(r.v) || math.IsInf(r.v, 0) {
+			fail("%s must be a positive number (requests per second; 0 takes the default)", r.name)
 		}
 	}
 	for _, n := range []struct {

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -31,6 +32,9 @@ type Store struct {
 // New wraps an existing pool (for example one shared across Caddy reloads).
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
+// DefaultConnectTimeout applies unless the URL sets connect_timeout.
+const DefaultConnectTimeout = 10 * time.Second
+
 // Open creates a connection pool for databaseURL. It does not connect yet:
 // a database that is down at start-up is reported by the first query.
 func Open(ctx context.Context, databaseURL string) (*Store, error) {
@@ -38,6 +42,11 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	if err != nil {
 		// pgx's message may quote the URL, password included.
 		return nil, errors.New("invalid database URL: expected postgres://user:pass@host:port/db or key=value pairs")
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// Without one, a database host that drops packets holds every
+		// query for the operating system's TCP timeout (minutes).
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
