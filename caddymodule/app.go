@@ -101,6 +101,7 @@ type App struct {
 	store      *store.Store
 	compliance *compliance.Cache
 	service    *ens.Service
+	push       *push.Router // its senders keep connections, closed at Cleanup
 	handler    http.Handler
 	logger     *zap.Logger
 }
@@ -159,13 +160,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := ens.Register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("ens: metrics: %w", err)
 	}
-	sender, err := a.pushSender(ctx.Slogger())
+	a.push, err = a.pushSender(ctx.Slogger())
 	if err != nil {
 		return err
 	}
 	cfg := a.settings
 	cfg.Store, cfg.MasterKey, cfg.AcceptedMasterKeys, cfg.PublicURL = s, a.masterKey, a.accepted, a.publicURL
-	cfg.Push, cfg.Logger, cfg.ClientIP = sender, ctx.Slogger(), caddyClientIP
+	cfg.Push, cfg.Logger, cfg.ClientIP = a.push, ctx.Slogger(), caddyClientIP
 	cfg.Compliance, cfg.ProxySecret, cfg.AdminToken = a.compliance, a.proxySecret, a.adminToken
 	a.service, err = ens.New(cfg)
 	if err != nil {
@@ -176,7 +177,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 }
 
 // pushSender builds the APNs and FCM senders that are configured.
-func (a *App) pushSender(logger *slog.Logger) (push.Sender, error) {
+func (a *App) pushSender(logger *slog.Logger) (*push.Router, error) {
 	router := &push.Router{Logger: logger}
 	retry := push.RetryPolicy{MaxElapsed: ens.PushTimeBudget}
 	if a.apnsOn {
@@ -383,8 +384,17 @@ func (a *App) Stop() error {
 }
 
 // Cleanup gives back this config's references to the shared compliance
-// cache and pool.
+// cache and pool, and drops its push senders' idle connections (a reload
+// builds new senders; the old ones' HTTP/2 connections would otherwise
+// stay up on their keep-alive pings).
 func (a *App) Cleanup() error {
+	if a.push != nil {
+		for _, s := range []push.Sender{a.push.APNs, a.push.FCM} {
+			if c, ok := s.(interface{ Close() }); ok {
+				c.Close()
+			}
+		}
+	}
 	var errs []error
 	if a.compliance != nil {
 		errs = append(errs, releaseCompliance(a.databaseURL))
