@@ -294,20 +294,26 @@ func TestAdminAPIBlocksAndRemovesDevices(t *testing.T) {
 	}
 }
 
-// Behind an ENSGate EWS proxy, ENS pushes only to the devices the proxy
-// accepted, and is done with the others for that item.
-func TestPushesOnlyToDevicesTheProxyAccepted(t *testing.T) {
-	secret := []byte(strings.Repeat("s", 32))
-	e := newEnv(t, envOptions{proxySecret: secret})
-	compliance := compliance.New(e.store, slog.New(slog.DiscardHandler))
+// behindProxy puts an ENSGate EWS guard (with its own compliance cache)
+// and a reverse proxy in front of the simulator, as a tenant endpoint, and
+// registers the phone and the tablet through it; then the proxy's copy
+// blocks the tablet. ENS itself consults no compliance in this setup (the
+// env runs without), so only the proxy's answers can stop the tablet.
+// front, if not nil, sees each request first and may answer it itself.
+func behindProxy(t *testing.T, e *env, secret []byte, front func(http.ResponseWriter, *http.Request) bool) {
+	t.Helper()
+	states := compliance.New(e.store, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { compliance.Run(ctx); close(done) }()
+	go func() { states.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	guard := ewsproxy.NewGuard(ewsproxy.Config{Attestation: attest.Attestation{Secret: secret}}, compliance, slog.New(slog.DiscardHandler))
+	guard := ewsproxy.NewGuard(ewsproxy.Config{Attestation: attest.Attestation{Secret: secret}}, states, slog.New(slog.DiscardHandler))
 	upstream, _ := url.Parse(e.sim.URL)
 	rp := httputil.NewSingleHostReverseProxy(upstream)
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if front != nil && front(w, r) {
+			return
+		}
 		guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request, _ bool) error { rp.ServeHTTP(w, r); return nil })
 	}))
 	t.Cleanup(proxy.Close)
@@ -315,19 +321,31 @@ func TestPushesOnlyToDevicesTheProxyAccepted(t *testing.T) {
 	if _, err := e.store.AddEndpoint(context.Background(), e.tenant.ID, ewsURL, ""); err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range []string{"phone", "tablet"} {
-		e.store.SetCompliance(context.Background(), e.tenant.ID, id, "compliant")
+	proxyState := func(state string) func() bool {
+		return func() bool {
+			s, _ := states.State(store.DeviceKey{TenantID: e.tenant.ID, DeviceID: "tablet"})
+			return s == state
+		}
 	}
-	time.Sleep(200 * time.Millisecond)
+	for _, id := range []string{"phone", "tablet"} {
+		e.store.SetCompliance(context.Background(), e.tenant.ID, id, store.Compliant)
+	}
+	e.waitFor("the proxy's states", proxyState(store.Compliant))
 	for _, id := range []string{"phone", "tablet"} {
 		d := e.basicDevice(id, alice, alicePW, 0)
 		d.EWSURL = ewsURL
 		e.register(d)
 	}
-	// The proxy's copy blocks the tablet; ENS itself does not consult
-	// compliance in this setup, so only the proxy's answer can stop it.
-	e.store.SetCompliance(context.Background(), e.tenant.ID, "tablet", "blocked")
-	time.Sleep(200 * time.Millisecond)
+	e.store.SetCompliance(context.Background(), e.tenant.ID, "tablet", store.Blocked)
+	e.waitFor("the proxy's block", proxyState(store.Blocked))
+}
+
+// Behind an ENSGate EWS proxy, ENS pushes only to the devices the proxy
+// accepted, and is done with the others for that item.
+func TestPushesOnlyToDevicesTheProxyAccepted(t *testing.T) {
+	secret := []byte(strings.Repeat("s", 32))
+	e := newEnv(t, envOptions{proxySecret: secret})
+	behindProxy(t, e, secret, nil)
 	e.deliver(alice, mailFromCarol)
 	e.waitFor("the phone's push", func() bool { return len(e.pushes.pushes(tok("phone"))) == 1 })
 	e.settle()
@@ -348,45 +366,15 @@ func TestPushesOnlyToDevicesTheProxyAccepted(t *testing.T) {
 func TestAnAnswerWithoutTheProxysListAcceptsNoOneElse(t *testing.T) {
 	secret := []byte(strings.Repeat("s", 32))
 	e := newEnv(t, envOptions{proxySecret: secret})
-	states := compliance.New(e.store, slog.New(slog.DiscardHandler))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { states.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	guard := ewsproxy.NewGuard(ewsproxy.Config{Attestation: attest.Attestation{Secret: secret}}, states, slog.New(slog.DiscardHandler))
-	upstream, _ := url.Parse(e.sim.URL)
-	rp := httputil.NewSingleHostReverseProxy(upstream)
 	var failGetFolder atomic.Bool
-	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	behindProxy(t, e, secret, func(w http.ResponseWriter, r *http.Request) bool {
 		body, _ := io.ReadAll(r.Body)
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		if failGetFolder.Load() && bytes.Contains(body, []byte("GetFolder")) {
 			http.Error(w, "Service Unavailable", http.StatusServiceUnavailable)
-			return
+			return true
 		}
-		guard.Serve(w, r, func(w http.ResponseWriter, r *http.Request, _ bool) error { rp.ServeHTTP(w, r); return nil })
-	}))
-	t.Cleanup(proxy.Close)
-	ewsURL := proxy.URL + ewssim.EWSPath
-	if _, err := e.store.AddEndpoint(context.Background(), e.tenant.ID, ewsURL, ""); err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range []string{"phone", "tablet"} {
-		e.store.SetCompliance(context.Background(), e.tenant.ID, id, "compliant")
-	}
-	e.waitFor("the proxy's states", func() bool {
-		s, _ := states.State(store.DeviceKey{TenantID: e.tenant.ID, DeviceID: "tablet"})
-		return s == store.Compliant
-	})
-	for _, id := range []string{"phone", "tablet"} {
-		d := e.basicDevice(id, alice, alicePW, 0)
-		d.EWSURL = ewsURL
-		e.register(d)
-	}
-	e.store.SetCompliance(context.Background(), e.tenant.ID, "tablet", "blocked")
-	e.waitFor("the proxy's block", func() bool {
-		s, _ := states.State(store.DeviceKey{TenantID: e.tenant.ID, DeviceID: "tablet"})
-		return s == store.Blocked
+		return false
 	})
 	failGetFolder.Store(true)
 	e.deliver(alice, mailFromCarol)
