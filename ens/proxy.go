@@ -20,11 +20,16 @@ func (s *Service) refuseNonCompliant(ctx context.Context, t store.Tenant, device
 	if err != nil {
 		return err
 	}
-	if state != "" && state != store.Compliant {
+	if !mayGetMail(state) {
 		return errDeviceRefused
 	}
 	return nil
 }
+
+// mayGetMail is ENS's reading of a compliance state: blocked, wiped and
+// non-compliant devices get nothing; unknown ones ("") are the EWS proxy's
+// policy to judge.
+func mayGetMail(state string) bool { return state == "" || state == store.Compliant }
 
 // compliantDevices drops devices that the compliance state keeps from
 // mail: blocked, wiped or non-compliant. Unknown devices stay: whether they
@@ -39,7 +44,7 @@ func (s *Service) compliantDevices(devices []store.Device) ([]store.Device, erro
 		if err != nil {
 			return nil, err
 		}
-		if state == "" || state == store.Compliant {
+		if mayGetMail(state) {
 			ok = append(ok, dev)
 		}
 	}
