@@ -22,7 +22,7 @@ import (
 //     SlowSample (100) times, 10 % or more slow answers flag it slow: its
 //     notifications are delayed by 10 minutes (and failures retried every
 //     10 minutes); 15 % or more: they are dropped. The tally starts over
-//     every 10 minutes.
+//     every 10 minutes. A POST that times out counts as slow.
 //
 // Lifecycle notifications travel the same way to the lifecycle URL, apart
 // from change notifications.
@@ -172,21 +172,19 @@ func (s *Server) startLocked(ep *endpoint) {
 	go s.post(ep, batch)
 }
 
-// tallyLocked starts a new slow tally every 10 minutes; an endpoint that
-// has not answered SlowSample times since is no longer flagged.
+// tallyLocked starts a new slow tally every 10 minutes, and with it
+// clears the endpoint's flag (the simulator's reading of "the accumulation
+// of responses is flushed every 10 minutes").
 func (s *Server) tallyLocked(ep *endpoint, now time.Time) {
 	if now.Sub(ep.window) >= slowDelay {
-		if ep.answers < s.cfg.SlowSample {
-			ep.state = endpointNormal
-		}
-		ep.window, ep.answers, ep.slow = now, 0, 0
+		ep.window, ep.answers, ep.slow, ep.state = now, 0, 0, endpointNormal
 	}
 }
 
 // dropLocked gives up the first n queued notifications of ep; for change
 // notifications their subscriptions are told "missed".
 func (s *Server) dropLocked(ep *endpoint, n int, now time.Time) {
-	dropped := ep.queue[:n]
+	dropped := slices.Clone(ep.queue[:n])
 	ep.queue = slices.Delete(ep.queue, 0, n)
 	s.stats.add(&s.stats.c.NotificationsDropped, int64(len(dropped)))
 	s.log.Info("graphsim: notifications dropped", "count", len(dropped), "lifecycle", ep.key.lifecycle)
@@ -236,7 +234,7 @@ func (s *Server) post(ep *endpoint, batch []*pending) {
 	}
 	s.tallyLocked(ep, now)
 	ep.answers++
-	if elapsed > s.cfg.SlowResponse {
+	if elapsed > s.cfg.SlowResponse || ctx.Err() != nil {
 		ep.slow++
 		s.stats.add(&s.stats.c.SlowResponses, 1)
 	}

@@ -52,8 +52,11 @@ func TestSubscriptionValidationFailures(t *testing.T) {
 	ts := frozen(t)
 	at := getToken(t, ts, alice)
 	cases := map[string]func(w http.ResponseWriter, tok string){
-		"404":         func(w http.ResponseWriter, tok string) { http.NotFound(w, nil) },
-		"wrong token": func(w http.ResponseWriter, tok string) { w.Header().Set("Content-Type", "text/plain"); io.WriteString(w, "nope") },
+		"404": func(w http.ResponseWriter, tok string) { http.NotFound(w, nil) },
+		"wrong token": func(w http.ResponseWriter, tok string) {
+			w.Header().Set("Content-Type", "text/plain")
+			io.WriteString(w, "nope")
+		},
 		"encoded token": func(w http.ResponseWriter, tok string) {
 			w.Header().Set("Content-Type", "text/plain")
 			io.WriteString(w, strings.ReplaceAll(tok, " ", "+"))
