@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -13,38 +10,18 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ensgate/ensgate/internal/testenv/gateway"
 	"github.com/ensgate/ensgate/internal/testenv/pgtest"
 	"github.com/ensgate/ensgate/internal/testenv/syncbuf"
 )
 
-func randomKey(t testing.TB) string {
-	t.Helper()
-	key := make([]byte, 32)
-	rand.Read(key)
-	return base64.StdEncoding.EncodeToString(key)
-}
+var randomKey = gateway.RandomKey
 
 // gatewayEnv is a complete environment for Caddyfile.example.
-func gatewayEnv(t *testing.T, dbURL, upstream string) (env []string, base string) {
-	listen := freeAddr(t)
-	base = "http://" + listen
-	_, adminAPIPort, _ := net.SplitHostPort(freeAddr(t))
-	return []string{
-		"DATABASE_URL=" + dbURL,
-		"ENS_LISTEN=" + base,
-		"ENS_PUBLIC_URL=" + base,
-		"ENS_CADDY_ADMIN_SOCKET=" + adminSocket(t),
-		"ENS_ADMIN_API_PORT=" + adminAPIPort,
-		"ENS_MASTER_KEY=" + randomKey(t),
-		"ENS_ADMIN_TOKEN=" + strings.Repeat("a", 40),
-		"ENS_PROXY_SECRET=" + strings.Repeat("p", 40),
-		"ENS_EWS_UPSTREAM=" + upstream,
-	}, base
-}
+var gatewayEnv = gateway.Env
 
 // startGateway runs `ensgate run --config Caddyfile.example` until the test ends.
 func startGateway(t *testing.T, env []string) *exec.Cmd {
@@ -57,29 +34,7 @@ func startGateway(t *testing.T, env []string) *exec.Cmd {
 // returns its output.
 func runGateway(t *testing.T, env []string, config string) (*exec.Cmd, *syncbuf.Buffer) {
 	t.Helper()
-	cmd := exec.Command(ensgate, "run", "--config", config, "--adapter", "caddyfile")
-	cmd.Dir = repoRoot(t)
-	cmd.Env = append(baseEnv(), env...)
-	logs := &syncbuf.Buffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGINT)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			t.Error("ensgate did not stop within 15 s of SIGINT")
-		}
-		if t.Failed() {
-			t.Logf("ensgate output:\n%s", logs.String())
-		}
-	})
-	return cmd, logs
+	return gateway.Run(t, ensgate, repoRoot(t), env, config)
 }
 
 func TestRunServesAliveAndProxiesEWS(t *testing.T) {
@@ -254,17 +209,7 @@ func TestReloadKeepsServing(t *testing.T) {
 	}
 }
 
-// adminSocket is a path for Caddy's admin socket in a directory of its own
-// (short: a unix socket path has at most 107 bytes).
-func adminSocket(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "ensadm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return filepath.Join(dir, "admin.sock")
-}
+var adminSocket = gateway.AdminSocket
 
 // adminAddr is the --address of the gateway's admin endpoint.
 func adminAddr(env []string) string {
