@@ -140,7 +140,7 @@ func TestAdminSubscriptionHealth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.store.StopSubscription(ctx, sub.ID, store.SubscriptionFailed, store.ReasonUnauthorized); err != nil {
+	if _, err := e.store.StopSubscription(ctx, sub.ID, store.SubscriptionFailed, store.ReasonUnauthorized, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Past the 1-minute status frequency, not yet twice it (silent).

@@ -124,7 +124,7 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 		if errors.Is(err, ews.ErrItemNotFound) || refusedByProxy(err) || (err == nil && !announceable(item, d.sub, d.creds, d.s.cfg.Now())) {
 			// Deleted or moved before we looked, no device may see mail, or
 			// not new mail of this Inbox (a replay): nothing to announce.
-			return ews.SubscriptionOK, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed)
+			return ews.SubscriptionOK, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed, store.PushNotAnnounced)
 		}
 		if err != nil {
 			return "", errors.Join(err, d.s.store.ReleasePushes(context.WithoutCancel(ctx), d.sub.ID, hash, claimed))
@@ -133,14 +133,14 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 
 	badge, err := d.unreadCount(ctx, client, acct)
 	if refusedByProxy(err) {
-		return ews.SubscriptionOK, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed)
+		return ews.SubscriptionOK, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed, store.PushNotAnnounced)
 	}
 	if err != nil {
 		return "", errors.Join(err, d.s.store.ReleasePushes(context.WithoutCancel(ctx), d.sub.ID, hash, claimed))
 	}
 	// Devices the proxy did not accept are done with for this item.
-	var finished, failed []int64
-	targets, finished = d.acceptedByProxy(targets)
+	targets, notAccepted := d.acceptedByProxy(targets)
+	outcomes := map[store.PushOutcome][]int64{store.PushNotAnnounced: notAccepted}
 	results := make([]push.Result, len(targets))
 	var wg sync.WaitGroup
 	for i, dev := range targets {
@@ -153,12 +153,12 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 	wg.Wait()
 
 	status := ews.SubscriptionOK
+	var failed []int64
 	for i, res := range results {
 		dev := targets[i]
 		switch res.Outcome {
 		case push.Failed:
 			failed = append(failed, dev.ID)
-			continue
 		case push.TokenDead:
 			ended, err := d.s.store.SetDeviceState(ctx, d.tenant.ID, dev.DeviceID, store.DeviceInactive, "push token dead: "+res.Reason)
 			if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -167,19 +167,28 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 			if ended {
 				status = ews.SubscriptionUnsubscribe
 			}
+			outcomes[store.PushTokenDead] = append(outcomes[store.PushTokenDead], dev.ID)
 		case push.Rejected:
 			d.log.Warn("push rejected", slog.String("device", dev.DeviceID), slog.String("reason", res.Reason))
+			outcomes[store.PushRejected] = append(outcomes[store.PushRejected], dev.ID)
 		case push.Delivered:
 			webhookToPush.Observe(time.Since(d.arrived).Seconds())
+			outcomes[store.PushDelivered] = append(outcomes[store.PushDelivered], dev.ID)
 		}
-		finished = append(finished, dev.ID)
 	}
-	if err := d.s.store.FinishPushes(ctx, d.sub.ID, hash, finished); err != nil {
-		return "", err
+	for outcome, devices := range outcomes {
+		if err := d.s.store.FinishPushes(ctx, d.sub.ID, hash, devices, outcome); err != nil {
+			return "", err
+		}
 	}
 	if len(failed) > 0 {
-		err := d.s.store.ReleasePushes(ctx, d.sub.ID, hash, failed)
-		return "", errors.Join(fmt.Errorf("%d of %d pushes failed", len(failed), len(targets)), err)
+		// APNs or FCM did not take them within the budget: a job retries
+		// them from the database and Exchange is answered.
+		if err := d.s.queuePushes(ctx, d.sub.ID, hash, failed, badge, d.arrived); err != nil {
+			err = errors.Join(fmt.Errorf("%d of %d pushes failed and could not be queued", len(failed), len(targets)), err)
+			return "", errors.Join(err, d.s.store.ReleasePushes(context.WithoutCancel(ctx), d.sub.ID, hash, failed))
+		}
+		d.log.Info("pushes not taken by APNs or FCM; queued for retry", slog.Int("pushes", len(failed)))
 	}
 	return status, pending
 }
@@ -235,34 +244,15 @@ func (d *delivery) needsContent(devs []store.Device) bool {
 // again (with a generic notice where the level allows), and Exchange is
 // told to stop, so no retry storm follows.
 func (d *delivery) credentialsRefused(ctx context.Context) (ews.SubscriptionStatus, error) {
-	changed, err := d.s.store.StopSubscription(ctx, d.sub.ID, store.SubscriptionFailed, store.ReasonUnauthorized)
+	changed, err := d.s.store.StopSubscription(ctx, d.sub.ID, store.SubscriptionFailed, store.ReasonUnauthorized,
+		d.s.askToReregister(reregisterArgs{Tenant: d.tenant.ID, Mailbox: d.sub.MailboxHash, NewMail: true}))
 	if err != nil {
 		return "", err
 	}
 	if changed {
 		d.log.Info("Exchange refused the credentials; asking the devices to register again")
-		d.s.askToReregister(ctx, d.tenant, d.devices, true)
 	}
 	return ews.SubscriptionUnsubscribe, nil
-}
-
-// askToReregister sends each device the silent "register again" push and,
-// with newMail and where its level allows, a generic "New message".
-func (s *Service) askToReregister(ctx context.Context, tenant store.Tenant, devices []store.Device, newMail bool) {
-	var wg sync.WaitGroup
-	for _, dev := range devices {
-		level := privacy.For(tenant.NotificationLevel, dev.NotificationLevel)
-		wg.Go(func() {
-			m := baseMessage(dev)
-			m.Kind = push.Reregister
-			m.Badge = -1
-			s.push.Send(ctx, m)
-			if newMail && level.ShowsAlert() {
-				s.push.Send(ctx, newMailMessage(dev, privacy.Generic, nil, -1))
-			}
-		})
-	}
-	wg.Wait()
 }
 
 func baseMessage(dev store.Device) push.Message {

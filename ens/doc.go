@@ -15,5 +15,7 @@
 //	api.go, errors.go, auth.go, ratelimit.go   routes, error answers, tenant tokens, limits
 //	publickey.go, register.go, devices.go       publickey, registerdevicev2, status and unregister
 //	admin.go                                    the admin API and its device actions
-//	service.go, keypool.go, liveness.go         the service, the key pool, silent subscriptions
+//	service.go, keypool.go                      the service, its workers, the key pairs
+//	jobs.go                                     the durable jobs (River, in PostgreSQL): pushes to
+//	                                            retry, "register again", health, key pool, clean-up
 package ens

@@ -418,3 +418,32 @@ func (e *env) newToken(tenantID int64) string {
 	}
 	return token
 }
+
+// pushOutcomes counts the push records by outcome ("" while claimed).
+func (e *env) pushOutcomes() map[string]int {
+	e.t.Helper()
+	rows, err := e.store.Pool().Query(context.Background(), `SELECT coalesce(outcome, ''), count(*) FROM push_claims GROUP BY 1`)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	counts := map[string]int{}
+	for rows.Next() {
+		var outcome string
+		var n int
+		if err := rows.Scan(&outcome, &n); err != nil {
+			e.t.Fatal(err)
+		}
+		counts[outcome] = n
+	}
+	return counts
+}
+
+// jobAttempts is the most attempts a job of kind has had.
+func (e *env) jobAttempts(kind string) int {
+	e.t.Helper()
+	var n int
+	if err := e.store.Pool().QueryRow(context.Background(), `SELECT coalesce(max(attempt), 0) FROM river_job WHERE kind = $1`, kind).Scan(&n); err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}

@@ -38,22 +38,6 @@ func randomID() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// fillKeyPool keeps KeyPoolSize key pairs ready, so that publickey never
-// waits for a key to be generated.
-func (s *Service) fillKeyPool(ctx context.Context) {
-	s.resealKeyPairs(ctx)
-	usable := s.keys.IDs()
-	added, err := s.store.FillKeyPool(ctx, s.cfg.KeyPoolSize, usable, s.newKeyPair)
-	if free, err := s.store.FreeKeyPairs(ctx, usable); err == nil {
-		keyPoolFree.Set(float64(free))
-	}
-	if err != nil && ctx.Err() == nil {
-		s.log.Warn("filling the key pool", slog.Int("added", added), slog.Any("error", err))
-	} else if added > 0 {
-		s.log.Debug("key pool filled", slog.Int("added", added))
-	}
-}
-
 // resealBatch bounds the key pairs re-sealed per round of the pool worker.
 const resealBatch = 100
 
@@ -96,13 +80,5 @@ func (s *Service) resealKeyPairs(ctx context.Context) {
 		keyPairsResealed.Add(float64(resealed))
 		s.log.Info("re-sealed key pairs under the current master key", slog.Int("count", resealed),
 			slog.String("master_key_id", s.keys.Current.ID()))
-	}
-}
-
-// wakeKeyPool asks the pool worker to top up now.
-func (s *Service) wakeKeyPool() {
-	select {
-	case s.keyPoolWake <- struct{}{}:
-	default:
 	}
 }

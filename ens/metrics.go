@@ -35,8 +35,12 @@ var (
 	})
 	subscriptionsByState = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "ensgate", Subsystem: "ens", Name: "subscriptions",
-		Help: "Subscriptions by state (active, failed, ended), as last counted by this node's clean-up.",
+		Help: "Subscriptions by state (active, failed, ended), as last counted by this node.",
 	}, []string{"state"})
+	jobsWaiting = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "ensgate", Subsystem: "ens", Name: "jobs",
+		Help: "Durable jobs not finished, by kind (ensgate_push, ensgate_reregister, ...) and state (available, running, retryable, scheduled), as last counted by this node.",
+	}, []string{"kind", "state"})
 	keyPairsResealed = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "ensgate", Subsystem: "ens", Name: "key_pairs_resealed_total",
 		Help: "Key pairs this node moved from an accepted (rotated-out) master key to the current one.",
@@ -46,5 +50,5 @@ var (
 // Register adds ENS's metrics to reg; registering twice (a config reload)
 // is fine.
 func Register(reg prometheus.Registerer) error {
-	return promreg.Register(reg, notifications, registrations, itemsIgnored, keyPoolFree, keyPairsResealed, notificationsInFlight, webhookToPush, subscriptionsByState)
+	return promreg.Register(reg, notifications, registrations, itemsIgnored, keyPoolFree, keyPairsResealed, notificationsInFlight, webhookToPush, subscriptionsByState, jobsWaiting)
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/internal/sim/ewssim"
 )
@@ -81,24 +82,53 @@ func TestTenantLevelIsACeiling(t *testing.T) {
 	}
 }
 
-func TestExchangeRetriesAndConcurrentDuplicatesGiveOnePush(t *testing.T) {
-	// Exchange drops a subscription whose failures would outlast its status
-	// frequency: with 1 minute (100 ms here), a loaded machine's slow 503
-	// got it dropped instead of retried. 30 minutes leave 3 s.
-	e := newEnv(t, envOptions{statusFrequency: 30})
+// A push APNs or FCM does not take within the callback is handed to a
+// job: Exchange is answered at once (no failed callback, no retry of the
+// notification) and the job delivers it, without content (none is stored),
+// under the item's collapse id. The record holds one delivered push.
+func TestPushNotTakenIsRetriedByAJob(t *testing.T) {
+	e := newEnv(t, envOptions{})
 	e.register(e.basicDevice("phone", alice, alicePW, 0))
-	// The first push attempt fails: ENS answers 503, Exchange retries after
-	// 30 s (compressed), and the retry delivers.
-	e.pushes.script(tok("phone"), push.Failed)
+	e.pushes.script(tok("phone"), push.Failed, push.Failed)
 	e.deliver(alice, mailFromCarol)
-	e.waitFor("the retried push", func() bool { return len(e.pushes.pushes(tok("phone"))) >= 2 })
+	e.waitFor("the retried push", func() bool { return len(e.pushes.pushes(tok("phone"))) >= 3 })
 	e.settle()
-	if got := e.pushes.pushes(tok("phone")); len(got) != 2 {
-		t.Fatalf("%d push attempts, want the failed one and one retry", len(got))
+	got := e.pushes.pushes(tok("phone"))
+	if len(got) != 3 {
+		t.Fatalf("%d push attempts, want the failed one, a failed retry and the delivered one", len(got))
+	}
+	first, retried := got[0], got[2]
+	if first.Title != "Carol Example" || first.CollapseID == "" {
+		t.Errorf("first attempt %+v: want the sender and a collapse id", first)
+	}
+	if !retried.Generic || retried.Title != "" || retried.Subject != "" || retried.Preview != "" || retried.CollapseID != first.CollapseID || retried.Badge != first.Badge {
+		t.Errorf("retried push %+v: want a generic notice with the first's badge and collapse id", retried)
 	}
 	subs := e.simSubscriptions(alice)
-	if len(subs) != 1 || subs[0].Failures != 1 || subs[0].State != "active" {
-		t.Fatalf("simulator subscription %+v: want one failed POST and the retry accepted", subs)
+	if len(subs) != 1 || subs[0].Failures != 0 || subs[0].State != "active" {
+		t.Fatalf("simulator subscription %+v: want the callback answered at once", subs)
+	}
+	if outcomes := e.pushOutcomes(); fmt.Sprint(outcomes) != "map[delivered:1]" {
+		t.Errorf("push records %v, want one delivered", outcomes)
+	}
+}
+
+// A push job outlives the node that queued it: stopped (as by a restart or
+// a reload) while APNs is away, the next node generation delivers it.
+func TestQueuedPushOutlivesItsNode(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("phone", alice, alicePW, 0))
+	e.pushes.script(tok("phone"), push.Failed, push.Failed, push.Failed)
+	e.deliver(alice, mailFromCarol)
+	e.waitFor("a retry", func() bool { return e.jobAttempts("ensgate_push") >= 1 })
+	e.restart(func(*ens.Config) {})
+	e.waitFor("the push from the new node", func() bool { return len(e.pushes.pushes(tok("phone"))) == 4 })
+	e.settle()
+	if n := len(e.pushes.pushes(tok("phone"))); n != 4 {
+		t.Errorf("%d push attempts, want three failed and one delivered", n)
+	}
+	if outcomes := e.pushOutcomes(); fmt.Sprint(outcomes) != "map[delivered:1]" {
+		t.Errorf("push records %v, want one delivered", outcomes)
 	}
 }
 

@@ -55,13 +55,13 @@ func (s *Service) publicKey(w http.ResponseWriter, r *http.Request, t store.Tena
 		return &apiError{http.StatusTooManyRequests, "rate_limited",
 			holder + " holds too many unused keys; retry when one expires or register with the key already given"}
 	case errors.Is(err, store.ErrPoolEmpty):
-		s.wakeKeyPool()
+		s.wakeKeyPool(r.Context())
 		w.Header().Set("Retry-After", "1")
 		return &apiError{http.StatusServiceUnavailable, "overloaded", "no key is ready; retry in a second"}
 	case err != nil:
 		return err
 	}
-	s.wakeKeyPool()
+	s.wakeKeyPool(r.Context())
 	pub, err := x509.ParsePKIXPublicKey(kp.PublicKey)
 	if err != nil {
 		return fmt.Errorf("key pair %s: %w", kp.KeyID, err)

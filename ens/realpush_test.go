@@ -171,26 +171,30 @@ func TestReregisterPushThroughAPNs(t *testing.T) {
 	}
 }
 
-// An APNs outage longer than the push's own retries: ENS answers Exchange
-// with an error, Exchange retries the notification, and the push arrives
-// once APNs is back; nothing is lost, nothing is doubled.
-func TestAPNsOutageIsBridgedByExchangeRetries(t *testing.T) {
+// An APNs outage longer than the push's own retries: Exchange is answered
+// at once, a job retries the push from the database, and it arrives once
+// APNs is back; nothing is lost, nothing is doubled.
+func TestAPNsOutageIsBridgedByAJob(t *testing.T) {
 	f, sender := startFakes(t)
-	e := newEnv(t, envOptions{push: sender, statusFrequency: 30})
+	e := newEnv(t, envOptions{push: sender})
 	d := e.basicDevice("phone", alice, alicePW, 0)
 	d.PushToken = iphone
 	e.register(d)
-	// Every attempt of the first Send finds APNs down (4 attempts).
-	f.apns.Script(iphone, apnsfake.Outage, apnsfake.Outage, apnsfake.Outage, apnsfake.Outage)
+	f.apns.SetOutage(true)
 	e.deliver(alice, mailFromCarol)
+	e.waitFor("the push retried", func() bool { return e.jobAttempts("ensgate_push") >= 2 })
+	f.apns.SetOutage(false)
 	e.waitFor("the push after the outage", func() bool { return len(f.apns.Delivered()) == 1 })
 	e.settle()
 	if n := len(f.apns.Delivered()); n != 1 {
 		t.Errorf("%d pushes delivered, want 1", n)
 	}
+	if p := f.apns.Delivered()[0]; p.CollapseID == "" || strings.Contains(string(p.Payload), "Carol") {
+		t.Errorf("push from the job %+v, payload %s: want a collapse id and no content", p, p.Payload)
+	}
 	subs := e.simSubscriptions(alice)
-	if len(subs) != 1 || subs[0].Failures != 1 || subs[0].State != "active" {
-		t.Errorf("Exchange's subscription %+v: want one failed callback, then success", subs)
+	if len(subs) != 1 || subs[0].Failures != 0 || subs[0].State != "active" {
+		t.Errorf("Exchange's subscription %+v: want its callback answered at once", subs)
 	}
 }
 

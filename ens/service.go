@@ -15,6 +15,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ens/seal"
 	"github.com/ensgate/ensgate/ews"
@@ -177,11 +180,11 @@ type Service struct {
 	// adminFailures counts failed admin logins per client address.
 	adminFailures loginFailures
 
-	keyPoolWake chan struct{}
-	inFlight    chan struct{} // a slot per notification being handled
-	running     atomic.Bool   // between Start and Stop
-	stop        context.CancelFunc
-	workers     sync.WaitGroup
+	jobs     *river.Client[pgx.Tx] // jobs.go
+	inFlight chan struct{}         // a slot per notification being handled
+	running  atomic.Bool           // between Start and Stop
+	stop     context.CancelFunc
+	workers  sync.WaitGroup
 }
 
 // New validates cfg and builds the service; Start runs its workers.
@@ -217,29 +220,48 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{
-		cfg:         cfg,
-		store:       cfg.Store,
-		keys:        keys,
-		push:        cfg.Push,
-		log:         cfg.Logger,
-		tenants:     tenantCache{entries: map[[sha256.Size]byte]cachedTenant{}},
-		limits:      newRateLimits(cfg),
-		keyPoolWake: make(chan struct{}, 1),
-		inFlight:    make(chan struct{}, cfg.NotificationsInFlight),
-	}, nil
+	s := &Service{
+		cfg:      cfg,
+		store:    cfg.Store,
+		keys:     keys,
+		push:     cfg.Push,
+		log:      cfg.Logger,
+		tenants:  tenantCache{entries: map[[sha256.Size]byte]cachedTenant{}},
+		limits:   newRateLimits(cfg),
+		inFlight: make(chan struct{}, cfg.NotificationsInFlight),
+	}
+	if s.jobs, err = newJobs(s); err != nil {
+		return nil, fmt.Errorf("ens: jobs: %w", err)
+	}
+	return s, nil
 }
 
-// Start runs the background workers until Stop. Several nodes, and two
-// config generations during a reload, may run them at once: each piece of
-// work is claimed in the database.
+// Start runs the background workers until Stop: the job workers
+// (jobs.go), the figures of this node's metrics and the listener for EWS
+// endpoint changes. Several nodes, and two config generations during a
+// reload, run them at once: each job runs once.
 func (s *Service) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
-	s.running.Store(true)
-	s.every(ctx, 2*time.Second, s.keyPoolWake, s.fillKeyPool)
-	s.every(ctx, 30*time.Second, nil, s.failSilentSubscriptions)
-	s.every(ctx, time.Minute, nil, s.cleanUp) // unused key pairs expire in minutes
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		// River's start needs the database; a node may start before it.
+		for {
+			err := s.jobs.Start(context.Background())
+			if err == nil {
+				s.running.Store(true)
+				return
+			}
+			s.log.Warn("starting the job workers; retrying", slog.Any("error", err))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}()
+	s.every(ctx, 15*time.Second, s.countForMetrics)
 	s.workers.Add(1)
 	go func() {
 		defer s.workers.Done()
@@ -250,20 +272,34 @@ func (s *Service) Start() {
 	}()
 }
 
-// Stop ends the workers and waits for them.
+// stopGrace is how long Stop lets running jobs finish; the ones still
+// running then are cancelled and retried, by another node or generation.
+const stopGrace = 10 * time.Second
+
+// Stop ends the workers and waits for them: running jobs finish within
+// stopGrace or are handed back to the queue.
 func (s *Service) Stop() {
 	s.running.Store(false)
 	if s.stop != nil {
 		s.stop()
 	}
 	s.workers.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
+	defer cancel()
+	if err := s.jobs.Stop(ctx); err != nil {
+		hard, cancel := context.WithTimeout(context.Background(), stopGrace)
+		defer cancel()
+		if err := s.jobs.StopAndCancel(hard); err != nil {
+			s.log.Warn("stopping the job workers", slog.Any("error", err))
+		}
+	}
 }
 
 // statusMinutes is StatusFrequency as the database and EWS keep it.
 func (s *Service) statusMinutes() int { return int(s.cfg.StatusFrequency / time.Minute) }
 
-// every runs work at once, then at each tick or wake-up, until ctx ends.
-func (s *Service) every(ctx context.Context, interval time.Duration, wake <-chan struct{}, work func(context.Context)) {
+// every runs work at once, then at each tick, until ctx ends.
+func (s *Service) every(ctx context.Context, interval time.Duration, work func(context.Context)) {
 	s.workers.Add(1)
 	go func() {
 		defer s.workers.Done()
@@ -275,24 +311,26 @@ func (s *Service) every(ctx context.Context, interval time.Duration, wake <-chan
 			case <-ctx.Done():
 				return
 			case <-ticker.C:
-			case <-wake:
 			}
 		}
 	}()
 }
 
-// cleanUp forgets finished push claims and key pairs never used, and
-// counts the subscriptions by state for the metrics.
-func (s *Service) cleanUp(ctx context.Context) {
+// countForMetrics sets the gauges that count what is in the database:
+// subscriptions by state, free key pairs and jobs by kind and state.
+func (s *Service) countForMetrics(ctx context.Context) {
 	if counts, err := s.store.SubscriptionCounts(ctx); err == nil {
 		for state, n := range counts {
 			subscriptionsByState.WithLabelValues(state).Set(float64(n))
 		}
 	}
-	if _, err := s.store.DeleteOldClaims(ctx, pushMemory); err != nil && ctx.Err() == nil {
-		s.log.Warn("cleaning up push claims", slog.Any("error", err))
+	if free, err := s.store.FreeKeyPairs(ctx, s.keys.IDs()); err == nil {
+		keyPoolFree.Set(float64(free))
 	}
-	if _, err := s.store.DeleteStaleKeyPairs(ctx, s.cfg.KeyPairTTL); err != nil && ctx.Err() == nil {
-		s.log.Warn("cleaning up unused key pairs", slog.Any("error", err))
+	if counts, err := s.store.JobCounts(ctx); err == nil {
+		jobsWaiting.Reset()
+		for _, c := range counts {
+			jobsWaiting.WithLabelValues(c.Kind, c.State).Set(float64(c.Count))
+		}
 	}
 }

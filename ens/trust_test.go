@@ -446,7 +446,8 @@ func TestReadyNamesWhatTheNodeIsMissing(t *testing.T) {
 	}
 	t.Cleanup(down.Close)
 	e.restart(func(c *ens.Config) { c.Store = down })
-	if st, body := ready(); st != 503 || fmt.Sprint(body["missing"]) != "[database]" {
+	// The job workers cannot start without the database either.
+	if st, body := ready(); st != 503 || fmt.Sprint(body["missing"]) != "[database workers]" {
 		t.Fatalf("database away: %d %v", st, body)
 	}
 }

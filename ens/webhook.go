@@ -127,20 +127,12 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 // credentials were never checked to log in to its mailbox, and asks its
 // devices (deactivated by the upgrade) to register again, through the check.
 func (s *Service) reverify(ctx context.Context, log *slog.Logger, sub store.Subscription) error {
-	devices, err := s.store.DevicesToReverify(ctx, sub.TenantID, sub.MailboxHash)
-	if err != nil {
-		return err
-	}
-	tenant, err := s.store.TenantByID(ctx, sub.TenantID)
-	if err != nil {
-		return err
-	}
-	changed, err := s.store.StopSubscription(ctx, sub.ID, store.SubscriptionFailed, store.ReasonReverify)
+	changed, err := s.store.StopSubscription(ctx, sub.ID, store.SubscriptionFailed, store.ReasonReverify,
+		s.askToReregister(reregisterArgs{Tenant: sub.TenantID, Mailbox: sub.MailboxHash, Reverify: true}))
 	if err != nil || !changed {
 		return err // the node that changed it asks the devices
 	}
-	log.Info("ending a subscription made before mailbox binding; asking its devices to register again", slog.Int("devices", len(devices)))
-	s.askToReregister(ctx, tenant, devices, false)
+	log.Info("ending a subscription made before mailbox binding; asking its devices to register again")
 	return nil
 }
 
@@ -151,7 +143,7 @@ func (s *Service) handleNotification(ctx context.Context, log *slog.Logger, sub 
 		return "", err
 	}
 	if len(devices) == 0 {
-		if _, err := s.store.StopSubscription(ctx, sub.ID, store.SubscriptionEnded, store.ReasonNoDevices); err != nil {
+		if _, err := s.store.StopSubscription(ctx, sub.ID, store.SubscriptionEnded, store.ReasonNoDevices, nil); err != nil {
 			return "", err
 		}
 		log.Info("ending a subscription without devices")

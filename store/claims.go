@@ -40,12 +40,47 @@ func (s *Store) ClaimPushes(ctx context.Context, subscriptionID int64, itemHash 
 	return claimed, othersPending, nil
 }
 
-// FinishPushes marks claimed pushes done (delivered, or given up for good).
-func (s *Store) FinishPushes(ctx context.Context, subscriptionID int64, itemHash []byte, deviceIDs []int64) error {
-	_, err := s.pool.Exec(ctx, `UPDATE push_claims SET done_at = now()
-		WHERE subscription_id = $1 AND item_hash = $2 AND device_id = ANY($3)`, subscriptionID, itemHash, deviceIDs)
+// PushOutcome is what became of a push (migrations/003_jobs.sql).
+type PushOutcome string
+
+// Push outcomes.
+const (
+	PushDelivered    PushOutcome = "delivered"
+	PushRejected     PushOutcome = "rejected"
+	PushTokenDead    PushOutcome = "token_dead"
+	PushNotAnnounced PushOutcome = "not_announced"
+	PushExpired      PushOutcome = "expired"
+)
+
+// FinishPushes marks claimed pushes done with their outcome. A push done
+// already keeps its first outcome: the record holds at most one delivery.
+func (s *Store) FinishPushes(ctx context.Context, subscriptionID int64, itemHash []byte, deviceIDs []int64, outcome PushOutcome) error {
+	if len(deviceIDs) == 0 {
+		return nil
+	}
+	_, err := s.pool.Exec(ctx, `UPDATE push_claims SET done_at = now(), outcome = $4
+		WHERE subscription_id = $1 AND item_hash = $2 AND device_id = ANY($3) AND done_at IS NULL`,
+		subscriptionID, itemHash, deviceIDs, outcome)
 	if err != nil {
 		return s.queryError("finish pushes", err)
+	}
+	return nil
+}
+
+// QueuePushes hands claimed pushes to a durable job: then inserts it, in
+// the same transaction that makes the claims the job's until it finishes
+// them, so no node claims them meanwhile and none is lost if this one dies.
+func (s *Store) QueuePushes(ctx context.Context, subscriptionID int64, itemHash []byte, deviceIDs []int64, then Then) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `UPDATE push_claims SET claimed_until = 'infinity'
+			WHERE subscription_id = $1 AND item_hash = $2 AND device_id = ANY($3) AND done_at IS NULL`,
+			subscriptionID, itemHash, deviceIDs); err != nil {
+			return err
+		}
+		return then(ctx, tx)
+	})
+	if err != nil {
+		return s.queryError("queue pushes", err)
 	}
 	return nil
 }

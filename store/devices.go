@@ -74,7 +74,16 @@ func collectDevices(rows pgx.Rows) ([]Device, error) {
 
 // DeviceByID finds a tenant's device in any state.
 func (s *Store) DeviceByID(ctx context.Context, tenantID int64, deviceID string) (Device, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+` FROM devices WHERE tenant_id = $1 AND device_id = $2`, tenantID, deviceID)
+	return s.device(ctx, `tenant_id = $1 AND device_id = $2`, tenantID, deviceID)
+}
+
+// DeviceByRowID finds a device in any state by its row id, as jobs name it.
+func (s *Store) DeviceByRowID(ctx context.Context, id int64) (Device, error) {
+	return s.device(ctx, `id = $1`, id)
+}
+
+func (s *Store) device(ctx context.Context, condition string, args ...any) (Device, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+` FROM devices WHERE `+condition, args...)
 	if err != nil {
 		return Device{}, s.queryError("find device", err)
 	}

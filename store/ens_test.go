@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,26 +16,25 @@ func TestKeyPoolFillsOnceAcrossNodesAndAssignsEachPairOnce(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	tenant, _, _ := s.CreateTenant(ctx, "contoso", 0)
-	var seq sync.Mutex
-	n := 0
-	gen := func() (store.KeyPair, error) {
-		seq.Lock()
-		defer seq.Unlock()
-		n++
-		time.Sleep(5 * time.Millisecond) // generation takes time; others must not pile on
-		return store.KeyPair{KeyID: fmt.Sprintf("k%d", n), PublicKey: []byte("pub"), SealedPrivateKey: []byte("sealed"), MasterKeyID: "m"}, nil
-	}
 	var wg sync.WaitGroup
-	for range 4 { // four nodes at once
+	var added atomic.Int64
+	for node := range 4 { // four nodes at once, each with a batch of 10
 		wg.Go(func() {
-			if _, err := s.FillKeyPool(ctx, 10, []string{"m"}, gen); err != nil {
+			var pairs []store.KeyPair
+			for i := range 10 {
+				pairs = append(pairs, store.KeyPair{KeyID: fmt.Sprintf("k%d-%d", node, i), PublicKey: []byte("pub"),
+					SealedPrivateKey: []byte("sealed"), MasterKeyID: "m"})
+			}
+			n, err := s.AddKeyPairs(ctx, 10, []string{"m"}, pairs)
+			if err != nil {
 				t.Error(err)
 			}
+			added.Add(int64(n))
 		})
 	}
 	wg.Wait()
-	if free, _ := s.FreeKeyPairs(ctx, []string{"m"}); free != 10 {
-		t.Fatalf("%d free key pairs after four concurrent fills to 10", free)
+	if free, _ := s.FreeKeyPairs(ctx, []string{"m"}); free != 10 || added.Load() != 10 {
+		t.Fatalf("%d free key pairs (%d reported added) after four concurrent fills to 10", free, added.Load())
 	}
 
 	got := make(chan string, 20)
@@ -74,12 +74,11 @@ func TestKeyPoolIsPerMasterKeyAndResealsOnce(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	tenant, _, _ := s.CreateTenant(ctx, "contoso", 0)
-	n := 0
-	gen := func() (store.KeyPair, error) {
-		n++
-		return store.KeyPair{KeyID: fmt.Sprintf("k%d", n), PublicKey: []byte("pub"), SealedPrivateKey: []byte("under old"), MasterKeyID: "old"}, nil
+	var pairs []store.KeyPair
+	for n := range 3 {
+		pairs = append(pairs, store.KeyPair{KeyID: fmt.Sprintf("k%d", n), PublicKey: []byte("pub"), SealedPrivateKey: []byte("under old"), MasterKeyID: "old"})
 	}
-	if _, err := s.FillKeyPool(ctx, 3, []string{"old"}, gen); err != nil {
+	if _, err := s.AddKeyPairs(ctx, 3, []string{"old"}, pairs); err != nil {
 		t.Fatal(err)
 	}
 	if free, _ := s.FreeKeyPairs(ctx, []string{"new"}); free != 0 {
@@ -93,7 +92,7 @@ func TestKeyPoolIsPerMasterKeyAndResealsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	pairs, err := s.KeyPairsSealedUnder(ctx, []string{"old", "other"}, 10)
+	pairs, err = s.KeyPairsSealedUnder(ctx, []string{"old", "other"}, 10)
 	if err != nil || len(pairs) != 3 {
 		t.Fatalf("pairs under old: %d, %v; want all 3, free and assigned", len(pairs), err)
 	}
@@ -209,7 +208,7 @@ func TestPushClaimsAreExclusiveAndExpire(t *testing.T) {
 	tenant, _, _ := s.CreateTenant(ctx, "contoso", 0)
 	ep, _ := s.AddEndpoint(ctx, tenant.ID, "https://mail.example.test/EWS/Exchange.asmx", "")
 	kp := store.KeyPair{KeyID: "k", PublicKey: []byte("p"), SealedPrivateKey: []byte("s"), MasterKeyID: "m"}
-	s.FillKeyPool(ctx, 1, []string{"m"}, func() (store.KeyPair, error) { return kp, nil })
+	s.AddKeyPairs(ctx, 1, []string{"m"}, []store.KeyPair{kp})
 	assigned, _ := s.AssignKeyPair(ctx, tenant.ID, "phone", []string{"m"}, roomy)
 	sub, err := s.Register(ctx, store.Registration{
 		Subscription: store.Subscription{PublicID: "sub", TenantID: tenant.ID, MailboxHash: []byte("mbx"), EndpointID: ep.ID,
@@ -248,7 +247,7 @@ func TestPushClaimsAreExclusiveAndExpire(t *testing.T) {
 		t.Fatalf("while claimed elsewhere: claimed %v, pending %v", claimed, pending)
 	}
 	// Device 1 finished; device 2's owner died: its claim expires.
-	s.FinishPushes(ctx, sub.ID, item, []int64{1})
+	s.FinishPushes(ctx, sub.ID, item, []int64{1}, store.PushDelivered)
 	s.Pool().Exec(ctx, `UPDATE push_claims SET claimed_until = now() - interval '1 second' WHERE device_id = 2`)
 	claimed, pending, _ = s.ClaimPushes(ctx, sub.ID, item, devices, time.Minute)
 	if len(claimed) != 1 || claimed[0] != 2 || pending {
@@ -259,7 +258,7 @@ func TestPushClaimsAreExclusiveAndExpire(t *testing.T) {
 	if len(claimed) != 1 || claimed[0] != 2 {
 		t.Fatalf("after release: claimed %v", claimed)
 	}
-	s.FinishPushes(ctx, sub.ID, item, []int64{2})
+	s.FinishPushes(ctx, sub.ID, item, []int64{2}, store.PushDelivered)
 	if claimed, pending, _ := s.ClaimPushes(ctx, sub.ID, item, devices, time.Minute); len(claimed) != 0 || pending {
 		t.Fatalf("after both finished: claimed %v, pending %v", claimed, pending)
 	}

@@ -66,11 +66,11 @@ func TestSubscriptionHealthCountsStatesReasonsAndSilence(t *testing.T) {
 		if stop.reason == store.ReasonSilent {
 			continue // the liveness check fails these below
 		}
-		if ok, err := s.StopSubscription(ctx, sub.ID, stop.state, stop.reason); !ok || err != nil {
+		if ok, err := s.StopSubscription(ctx, sub.ID, stop.state, stop.reason, nil); !ok || err != nil {
 			t.Fatalf("stop %s: %v, %v", stop.device, ok, err)
 		}
 	}
-	if failed, err := s.FailSilentSubscriptions(ctx, 10); err != nil || len(failed) != 2 {
+	if failed, err := s.FailSilentSubscriptions(ctx, 10, nil); err != nil || len(failed) != 2 {
 		t.Fatalf("FailSilentSubscriptions: %d, %v", len(failed), err)
 	}
 	register(other.ID, "elsewhere") // another tenant's: not counted

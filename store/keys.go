@@ -30,54 +30,48 @@ func scanKeyPair(row pgx.Row) (KeyPair, error) {
 // ErrPoolEmpty means no pre-generated key pair is free for the caller.
 var ErrPoolEmpty = errors.New("key pool is empty")
 
-// keyPoolLock serialises pool top-ups across nodes, so that N nodes do not
-// each generate the whole shortfall.
+// keyPoolLock serialises adding pairs to the pool across nodes, so that
+// the pool does not overshoot its size.
 const keyPoolLock = int64(0x656e73_6b657973) // "ens" "keys"
+
+const freeKeyPairs = `SELECT count(*) FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = ANY($1)`
 
 // FreeKeyPairs counts the pool of key pairs sealed under one of
 // masterKeyIDs (the keys a node can open; pairs under others are not
 // handed out).
 func (s *Store) FreeKeyPairs(ctx context.Context, masterKeyIDs []string) (int, error) {
 	var n int
-	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = ANY($1)`, masterKeyIDs).Scan(&n)
+	err := s.pool.QueryRow(ctx, freeKeyPairs, masterKeyIDs).Scan(&n)
 	if err != nil {
 		return 0, s.queryError("count key pool", err)
 	}
 	return n, nil
 }
 
-// FillKeyPool adds key pairs made by generate until target are free under
-// masterKeyIDs. Only one node fills at a time; the others return at once
-// with 0.
-func (s *Store) FillKeyPool(ctx context.Context, target int, masterKeyIDs []string, generate func() (KeyPair, error)) (added int, err error) {
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return 0, s.unreachable(err)
-	}
-	defer conn.Release()
-	var locked bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, keyPoolLock).Scan(&locked); err != nil {
-		return 0, s.queryError("lock key pool", err)
-	}
-	if !locked {
-		return 0, nil
-	}
-	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, keyPoolLock)
-	free, err := s.FreeKeyPairs(ctx, masterKeyIDs)
-	if err != nil {
-		return 0, err
-	}
-	for ; free+added < target; added++ {
-		kp, err := generate()
-		if err != nil {
-			return added, err
+// AddKeyPairs adds pairs to the pool while fewer than target are free
+// under masterKeyIDs, and reports how many it added. Nodes generate pairs
+// in parallel; adding them is serialised, so the pool never overshoots.
+func (s *Store) AddKeyPairs(ctx context.Context, target int, masterKeyIDs []string, pairs []KeyPair) (added int, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, keyPoolLock); err != nil {
+			return err
 		}
-		_, err = conn.Exec(ctx, `
-			INSERT INTO key_pairs (key_id, public_key, sealed_private_key, master_key_id)
-			VALUES ($1, $2, $3, $4)`, kp.KeyID, kp.PublicKey, kp.SealedPrivateKey, kp.MasterKeyID)
-		if err != nil {
-			return added, s.queryError("add key pair", err)
+		var free int
+		if err := tx.QueryRow(ctx, freeKeyPairs, masterKeyIDs).Scan(&free); err != nil {
+			return err
 		}
+		for _, kp := range pairs[:max(0, min(len(pairs), target-free))] {
+			if _, err := tx.Exec(ctx, `
+				INSERT INTO key_pairs (key_id, public_key, sealed_private_key, master_key_id)
+				VALUES ($1, $2, $3, $4)`, kp.KeyID, kp.PublicKey, kp.SealedPrivateKey, kp.MasterKeyID); err != nil {
+				return err
+			}
+			added++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, s.queryError("add key pairs", err)
 	}
 	return added, nil
 }
@@ -156,10 +150,13 @@ func (s *Store) AssignKeyPair(ctx context.Context, tenantID int64, deviceID stri
 		}
 		var held, heldByAddress int
 		var oldestLeft, oldestByAddressLeft float64
+		// statement_timestamp, not now(): this transaction began before it
+		// waited for the lock, and pairs assigned meanwhile are not in its
+		// future.
 		if err := tx.QueryRow(ctx, `
 			SELECT count(*), count(*) FILTER (WHERE client_address = $3),
-				coalesce(extract(epoch FROM min(assigned_at) + $2::interval - now()), 0),
-				coalesce(extract(epoch FROM min(assigned_at) FILTER (WHERE client_address = $3) + $2::interval - now()), 0)
+				coalesce(extract(epoch FROM min(assigned_at) + $2::interval - statement_timestamp()), 0),
+				coalesce(extract(epoch FROM min(assigned_at) FILTER (WHERE client_address = $3) + $2::interval - statement_timestamp()), 0)
 			FROM key_pairs WHERE tenant_id = $1 AND assigned_at > now() - $2::interval`,
 			tenantID, lim.MaxAge, lim.ClientAddress).Scan(&held, &heldByAddress, &oldestLeft, &oldestByAddressLeft); err != nil {
 			return err
@@ -172,8 +169,7 @@ func (s *Store) AssignKeyPair(ctx context.Context, tenantID int64, deviceID stri
 		}
 		if held >= lim.Reserve {
 			var free int
-			if err := tx.QueryRow(ctx, `SELECT count(*) FROM key_pairs WHERE assigned_at IS NULL AND master_key_id = ANY($1)`,
-				masterKeyIDs).Scan(&free); err != nil {
+			if err := tx.QueryRow(ctx, freeKeyPairs, masterKeyIDs).Scan(&free); err != nil {
 				return err
 			}
 			if free <= lim.Reserve {

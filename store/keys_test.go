@@ -19,12 +19,12 @@ var roomy = store.KeyPairLimits{MaxAge: time.Hour, PerTenant: 1000, PerAddress: 
 // fillPool puts n free pairs under master key "m" into the pool.
 func fillPool(t *testing.T, s *store.Store, n int) {
 	t.Helper()
-	var seq atomic.Int64
-	gen := func() (store.KeyPair, error) {
-		return store.KeyPair{KeyID: fmt.Sprintf("k%d-%d", time.Now().UnixNano(), seq.Add(1)), PublicKey: []byte("pub"),
-			SealedPrivateKey: []byte("sealed"), MasterKeyID: "m"}, nil
+	var pairs []store.KeyPair
+	for i := range n {
+		pairs = append(pairs, store.KeyPair{KeyID: fmt.Sprintf("k%d-%d", time.Now().UnixNano(), i), PublicKey: []byte("pub"),
+			SealedPrivateKey: []byte("sealed"), MasterKeyID: "m"})
 	}
-	if _, err := s.FillKeyPool(context.Background(), n, []string{"m"}, gen); err != nil {
+	if _, err := s.AddKeyPairs(context.Background(), n, []string{"m"}, pairs); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -31,8 +31,12 @@ func newMigrator(ctx context.Context, conn *pgx.Conn) (*migrate.Migrator, error)
 }
 
 // Migrate brings the schema up to the version this binary needs and returns
-// the versions before and after. Running it again changes nothing.
+// the versions before and after. Running it again changes nothing. River's
+// tables come first, so a schema at ENSGate's version has them.
 func (s *Store) Migrate(ctx context.Context) (from, to int32, err error) {
+	if err := s.migrateJobs(ctx); err != nil {
+		return 0, 0, err
+	}
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return 0, 0, s.unreachable(err)

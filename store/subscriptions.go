@@ -267,35 +267,55 @@ func (s *Store) MarkSeen(ctx context.Context, id int64, watermark string) error 
 // StopSubscription moves an active subscription to state (failed or ended)
 // with a reason. It reports whether this call made the change, so that of
 // several nodes exactly one acts on it.
-func (s *Store) StopSubscription(ctx context.Context, id int64, state, reason string) (bool, error) {
+//
+// then, if not nil, runs in the same transaction when this call changed
+// the state.
+func (s *Store) StopSubscription(ctx context.Context, id int64, state, reason string, then Then) (changed bool, err error) {
 	if state != SubscriptionFailed && state != SubscriptionEnded {
 		return false, fmt.Errorf("stop subscription: bad state %q", state)
 	}
-	tag, err := s.pool.Exec(ctx, `
-		UPDATE subscriptions SET state = $2, state_reason = $3, ended_at = now()
-		WHERE id = $1 AND state = 'active'`, id, state, reason)
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `
+			UPDATE subscriptions SET state = $2, state_reason = $3, ended_at = now()
+			WHERE id = $1 AND state = 'active'`, id, state, reason)
+		if err != nil {
+			return err
+		}
+		changed = tag.RowsAffected() > 0
+		if changed && then != nil {
+			return then(ctx, tx)
+		}
+		return nil
+	})
 	if err != nil {
 		return false, s.queryError("stop subscription", err)
 	}
-	return tag.RowsAffected() > 0, nil
+	return changed, nil
 }
 
 // FailSilentSubscriptions fails active subscriptions that Exchange has not
 // called back for in twice their status frequency, and returns them; each
-// is returned to one caller only.
-func (s *Store) FailSilentSubscriptions(ctx context.Context, limit int) ([]Subscription, error) {
-	rows, err := s.pool.Query(ctx, `
-		UPDATE subscriptions SET state = 'failed', state_reason = $2, ended_at = now()
-		WHERE id IN (
-			SELECT id FROM subscriptions
-			WHERE state = 'active' AND last_seen_at < now() - make_interval(mins => 2 * status_frequency)
-			ORDER BY last_seen_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-		AND state = 'active'
-		RETURNING `+subscriptionColumns, limit, ReasonSilent)
-	if err != nil {
-		return nil, s.queryError("fail silent subscriptions", err)
-	}
-	subs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Subscription, error) { return scanSubscription(row) })
+// is returned to one caller only. then, if not nil, runs in the same
+// transaction with what failed.
+func (s *Store) FailSilentSubscriptions(ctx context.Context, limit int, then func(context.Context, pgx.Tx, []Subscription) error) (subs []Subscription, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			UPDATE subscriptions SET state = 'failed', state_reason = $2, ended_at = now()
+			WHERE id IN (
+				SELECT id FROM subscriptions
+				WHERE state = 'active' AND last_seen_at < now() - make_interval(mins => 2 * status_frequency)
+				ORDER BY last_seen_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+			AND state = 'active'
+			RETURNING `+subscriptionColumns, limit, ReasonSilent)
+		if err != nil {
+			return err
+		}
+		subs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Subscription, error) { return scanSubscription(row) })
+		if err != nil || len(subs) == 0 || then == nil {
+			return err
+		}
+		return then(ctx, tx, subs)
+	})
 	if err != nil {
 		return nil, s.queryError("fail silent subscriptions", err)
 	}

@@ -55,7 +55,7 @@ func TestCLIShowsSubscriptionHealth(t *testing.T) {
 	overdue := register("a2", "tablet", "mailbox-a") // supersedes a1
 	register("b1", "laptop", "mailbox-b")
 	refused := register("c1", "watch", "mailbox-c")
-	if _, err := s.StopSubscription(ctx, refused.ID, store.SubscriptionFailed, store.ReasonUnauthorized); err != nil {
+	if _, err := s.StopSubscription(ctx, refused.ID, store.SubscriptionFailed, store.ReasonUnauthorized, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Exchange last called back for a2 40 minutes ago, past its 15.
