@@ -46,6 +46,14 @@ func New(s *store.Store, log *slog.Logger) *Cache {
 // Loaded is closed once the states have been loaded for the first time.
 func (c *Cache) Loaded() <-chan struct{} { return c.firstLoad }
 
+// Current reports whether the copy is loaded and followed: false before
+// the first load and while the listener is lost (changes may be missed).
+func (c *Cache) Current() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.loaded
+}
+
 func (c *Cache) settle() { c.settledOnce.Do(func() { close(c.settled) }) }
 
 // ErrUnknown means the states could not be loaded (the database is

@@ -52,12 +52,8 @@ func (s *Service) ready(w http.ResponseWriter, r *http.Request) {
 	if err := s.store.Ping(ctx); err != nil {
 		missing = append(missing, "database")
 	}
-	if c, ok := s.cfg.Compliance.(interface{ Loaded() <-chan struct{} }); ok {
-		select {
-		case <-c.Loaded():
-		default:
-			missing = append(missing, "compliance")
-		}
+	if s.cfg.Compliance != nil && !s.cfg.Compliance.Current() {
+		missing = append(missing, "compliance")
 	}
 	if !s.running.Load() {
 		missing = append(missing, "workers")

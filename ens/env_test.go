@@ -447,3 +447,16 @@ func (e *env) jobAttempts(kind string) int {
 	}
 	return n
 }
+
+// ready asks the node's readiness endpoint, as a load balancer does.
+func (e *env) ready() (int, map[string]any) {
+	e.t.Helper()
+	resp, err := http.Get(e.api.URL + "/api/ens/ready")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	json.NewDecoder(resp.Body).Decode(&body)
+	return resp.StatusCode, body
+}

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,9 +46,13 @@ func TestFailoverToPromotedStandby(t *testing.T) {
 	// The compliance cache fails closed while its listener is away.
 	phone := store.DeviceKey{TenantID: e.tenant.ID, DeviceID: "phone"}
 	e.waitFor("the compliance listener to notice", func() bool {
-		_, err := e.cfg.Compliance.State(phone)
+		_, err := e.cfg.Compliance.Lookup(context.Background(), phone)
 		return errors.Is(err, compliance.ErrUnknown)
 	})
+	// A load balancer hears it: the node's copy of the states is not current.
+	if st, body := e.ready(); st != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(body["missing"]), "compliance") {
+		t.Errorf("ready while the compliance listener is lost: %d %v", st, body)
+	}
 	// Only the standby answers now, read-only: a read and a write (a key
 	// for a new device) both wait for a primary rather than fail. The first
 	// requests may still fail on the pool's connections to the dead primary
@@ -89,14 +95,14 @@ func TestFailoverToPromotedStandby(t *testing.T) {
 	// An admin's block on the new primary reaches the cache by NOTIFY: the
 	// listener is back (it reloaded, so the state is known) before the block.
 	e.waitFor("the compliance listener on the new primary", func() bool {
-		_, err := e.cfg.Compliance.State(phone)
+		_, err := e.cfg.Compliance.Lookup(context.Background(), phone)
 		return err == nil
 	})
 	if err := e.store.SetCompliance(context.Background(), e.tenant.ID, "phone", store.Blocked); err != nil {
 		t.Fatal(err)
 	}
 	e.waitFor("the block in the compliance cache", func() bool {
-		s, _ := e.cfg.Compliance.State(phone)
+		s, _ := e.cfg.Compliance.Lookup(context.Background(), phone)
 		return s == store.Blocked
 	})
 	e.deliver(alice, mailFromCarol)

@@ -34,13 +34,13 @@ func mayGetMail(state string) bool { return state == "" || state == store.Compli
 // compliantDevices drops devices that the compliance state keeps from
 // mail: blocked, wiped or non-compliant. Unknown devices stay: whether they
 // may reach Exchange is the EWS proxy's policy, which answers ENS's calls.
-func (s *Service) compliantDevices(devices []store.Device) ([]store.Device, error) {
+func (s *Service) compliantDevices(ctx context.Context, devices []store.Device) ([]store.Device, error) {
 	if s.cfg.Compliance == nil {
 		return devices, nil
 	}
 	var ok []store.Device
 	for _, dev := range devices {
-		state, err := s.cfg.Compliance.State(store.DeviceKey{TenantID: dev.TenantID, DeviceID: dev.DeviceID})
+		state, err := s.cfg.Compliance.Lookup(ctx, store.DeviceKey{TenantID: dev.TenantID, DeviceID: dev.DeviceID})
 		if err != nil {
 			return nil, err
 		}
@@ -97,7 +97,10 @@ func (d *delivery) acceptedByProxy(devs []store.Device) (accepted []store.Device
 	return accepted, refused
 }
 
-// DeviceCompliance reports a device's compliance state ("" if unknown).
+// DeviceCompliance reports a device's compliance state ("" if unknown),
+// waiting briefly for a first load (compliance.Cache), and whether its copy
+// is current.
 type DeviceCompliance interface {
-	State(store.DeviceKey) (string, error)
+	Lookup(context.Context, store.DeviceKey) (string, error)
+	Current() bool
 }

@@ -46,14 +46,14 @@ func TestPostgreSQLRestartLosesNothing(t *testing.T) {
 	// whose LISTEN connection the restart broke.
 	phone := store.DeviceKey{TenantID: e.tenant.ID, DeviceID: "phone"}
 	e.waitFor("the compliance listener back", func() bool {
-		_, err := e.cfg.Compliance.State(phone)
+		_, err := e.cfg.Compliance.Lookup(context.Background(), phone)
 		return err == nil
 	})
 	if err := e.store.SetCompliance(context.Background(), e.tenant.ID, "phone", store.Blocked); err != nil {
 		t.Fatal(err)
 	}
 	e.waitFor("the block in the compliance cache", func() bool {
-		state, _ := e.cfg.Compliance.State(phone)
+		state, _ := e.cfg.Compliance.Lookup(context.Background(), phone)
 		return state == store.Blocked
 	})
 	e.deliver(alice, mailFromCarol)

@@ -424,17 +424,7 @@ func TestDatabaseAwayIsAnsweredWithRetryAfter(t *testing.T) {
 // database, the first compliance load, or its workers.
 func TestReadyNamesWhatTheNodeIsMissing(t *testing.T) {
 	e := newEnv(t, envOptions{compliance: true})
-	ready := func() (int, map[string]any) {
-		t.Helper()
-		resp, err := http.Get(e.api.URL + "/api/ens/ready")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var body map[string]any
-		json.NewDecoder(resp.Body).Decode(&body)
-		return resp.StatusCode, body
-	}
+	ready := e.ready
 	e.waitFor("ready", func() bool { st, _ := ready(); return st == 200 })
 	e.svc.Stop()
 	if st, body := ready(); st != 503 || fmt.Sprint(body["missing"]) != "[workers]" {

@@ -156,7 +156,7 @@ func (s *Service) handleNotification(ctx context.Context, log *slog.Logger, sub 
 	if len(items) == 0 {
 		return ews.SubscriptionOK, nil
 	}
-	if devices, err = s.compliantDevices(devices); err != nil || len(devices) == 0 {
+	if devices, err = s.compliantDevices(ctx, devices); err != nil || len(devices) == 0 {
 		// None may get mail now; the subscription stays for when one may.
 		return ews.SubscriptionOK, err
 	}
