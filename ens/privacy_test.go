@@ -40,7 +40,7 @@ func TestNoSecretOrPersonalDataInLogsOrDatabase(t *testing.T) {
 	e.waitFor("both pushes", func() bool { return len(e.pushes.pushes("")) == 2 })
 	e.pushes.script(tok("phone"), push.Failed) // a retry path too
 	e.deliver(alice, mail)
-	e.waitFor("the retried push", func() bool { return len(e.pushes.pushes(tok("phone"))) == 3 })
+	e.waitFor("the retried push (a job)", func() bool { return len(e.pushes.pushes(tok("phone"))) == 3 })
 	if err := e.sim.SetPassword(alice, "new-password-after-change"); err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,8 @@ func TestNoSecretOrPersonalDataInLogsOrDatabase(t *testing.T) {
 		!strings.Contains(metrics, `ensgate_ens_registrations_total{result="active"}`) {
 		t.Errorf("the run left no metrics:\n%s", metrics)
 	}
-	if !strings.Contains(logs, "device registered") || !strings.Contains(dump, "CREATE TABLE public.subscriptions") {
+	if !strings.Contains(logs, "device registered") || !strings.Contains(dump, "CREATE TABLE public.subscriptions") ||
+		!strings.Contains(dump, "ensgate_push") || !strings.Contains(dump, "ensgate_reregister") {
 		t.Fatalf("nothing to search: %d bytes of logs, %d of dump", len(logs), len(dump))
 	}
 	for _, s := range private {
