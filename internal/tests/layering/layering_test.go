@@ -24,6 +24,7 @@ var below = map[string][]string{
 	"ews":              nil,
 	"privacy":          nil,
 	"internal/promreg": nil,
+	"oauth":            nil,
 
 	"store": {"privacy"},
 
@@ -31,17 +32,17 @@ var below = map[string][]string{
 	"compliance": {"store"},
 	"ewsproxy":   {"attest", "compliance", "store", "internal/promreg"},
 	"ens/push":   {"internal/promreg"},
-	"ens":        {"attest", "ens/push", "ens/seal", "ews", "privacy", "store", "internal/promreg"},
+	"ens":        {"attest", "ens/push", "ens/seal", "ews", "oauth", "privacy", "store", "internal/promreg"},
 
 	// The adapter sees every domain package; nothing but the root sees it.
-	"caddymodule": {"attest", "compliance", "ens", "ens/push", "ens/seal", "ews", "ewsproxy", "kcd", "privacy", "store", "internal/promreg"},
+	"caddymodule": {"attest", "compliance", "ens", "ens/push", "ens/seal", "ews", "ewsproxy", "kcd", "oauth", "privacy", "store", "internal/promreg"},
 	"":            {"caddymodule"},
 	"cmd/ensgate": {""},
 }
 
 // domain are the packages that must not know Caddy or its logger: they are
 // tested and reused on their own (caddymodule is the only adapter).
-var domain = []string{"attest", "compliance", "ens", "ens/push", "ens/seal", "ews", "ewsproxy", "kcd", "privacy", "store"}
+var domain = []string{"attest", "compliance", "ens", "ens/push", "ens/seal", "ews", "ewsproxy", "kcd", "oauth", "privacy", "store"}
 
 // harnesses are test peers and environments: they may import anything of
 // the module, and nothing above may import them.
