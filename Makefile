@@ -31,7 +31,7 @@ test-deps:
 	@bash scripts/install-test-deps.sh
 
 unit:
-	ENSGATE_BIN=$(CURDIR)/$(BIN) ENSGATE_REQUIRE_POSTGRES=1 ENSGATE_REQUIRE_KDC=1 $(GO) test -race -count=1 ./...
+	ENSGATE_BIN=$(CURDIR)/$(BIN) ENSGATE_REQUIRE_POSTGRES=1 ENSGATE_REQUIRE_KDC=1 ENSGATE_REQUIRE_NGINX=1 $(GO) test -race -count=1 ./...
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

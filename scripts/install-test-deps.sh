@@ -6,6 +6,7 @@
 #   - python3-exchangelib: a real third-party EWS client against the simulator
 #   - a Samba AD DC: the KCD tests' Active Directory KDC
 #   - Heimdal's KDC, unpacked beside MIT Kerberos (scripts/install-heimdal.sh)
+#   - nginx: the load balancer in front of the cluster tests' two nodes
 # As root it installs what is missing (apt-get); otherwise it stops at once,
 # naming what to install. Quiet and quick when everything is there.
 set -euo pipefail
@@ -15,6 +16,7 @@ packages=()
 command -v xmllint >/dev/null || packages+=(libxml2-utils)
 compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || packages+=(postgresql)
 /usr/bin/python3 -c 'import exchangelib' 2>/dev/null || packages+=(python3-exchangelib)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || packages+=(nginx)
 samba=(samba samba-ad-provision samba-dsdb-modules samba-vfs-modules)
 for p in "${samba[@]}"; do
 	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q ' installed$' || packages+=("$p")

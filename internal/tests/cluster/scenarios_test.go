@@ -1,0 +1,116 @@
+package cluster
+
+import (
+	"os"
+	"testing"
+	"time"
+)
+
+// A burst: mails over the mailboxes (each with an iOS and an Android
+// device), one every burstGap; the trouble starts once disruptAfter
+// pushes went out.
+const (
+	mailboxes    = 6
+	burstMails   = 300
+	burstGap     = 10 * time.Millisecond
+	disruptAfter = 150
+	// allShownWithin bounds the wait for every item on every device
+	// after the trouble ends.
+	allShownWithin = 3 * time.Minute
+	// settleFor waits for late pushes (a second push of an item) after
+	// every item was shown once.
+	settleFor = 5 * time.Second
+)
+
+// pushOutage is how long APNs and FCM are down in
+// TestPushServicesDownDuringBurst: ENSGATE_CLUSTER_PUSH_OUTAGE (a Go
+// duration), else 60 s. Exchange's own retries of a failed callback end
+// 75 s after the first failure at this clock scale (then it drops the
+// subscription), so a longer outage needs ENS to keep the pushes itself.
+func pushOutage(t *testing.T) time.Duration {
+	v := os.Getenv("ENSGATE_CLUSTER_PUSH_OUTAGE")
+	if v == "" {
+		return 60 * time.Second
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		t.Fatalf("ENSGATE_CLUSTER_PUSH_OUTAGE: %v", err)
+	}
+	return d
+}
+
+// scenario runs a burst, calls trouble once pushes flow, and checks that
+// every item reaches every device, none twice, that the running nodes are
+// ready again and that a device registered then is notified. trouble
+// returns when the trouble ended; the recovery is counted from then.
+func (c *cluster) scenario(name, tag string, trouble func() (ended time.Time)) {
+	c.t.Helper()
+	done := c.burst(tag, burstMails, burstGap)
+	c.waitDelivered(disruptAfter)
+	ended := trouble()
+	<-done
+	c.waitReady(time.Minute)
+	c.waitAllShown(allShownWithin)
+	recovery := time.Since(ended)
+	c.settle(settleFor)
+	c.report(name, c.tally(), recovery)
+	c.registerLate()
+}
+
+// One node is killed (SIGKILL) while a burst is pushed: the survivor
+// takes over its work; every item reaches every device, none is shown
+// twice (a second push of an item carries the same collapse id).
+func TestNodeKilledDuringBurst(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, options{mailboxes: mailboxes})
+	c.scenario("node A killed (SIGKILL) during the burst", "kill", func() time.Time {
+		c.kill(c.nodes[0])
+		return time.Now()
+	})
+}
+
+// APNs and FCM are down for a while during a burst: nothing is lost once
+// they are back, and the nodes' memory stays bounded.
+func TestPushServicesDownDuringBurst(t *testing.T) {
+	t.Parallel()
+	outage := pushOutage(t)
+	c := newCluster(t, options{mailboxes: mailboxes})
+	c.scenario("APNs and FCM down for "+outage.String()+" during the burst", "outage", func() time.Time {
+		c.apns.SetOutage(true)
+		c.fcm.SetOutage(true)
+		time.Sleep(outage)
+		c.apns.SetOutage(false)
+		c.fcm.SetOutage(false)
+		return time.Now()
+	})
+}
+
+// PostgreSQL is restarted during a burst: nothing is lost, both nodes
+// are ready again and a new registration works.
+func TestPostgreSQLRestartDuringBurst(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, options{mailboxes: mailboxes})
+	c.scenario("PostgreSQL restarted (3 s down) during the burst", "restart", func() time.Time {
+		c.db.Stop(t)
+		time.Sleep(3 * time.Second)
+		c.db.Start(t)
+		return time.Now()
+	})
+}
+
+// The primary dies during a burst and its streaming standby is promoted:
+// the nodes, on a multi-host DATABASE_URL, move to it; nothing is lost,
+// both nodes are ready again and a new registration works.
+func TestFailoverDuringBurst(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, options{mailboxes: mailboxes, standby: true})
+	// Replication is asynchronous: the registrations must be on the
+	// standby before the crash (what this test is about is the burst).
+	c.db.WaitReplayed(t, c.standby)
+	c.scenario("primary killed, standby promoted after 2 s, during the burst", "failover", func() time.Time {
+		c.db.Kill(t)
+		time.Sleep(2 * time.Second)
+		c.standby.Promote(t)
+		return time.Now()
+	})
+}
