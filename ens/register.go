@@ -143,7 +143,7 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	}
 	sub, err := s.store.Register(ctx, store.Registration{
 		Subscription: store.Subscription{PublicID: publicID, TenantID: t.ID, MailboxHash: mailbox, EndpointID: row.ID,
-			AuthType: req.AuthType, SealedCredentials: key.Seal(publicID, sealed), EWSSubscriptionID: ewsSub.ID,
+			AuthType: req.AuthType, SealedCredentials: key.Seal(publicID, sealed), RemoteID: ewsSub.ID,
 			Watermark: ewsSub.Watermark, StatusFrequency: s.statusMinutes()},
 		Device: store.Device{TenantID: t.ID, DeviceID: req.DeviceID, MailboxHash: mailbox, Platform: req.Platform,
 			PushToken: req.PushToken, Topic: req.Topic, NotificationLevel: *req.NotificationLevel,

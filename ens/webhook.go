@@ -99,7 +99,7 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 	}
 	result := ews.SubscriptionUnsubscribe
 	switch {
-	case sub.State != store.SubscriptionActive || n.SubscriptionID != sub.EWSSubscriptionID:
+	case sub.State != store.SubscriptionActive || n.SubscriptionID != sub.RemoteID:
 		log.Info("ending a subscription that is over", slog.String("state", sub.State), slog.String("reason", sub.StateReason))
 	case creds.InboxID == "":
 		err = s.reverify(ctx, log, sub)

@@ -32,7 +32,7 @@ func BenchmarkScale100kDevices(b *testing.B) {
 	// Basic login), Exchange's long ids, 64-hex APNs tokens.
 	if _, err := s.Pool().Exec(ctx, `
 		INSERT INTO subscriptions (public_id, tenant_id, mailbox_hash, endpoint_id, auth_type, sealed_credentials,
-			ews_subscription_id, watermark, status_frequency)
+			remote_id, watermark, status_frequency)
 		SELECT 'sub' || i, $1, sha256(i::text::bytea), $2, 'basic', decode(repeat(md5(i::text), 10), 'hex'),
 			repeat('F', 60) || i, repeat('A', 40), 15 FROM generate_series(1, $3) i`, tenant.ID, ep.ID, devices); err != nil {
 		b.Fatal(err)

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,13 +20,32 @@ import (
 type Endpoint struct {
 	ID          int64
 	TenantID    int64
+	Kind        string // KindEWS (URL is an EWS URL) or KindGraph (URL is a Graph root)
 	URL         string
 	Fingerprint string
+	OAuth       OAuth // how refresh tokens are redeemed; required for Graph
 	CreatedAt   time.Time
 	// ReadAt is when the query that read the row began: a node's cache may
 	// keep the row only if no change to it was announced since.
 	ReadAt time.Time `db:"-"`
 }
+
+// Endpoint kinds.
+const (
+	KindEWS   = "ews"
+	KindGraph = "graph"
+)
+
+// OAuth is how a device's refresh token is redeemed for an endpoint: the
+// mail app's public client id (no secret: the refresh tokens are bound to
+// it), its authority, whose token endpoint is Authority +
+// "/oauth2/v2.0/token", and the scope asked for. Zero: no refresh tokens.
+type OAuth struct {
+	ClientID, Authority, Scope string
+}
+
+// TokenURL is the authority's token endpoint.
+func (o OAuth) TokenURL() string { return strings.TrimSuffix(o.Authority, "/") + "/oauth2/v2.0/token" }
 
 // EndpointChannel is the PostgreSQL NOTIFY channel that announces a
 // changed, removed or re-added endpoint; the payload is its id.
@@ -71,22 +91,35 @@ func NormalizeEWSURL(raw string) (string, error) {
 	return scheme + "://" + hostport + path, nil
 }
 
-// AddEndpoint allows rawURL for the tenant. fingerprint is empty (no pin) or
-// canonical. A removed endpoint is added again under its old id; its ended
-// subscriptions stay ended.
+// AddEndpoint allows the EWS URL rawURL for the tenant. fingerprint is
+// empty (no pin) or canonical.
 func (s *Store) AddEndpoint(ctx context.Context, tenantID int64, rawURL, fingerprint string) (Endpoint, error) {
-	u, err := NormalizeEWSURL(rawURL)
+	return s.Allow(ctx, Endpoint{TenantID: tenantID, Kind: KindEWS, URL: rawURL, Fingerprint: fingerprint})
+}
+
+// Allow adds e (an EWS URL or a Graph root, with its pin and OAuth client)
+// to its tenant's list. A removed endpoint is added again under its old id;
+// its ended subscriptions stay ended.
+func (s *Store) Allow(ctx context.Context, e Endpoint) (Endpoint, error) {
+	u, err := NormalizeEWSURL(e.URL)
 	if err != nil {
 		return Endpoint{}, err
 	}
-	e := Endpoint{TenantID: tenantID, URL: u, Fingerprint: fingerprint}
+	e.URL, e.Kind = u, cmp.Or(e.Kind, KindEWS)
+	if e.Kind == KindGraph && e.OAuth.ClientID == "" {
+		return Endpoint{}, errors.New("a Graph endpoint needs the mail app's OAuth client id")
+	}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `
-			INSERT INTO ews_endpoints (tenant_id, url, fingerprint) VALUES ($1, $2, NULLIF($3, ''))
+			INSERT INTO ews_endpoints (tenant_id, url, fingerprint, kind, oauth_client_id, oauth_authority, oauth_scope)
+			VALUES ($1, $2, NULLIF($3, ''), $4, NULLIF($5, ''), NULLIF($6, ''), NULLIF($7, ''))
 			ON CONFLICT (tenant_id, url) DO UPDATE
-				SET fingerprint = excluded.fingerprint, removed_at = NULL, created_at = now()
+				SET fingerprint = excluded.fingerprint, kind = excluded.kind, oauth_client_id = excluded.oauth_client_id,
+					oauth_authority = excluded.oauth_authority, oauth_scope = excluded.oauth_scope,
+					removed_at = NULL, created_at = now()
 				WHERE ews_endpoints.removed_at IS NOT NULL
-			RETURNING id, created_at`, tenantID, u, fingerprint).Scan(&e.ID, &e.CreatedAt)
+			RETURNING id, created_at`, e.TenantID, u, e.Fingerprint, e.Kind, e.OAuth.ClientID, e.OAuth.Authority, e.OAuth.Scope).
+			Scan(&e.ID, &e.CreatedAt)
 		if err != nil {
 			return err
 		}
@@ -187,54 +220,65 @@ func notifyEndpoint(ctx context.Context, tx pgx.Tx, id int64) error {
 	return err
 }
 
+const endpointColumns = `id, tenant_id, kind, url, coalesce(fingerprint, ''), coalesce(oauth_client_id, ''),
+	coalesce(oauth_authority, ''), coalesce(oauth_scope, ''), created_at`
+
+func scanEndpoints(rows pgx.Rows, readAt time.Time) ([]Endpoint, error) {
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Endpoint, error) {
+		e := Endpoint{ReadAt: readAt}
+		err := row.Scan(&e.ID, &e.TenantID, &e.Kind, &e.URL, &e.Fingerprint, &e.OAuth.ClientID, &e.OAuth.Authority,
+			&e.OAuth.Scope, &e.CreatedAt)
+		return e, err
+	})
+}
+
+// endpoints lists the live endpoints that meet condition, in the order
+// they were added.
+func (s *Store) endpoints(ctx context.Context, condition string, args ...any) ([]Endpoint, error) {
+	readAt := time.Now()
+	rows, err := s.pool.Query(ctx, `SELECT `+endpointColumns+` FROM ews_endpoints
+		WHERE removed_at IS NULL AND `+condition+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, s.queryError("find endpoints", err)
+	}
+	endpoints, err := scanEndpoints(rows, readAt)
+	if err != nil {
+		return nil, s.queryError("find endpoints", err)
+	}
+	return endpoints, nil
+}
+
 // EndpointFor returns the tenant's entry matching rawURL after normalisation.
 func (s *Store) EndpointFor(ctx context.Context, tenantID int64, rawURL string) (Endpoint, error) {
 	u, err := NormalizeEWSURL(rawURL)
 	if err != nil {
 		return Endpoint{}, err
 	}
-	e := Endpoint{TenantID: tenantID, URL: u, ReadAt: time.Now()}
-	err = s.pool.QueryRow(ctx, `
-		SELECT id, coalesce(fingerprint, ''), created_at FROM ews_endpoints
-		WHERE tenant_id = $1 AND url = $2 AND removed_at IS NULL`, tenantID, u).Scan(&e.ID, &e.Fingerprint, &e.CreatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
+	found, err := s.endpoints(ctx, `tenant_id = $1 AND url = $2`, tenantID, u)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	if len(found) == 0 {
 		return Endpoint{}, fmt.Errorf("endpoint %s: %w", u, ErrNotFound)
 	}
-	if err != nil {
-		return Endpoint{}, s.queryError("find endpoint", err)
-	}
-	return e, nil
+	return found[0], nil
 }
 
 // Endpoints lists the tenant's allowed endpoints in the order they were added.
 func (s *Store) Endpoints(ctx context.Context, tenantID int64) ([]Endpoint, error) {
-	rows, err := s.pool.Query(ctx, `
-		SELECT id, tenant_id, url, coalesce(fingerprint, ''), created_at FROM ews_endpoints
-		WHERE tenant_id = $1 AND removed_at IS NULL ORDER BY id`, tenantID)
-	if err != nil {
-		return nil, s.queryError("list endpoints", err)
-	}
-	endpoints, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Endpoint])
-	if err != nil {
-		return nil, s.queryError("list endpoints", err)
-	}
-	return endpoints, nil
+	return s.endpoints(ctx, `tenant_id = $1`, tenantID)
 }
 
 // EndpointByID finds an endpoint that is not removed by its id.
 func (s *Store) EndpointByID(ctx context.Context, id int64) (Endpoint, error) {
-	e := Endpoint{ID: id, ReadAt: time.Now()}
-	err := s.pool.QueryRow(ctx, `
-		SELECT tenant_id, url, coalesce(fingerprint, ''), created_at FROM ews_endpoints
-		WHERE id = $1 AND removed_at IS NULL`, id).
-		Scan(&e.TenantID, &e.URL, &e.Fingerprint, &e.CreatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
+	found, err := s.endpoints(ctx, `id = $1`, id)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	if len(found) == 0 {
 		return Endpoint{}, fmt.Errorf("endpoint %d: %w", id, ErrNotFound)
 	}
-	if err != nil {
-		return Endpoint{}, s.queryError("find endpoint", err)
-	}
-	return e, nil
+	return found[0], nil
 }
 
 // ListenEndpoints calls changed with the id of each endpoint whose entry

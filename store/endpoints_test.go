@@ -82,7 +82,7 @@ func TestRemovedEndpointKeepsNoLiveSubscription(t *testing.T) {
 	register := func(round, device string) error {
 		_, err := s.Register(ctx, store.Registration{
 			Subscription: store.Subscription{PublicID: round + device, TenantID: tenant.ID, MailboxHash: []byte("mailbox of " + device),
-				EndpointID: ep.ID, AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: round + device, StatusFrequency: 15},
+				EndpointID: ep.ID, AuthType: "basic", SealedCredentials: []byte("x"), RemoteID: round + device, StatusFrequency: 15},
 			Device: store.Device{TenantID: tenant.ID, DeviceID: device, MailboxHash: []byte("mailbox of " + device), Platform: "ios", PushToken: device},
 			Owner:  store.DeviceOwner{TenantID: tenant.ID, DeviceID: device, MailboxHashes: [][]byte{[]byte("mailbox of " + device)}},
 		})

@@ -133,7 +133,7 @@ func TestRegisterMovesAMailboxToItsNewHash(t *testing.T) {
 		t.Helper()
 		sub, err := s.Register(ctx, store.Registration{
 			Subscription: store.Subscription{PublicID: "sub-" + device, TenantID: tenant.ID, MailboxHash: []byte(mailbox), EndpointID: ep.ID,
-				AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: "ews-" + device, StatusFrequency: 15},
+				AuthType: "basic", SealedCredentials: []byte("x"), RemoteID: "ews-" + device, StatusFrequency: 15},
 			Device:              store.Device{TenantID: tenant.ID, DeviceID: device, MailboxHash: []byte(mailbox), Platform: "ios", PushToken: device},
 			FormerMailboxHashes: former,
 		})
@@ -179,7 +179,7 @@ func TestConcurrentRegistrationsOfOneMailboxLeaveOneLiveSubscription(t *testing.
 				device := fmt.Sprintf("dev-%d", i)
 				_, err := s.Register(ctx, store.Registration{
 					Subscription: store.Subscription{PublicID: round + device, TenantID: tenant.ID, MailboxHash: []byte(mailbox), EndpointID: ep.ID,
-						AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: round + device, StatusFrequency: 15},
+						AuthType: "basic", SealedCredentials: []byte("x"), RemoteID: round + device, StatusFrequency: 15},
 					Device:              store.Device{TenantID: tenant.ID, DeviceID: device, MailboxHash: []byte(mailbox), Platform: "ios", PushToken: device},
 					Owner:               store.DeviceOwner{MailboxHashes: append([][]byte{[]byte(mailbox)}, former...)},
 					FormerMailboxHashes: former,
@@ -212,7 +212,7 @@ func TestPushClaimsAreExclusiveAndExpire(t *testing.T) {
 	assigned, _ := s.AssignKeyPair(ctx, tenant.ID, "phone", []string{"m"}, roomy)
 	sub, err := s.Register(ctx, store.Registration{
 		Subscription: store.Subscription{PublicID: "sub", TenantID: tenant.ID, MailboxHash: []byte("mbx"), EndpointID: ep.ID,
-			AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: "ews", StatusFrequency: 15},
+			AuthType: "basic", SealedCredentials: []byte("x"), RemoteID: "ews", StatusFrequency: 15},
 		Device:    store.Device{TenantID: tenant.ID, DeviceID: "phone", MailboxHash: []byte("mbx"), Platform: "ios", PushToken: "t"},
 		KeyPairID: assigned.ID,
 	})

@@ -30,7 +30,7 @@ func TestSubscriptionHealthCountsStatesReasonsAndSilence(t *testing.T) {
 		mailbox := []byte("mailbox of " + device)
 		sub, err := s.Register(ctx, store.Registration{
 			Subscription: store.Subscription{PublicID: fmt.Sprint(tenantID, device, time.Now().UnixNano()), TenantID: tenantID, MailboxHash: mailbox,
-				EndpointID: endpoints[tenantID], AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: "ews-" + device, StatusFrequency: 15},
+				EndpointID: endpoints[tenantID], AuthType: "basic", SealedCredentials: []byte("x"), RemoteID: "ews-" + device, StatusFrequency: 15},
 			Device: store.Device{TenantID: tenantID, DeviceID: device, MailboxHash: mailbox, Platform: "ios", PushToken: device},
 			Owner:  store.DeviceOwner{MailboxHashes: [][]byte{mailbox}},
 		})

@@ -24,7 +24,7 @@ func TestRegisterKeepsAnIDWithTheFirstDevice(t *testing.T) {
 	register := func(sub, mailbox string, secret []byte, presented []byte) error {
 		_, err := s.Register(ctx, store.Registration{
 			Subscription: store.Subscription{PublicID: sub, TenantID: tenant.ID, MailboxHash: []byte(mailbox), EndpointID: ep.ID,
-				AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: sub, StatusFrequency: 15},
+				AuthType: "basic", SealedCredentials: []byte("x"), RemoteID: sub, StatusFrequency: 15},
 			Device: store.Device{TenantID: tenant.ID, DeviceID: "phone", MailboxHash: []byte(mailbox), Platform: "ios",
 				PushToken: "t-" + sub, SecretHash: secret},
 			Owner: store.DeviceOwner{SecretHash: presented, MailboxHashes: [][]byte{[]byte(mailbox)}},
@@ -76,7 +76,7 @@ func TestConcurrentRegistrationsOfAFreeIDStoreOne(t *testing.T) {
 				sub := fmt.Sprint(device, "-", mailbox)
 				_, errs[i] = s.Register(ctx, store.Registration{
 					Subscription: store.Subscription{PublicID: sub, TenantID: tenant.ID, MailboxHash: []byte(mailbox), EndpointID: ep.ID,
-						AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: sub, StatusFrequency: 15},
+						AuthType: "basic", SealedCredentials: []byte("x"), RemoteID: sub, StatusFrequency: 15},
 					Device: store.Device{TenantID: tenant.ID, DeviceID: device, MailboxHash: []byte(mailbox), Platform: "ios",
 						PushToken: mailbox, SecretHash: bytes.Repeat([]byte{byte(i + 1)}, 32)},
 					Owner: store.DeviceOwner{MailboxHashes: [][]byte{[]byte(mailbox)}},
@@ -105,7 +105,7 @@ func TestRegisterRefusesADeviceBlockedMeanwhile(t *testing.T) {
 	register := func(sub string) error {
 		_, err := s.Register(ctx, store.Registration{
 			Subscription: store.Subscription{PublicID: sub, TenantID: tenant.ID, MailboxHash: []byte("alice"), EndpointID: ep.ID,
-				AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: sub, StatusFrequency: 15},
+				AuthType: "basic", SealedCredentials: []byte("x"), RemoteID: sub, StatusFrequency: 15},
 			Device: store.Device{TenantID: tenant.ID, DeviceID: "phone", MailboxHash: []byte("alice"), Platform: "ios",
 				PushToken: "t", SecretHash: bytes.Repeat([]byte{1}, 32)},
 			Owner: store.DeviceOwner{SecretHash: bytes.Repeat([]byte{1}, 32), MailboxHashes: [][]byte{[]byte("alice")}},

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -18,15 +19,32 @@ type Subscription struct {
 	TenantID          int64
 	MailboxHash       []byte
 	EndpointID        int64
-	AuthType          string // basic, oauth, cert
-	SealedCredentials []byte // opened only with the key in Exchange's callback URL
-	EWSSubscriptionID string
+	AuthType          string    // basic, oauth, cert
+	SealedCredentials []byte    // opened only with the key in Exchange's callback URL
+	Source            string    // ews or graph
+	RemoteID          string    // the subscription's id at Exchange (EWS) or Graph
+	ExpiresAt         time.Time // Graph's expiry, unless renewed; zero for EWS
 	Watermark         string
 	StatusFrequency   int    // minutes between Exchange's status pings
 	State             string // active, failed, ended
 	StateReason       string
 	LastSeenAt        time.Time
 	CreatedAt         time.Time
+}
+
+// Mail sources: EWS push subscriptions or Microsoft Graph change
+// notifications.
+const (
+	SourceEWS   = "ews"
+	SourceGraph = "graph"
+)
+
+// nullTime is NULL for the zero time.
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }
 
 // Subscription states.
@@ -41,6 +59,7 @@ const (
 	ReasonSuperseded   = "superseded"
 	ReasonNoDevices    = "no_devices"
 	ReasonSilent       = "silent"       // Exchange stopped calling back
+	ReasonExpired      = "expired"      // a Graph subscription was not renewed in time
 	ReasonUnauthorized = "unauthorized" // Exchange refused the credentials
 	// ReasonReverify: made before mailbox binding, so never checked to
 	// belong to its mailbox; its devices are asked to register again.
@@ -48,14 +67,18 @@ const (
 )
 
 const subscriptionColumns = `id, public_id, tenant_id, mailbox_hash, endpoint_id, auth_type,
-	sealed_credentials, ews_subscription_id, coalesce(watermark, ''), status_frequency, state,
+	sealed_credentials, source, remote_id, expires_at, coalesce(watermark, ''), status_frequency, state,
 	coalesce(state_reason, ''), last_seen_at, created_at`
 
 func scanSubscription(row pgx.Row) (Subscription, error) {
 	var s Subscription
+	var expires *time.Time
 	err := row.Scan(&s.ID, &s.PublicID, &s.TenantID, &s.MailboxHash, &s.EndpointID, &s.AuthType,
-		&s.SealedCredentials, &s.EWSSubscriptionID, &s.Watermark, &s.StatusFrequency, &s.State,
+		&s.SealedCredentials, &s.Source, &s.RemoteID, &expires, &s.Watermark, &s.StatusFrequency, &s.State,
 		&s.StateReason, &s.LastSeenAt, &s.CreatedAt)
+	if expires != nil {
+		s.ExpiresAt = *expires
+	}
 	return s, err
 }
 
@@ -144,11 +167,11 @@ func (s *Store) Register(ctx context.Context, reg Registration) (Subscription, e
 		}
 		sub, err = scanSubscription(tx.QueryRow(ctx, `
 			INSERT INTO subscriptions (public_id, tenant_id, mailbox_hash, endpoint_id, auth_type,
-				sealed_credentials, ews_subscription_id, watermark, status_frequency)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), $9)
+				sealed_credentials, source, remote_id, expires_at, watermark, status_frequency)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULLIF($10, ''), $11)
 			RETURNING `+subscriptionColumns,
 			sub.PublicID, sub.TenantID, sub.MailboxHash, sub.EndpointID, sub.AuthType,
-			sub.SealedCredentials, sub.EWSSubscriptionID, sub.Watermark, sub.StatusFrequency))
+			sub.SealedCredentials, cmp.Or(sub.Source, SourceEWS), sub.RemoteID, nullTime(sub.ExpiresAt), sub.Watermark, sub.StatusFrequency))
 		if err != nil {
 			return err
 		}
@@ -293,20 +316,23 @@ func (s *Store) StopSubscription(ctx context.Context, id int64, state, reason st
 	return changed, nil
 }
 
-// FailSilentSubscriptions fails active subscriptions that Exchange has not
-// called back for in twice their status frequency, and returns them; each
+// FailSilentSubscriptions fails active subscriptions that Exchange (or
+// Graph) has not called back for in twice their status frequency, and Graph
+// subscriptions past their expiry, and returns them; each
 // is returned to one caller only. then, if not nil, runs in the same
 // transaction with what failed.
 func (s *Store) FailSilentSubscriptions(ctx context.Context, limit int, then func(context.Context, pgx.Tx, []Subscription) error) (subs []Subscription, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `
-			UPDATE subscriptions SET state = 'failed', state_reason = $2, ended_at = now()
+			UPDATE subscriptions SET state = 'failed', ended_at = now(),
+				state_reason = CASE WHEN expires_at < now() THEN $3 ELSE $2 END
 			WHERE id IN (
 				SELECT id FROM subscriptions
-				WHERE state = 'active' AND last_seen_at < now() - make_interval(mins => 2 * status_frequency)
+				WHERE state = 'active' AND (last_seen_at < now() - make_interval(mins => 2 * status_frequency)
+					OR expires_at < now())
 				ORDER BY last_seen_at LIMIT $1 FOR UPDATE SKIP LOCKED)
 			AND state = 'active'
-			RETURNING `+subscriptionColumns, limit, ReasonSilent)
+			RETURNING `+subscriptionColumns, limit, ReasonSilent, ReasonExpired)
 		if err != nil {
 			return err
 		}
@@ -320,4 +346,27 @@ func (s *Store) FailSilentSubscriptions(ctx context.Context, limit int, then fun
 		return nil, s.queryError("fail silent subscriptions", err)
 	}
 	return subs, nil
+}
+
+// ResealCredentials replaces a live subscription's sealed credentials (a
+// refresh token rotated) if they are still old: another node may have
+// replaced them meanwhile, which it reports as false.
+func (s *Store) ResealCredentials(ctx context.Context, id int64, old, sealed []byte) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE subscriptions SET sealed_credentials = $3
+		WHERE id = $1 AND sealed_credentials = $2 AND state = 'active'`, id, old, sealed)
+	if err != nil {
+		return false, s.queryError("reseal credentials", err)
+	}
+	return tag.RowsAffected() > 0, nil
+}
+
+// SetRemoteSubscription records a live subscription's id at its source and
+// its expiry, after a renewal or after Graph's subscription was made anew.
+func (s *Store) SetRemoteSubscription(ctx context.Context, id int64, remoteID string, expiresAt time.Time) error {
+	_, err := s.pool.Exec(ctx, `UPDATE subscriptions SET remote_id = $2, expires_at = $3 WHERE id = $1 AND state = 'active'`,
+		id, remoteID, nullTime(expiresAt))
+	if err != nil {
+		return s.queryError("record the subscription's renewal", err)
+	}
+	return nil
 }

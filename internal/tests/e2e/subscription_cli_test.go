@@ -42,7 +42,7 @@ func TestCLIShowsSubscriptionHealth(t *testing.T) {
 		t.Helper()
 		sub, err := s.Register(ctx, store.Registration{
 			Subscription: store.Subscription{PublicID: id, TenantID: tenant.ID, MailboxHash: []byte(mailbox), EndpointID: ep.ID,
-				AuthType: "basic", SealedCredentials: []byte("x"), EWSSubscriptionID: "ews-" + id, StatusFrequency: 15},
+				AuthType: "basic", SealedCredentials: []byte("x"), RemoteID: "ews-" + id, StatusFrequency: 15},
 			Device: store.Device{TenantID: tenant.ID, DeviceID: device, MailboxHash: []byte(mailbox), Platform: "ios", PushToken: device},
 			Owner:  store.DeviceOwner{MailboxHashes: [][]byte{[]byte(mailbox)}},
 		})
