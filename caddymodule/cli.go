@@ -1,10 +1,12 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	neturl "net/url"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -156,10 +158,45 @@ func tenantCommand() *cobra.Command {
 	return tenant
 }
 
-// endpointFlags reads --url, normalised, and --fingerprint (if given), in
-// its canonical form.
+// Microsoft's public cloud; national clouds and tests override them.
+const (
+	defaultGraphRoot = "https://graph.microsoft.com"
+	defaultAuthority = "https://login.microsoftonline.com/organizations"
+)
+
+// oauthFlags reads --client-id, --authority and --scope for e, with their
+// defaults; Graph needs a client id.
+func oauthFlags(cmd *cobra.Command, e store.Endpoint) (store.OAuth, error) {
+	clientID, _ := cmd.Flags().GetString("client-id")
+	authority, _ := cmd.Flags().GetString("authority")
+	scope, _ := cmd.Flags().GetString("scope")
+	if clientID == "" {
+		if e.Kind == store.KindGraph {
+			return store.OAuth{}, errors.New("--graph needs --client-id, the mail app's OAuth client id")
+		}
+		if authority != "" || scope != "" {
+			return store.OAuth{}, errors.New("--authority and --scope go with --client-id")
+		}
+		return store.OAuth{}, nil
+	}
+	authority = cmp.Or(authority, defaultAuthority)
+	if u, err := neturl.Parse(authority); err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
+		return store.OAuth{}, fmt.Errorf("--authority: want an https URL such as %s", defaultAuthority)
+	}
+	if scope == "" {
+		u, _ := neturl.Parse(e.URL)
+		scope = u.Scheme + "://" + u.Host + "/.default offline_access"
+	}
+	return store.OAuth{ClientID: clientID, Authority: authority, Scope: scope}, nil
+}
+
+// endpointFlags reads --url, normalised (with --graph, the Graph root by
+// default), and --fingerprint (if given), in its canonical form.
 func endpointFlags(cmd *cobra.Command) (url, pin string, err error) {
 	rawURL, _ := cmd.Flags().GetString("url")
+	if graph, _ := cmd.Flags().GetBool("graph"); graph && rawURL == "" {
+		rawURL = defaultGraphRoot
+	}
 	pin, _ = cmd.Flags().GetString("fingerprint")
 	if url, err = store.NormalizeEWSURL(rawURL); err != nil {
 		return "", "", fmt.Errorf("--url: %w", err)
@@ -178,35 +215,64 @@ func endpointCommand() *cobra.Command {
 	endpoint := &cobra.Command{Use: "endpoint", Short: "Manages a tenant's allowed EWS endpoints"}
 
 	add := &cobra.Command{
-		Use:   "add --tenant NAME --url URL [--fingerprint sha256:HEX|spki-sha256:HEX]",
-		Short: "Allows an EWS URL for a tenant's devices, optionally pinned to a certificate",
-		Args:  cobra.NoArgs,
+		Use:   "add --tenant NAME (--url EWS_URL | --graph --client-id ID [--url GRAPH_ROOT]) [--fingerprint sha256:HEX|spki-sha256:HEX] [--client-id ID --authority URL --scope SCOPES]",
+		Short: "Allows an EWS URL, or Microsoft Graph, for a tenant's devices, optionally pinned to a certificate",
+		Long: `
+An EWS URL serves on-premises Exchange. --graph allows Exchange Online through
+Microsoft Graph (--url is then the Graph root, default ` + defaultGraphRoot + `).
+
+--client-id is the mail app's own public-client registration in Entra ID:
+refresh tokens are bound to it. Graph needs it; an EWS URL takes it when its
+OAuth devices may register refresh tokens. --authority is the directory, MSAL
+style (default ` + defaultAuthority + `; the token endpoint is it plus
+/oauth2/v2.0/token), --scope what is asked for (default: the resource's
+/.default and offline_access).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			graph, _ := cmd.Flags().GetBool("graph")
+			if !graph && !cmd.Flags().Changed("url") {
+				return errors.New("give --url (an EWS URL) or --graph")
+			}
 			url, pin, err := endpointFlags(cmd)
 			if err != nil {
 				return err
 			}
+			e := store.Endpoint{Kind: store.KindEWS, URL: url, Fingerprint: pin}
+			if graph {
+				e.Kind = store.KindGraph
+			}
+			if e.OAuth, err = oauthFlags(cmd, e); err != nil {
+				return err
+			}
 			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
-				e, err := s.AddEndpoint(ctx, t.ID, url, pin)
+				e.TenantID = t.ID
+				e, err := s.Allow(ctx, e)
 				if err != nil {
 					return err
 				}
 				if strings.HasPrefix(e.URL, "http://") {
 					fmt.Fprintln(cmd.ErrOrStderr(), "warning: http:// sends credentials unencrypted; use it only for test servers")
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "allowed %s for tenant %q (%s)\n", e.URL, t.Name, pinned(e.Fingerprint))
+				what := e.URL
+				if e.Kind == store.KindGraph {
+					what = "Microsoft Graph at " + e.URL
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "allowed %s for tenant %q (%s)\n", what, t.Name, pinned(e.Fingerprint))
 				return nil
 			})
 		},
 	}
 	tenantFlag(add)
-	add.Flags().String("url", "", "EWS URL, e.g. https://mail.example.com/EWS/Exchange.asmx (required)")
+	add.Flags().String("url", "", "EWS URL, e.g. https://mail.example.com/EWS/Exchange.asmx; with --graph the Graph root")
 	add.Flags().String("fingerprint", "", "pin: sha256:HEX of the certificate or spki-sha256:HEX of its public key")
-	add.MarkFlagRequired("url")
+	add.Flags().Bool("graph", false, "allow Exchange Online through Microsoft Graph (needs --client-id)")
+	add.Flags().String("client-id", "", "the mail app's OAuth client id (Entra application id)")
+	add.Flags().String("authority", "", "the OAuth authority (default "+defaultAuthority+")")
+	add.Flags().String("scope", "", "the OAuth scopes asked for when a refresh token is redeemed")
 
 	list := &cobra.Command{
 		Use:   "list --tenant NAME",
-		Short: "Lists a tenant's allowed EWS endpoints",
+		Short: "Lists a tenant's allowed EWS endpoints and Graph roots",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
@@ -214,8 +280,9 @@ func endpointCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return table(cmd.OutOrStdout(), []string{"URL", "PIN"}, len(endpoints), func(i int) []string {
-					return []string{endpoints[i].URL, orDash(endpoints[i].Fingerprint)}
+				return table(cmd.OutOrStdout(), []string{"KIND", "URL", "PIN", "CLIENT ID"}, len(endpoints), func(i int) []string {
+					e := endpoints[i]
+					return []string{e.Kind, e.URL, orDash(e.Fingerprint), orDash(e.OAuth.ClientID)}
 				})
 			})
 		},

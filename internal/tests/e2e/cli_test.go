@@ -58,6 +58,26 @@ func TestCLIAdministersTenantsEndpointsAndDevices(t *testing.T) {
 		t.Fatalf("endpoint list: %+v", r)
 	}
 
+	// Exchange Online through Graph: the public cloud's defaults, and the
+	// mail app's client id, which Graph cannot do without.
+	if r = cli(t, env, "ens", "endpoint", "add", "--tenant", "contoso", "--graph"); r.code == 0 || !strings.Contains(r.stderr, "--client-id") {
+		t.Fatalf("graph without a client id: %+v", r)
+	}
+	r = cli(t, env, "ens", "endpoint", "add", "--tenant", "contoso", "--graph", "--client-id", "11111111-2222-3333-4444-555555555555")
+	if r.code != 0 || !strings.Contains(r.stdout, "Microsoft Graph at https://graph.microsoft.com/") {
+		t.Fatalf("endpoint add --graph: %+v", r)
+	}
+	g, err := s.EndpointFor(context.Background(), tenant.ID, "https://graph.microsoft.com")
+	want := store.OAuth{ClientID: "11111111-2222-3333-4444-555555555555", Authority: "https://login.microsoftonline.com/organizations",
+		Scope: "https://graph.microsoft.com/.default offline_access"}
+	if err != nil || g.Kind != store.KindGraph || g.OAuth != want {
+		t.Fatalf("stored Graph endpoint = %+v, %v", g, err)
+	}
+	r = cli(t, env, "ens", "endpoint", "list", "--tenant", "contoso")
+	if r.code != 0 || !strings.Contains(r.stdout, "graph") || !strings.Contains(r.stdout, "11111111-2222-3333-4444-555555555555") {
+		t.Fatalf("endpoint list with Graph: %+v", r)
+	}
+
 	r = cli(t, env, "ens", "device", "list", "--tenant", "contoso")
 	if r.code != 0 || strings.TrimSpace(r.stdout) != "(none)" {
 		t.Fatalf("device list of a new tenant: %+v", r)
