@@ -24,9 +24,13 @@ const (
 
 // pushOutage is how long APNs and FCM are down in
 // TestPushServicesDownDuringBurst: ENSGATE_CLUSTER_PUSH_OUTAGE (a Go
-// duration), else 60 s. Exchange's own retries of a failed callback end
-// 75 s after the first failure at this clock scale (then it drops the
-// subscription), so a longer outage needs ENS to keep the pushes itself.
+// duration), else 60 s. Exchange retries a failed callback after 30 s,
+// then doubling, and drops the subscription once its failures last longer
+// than StatusFrequency: at this clock scale, with each callback held up to
+// ens.PushTimeBudget (20 s) before its 503, after about two minutes. A
+// longer outage needs ENS to keep the pushes itself (durable retries):
+// without them, 90 s passed and 150 s lost most of the burst (every
+// subscription dropped).
 func pushOutage(t *testing.T) time.Duration {
 	v := os.Getenv("ENSGATE_CLUSTER_PUSH_OUTAGE")
 	if v == "" {
