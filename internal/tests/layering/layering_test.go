@@ -27,22 +27,23 @@ var below = map[string][]string{
 	"oauth":            nil,
 
 	"store": {"privacy"},
+	"graph": {"oauth"},
 
 	"kcd":        {"internal/promreg"},
 	"compliance": {"store"},
 	"ewsproxy":   {"attest", "compliance", "store", "internal/promreg"},
 	"ens/push":   {"internal/promreg"},
-	"ens":        {"attest", "ens/push", "ens/seal", "ews", "oauth", "privacy", "store", "internal/promreg"},
+	"ens":        {"attest", "ens/push", "ens/seal", "ews", "graph", "oauth", "privacy", "store", "internal/promreg"},
 
 	// The adapter sees every domain package; nothing but the root sees it.
-	"caddymodule": {"attest", "compliance", "ens", "ens/push", "ens/seal", "ews", "ewsproxy", "kcd", "oauth", "privacy", "store", "internal/promreg"},
+	"caddymodule": {"attest", "compliance", "ens", "ens/push", "ens/seal", "ews", "ewsproxy", "graph", "kcd", "oauth", "privacy", "store", "internal/promreg"},
 	"":            {"caddymodule"},
 	"cmd/ensgate": {""},
 }
 
 // domain are the packages that must not know Caddy or its logger: they are
 // tested and reused on their own (caddymodule is the only adapter).
-var domain = []string{"attest", "compliance", "ens", "ens/push", "ens/seal", "ews", "ewsproxy", "kcd", "oauth", "privacy", "store"}
+var domain = []string{"attest", "compliance", "ens", "ens/push", "ens/seal", "ews", "ewsproxy", "graph", "kcd", "oauth", "privacy", "store"}
 
 // harnesses are test peers and environments: they may import anything of
 // the module, and nothing above may import them.
