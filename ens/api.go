@@ -30,6 +30,8 @@ func (s *Service) Handler() http.Handler {
 	mux.Handle("GET "+BasePath+"/status", s.tenantAPI(s.status))
 	mux.Handle("POST "+BasePath+"/unregister", s.tenantAPI(s.unregister))
 	mux.HandleFunc("POST "+BasePath+"/notify", s.notify)
+	mux.HandleFunc("POST "+BasePath+"/graph/notify", s.graphNotify)
+	mux.HandleFunc("POST "+BasePath+"/graph/lifecycle", s.graphLifecycle)
 	s.adminAPI(mux)
 	mux.HandleFunc(BasePath+"/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{http.StatusNotFound, "not_found", "no such ENS endpoint: " + r.Method + " " + r.URL.Path})

@@ -8,10 +8,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/store"
 )
 
 // Authentication types a device may register with.
@@ -30,13 +32,25 @@ type credentials struct {
 	Username    string `json:"username,omitempty"`
 	Password    string `json:"password,omitempty"`
 	AccessToken string `json:"accessToken,omitempty"`
-	Certificate []byte `json:"certificate,omitempty"` // DER
-	PrivateKey  []byte `json:"privateKey,omitempty"`  // PKCS#8 DER
+	// RefreshToken redeems new access tokens at the endpoint's OAuth
+	// authority (tokens.go); it rotates, and is re-sealed each time.
+	// AccessExpiry is when AccessToken expires: zero when unknown, and then
+	// it is refreshed when refused.
+	RefreshToken string    `json:"refreshToken,omitempty"`
+	AccessExpiry time.Time `json:"accessExpiry,omitzero"`
+	Certificate  []byte    `json:"certificate,omitempty"` // DER
+	PrivateKey   []byte    `json:"privateKey,omitempty"`  // PKCS#8 DER
 	// InboxID is the mailbox's Inbox as Exchange named it when the
 	// subscription was made: only items in it are announced. Empty for
 	// subscriptions made before it was recorded.
 	InboxID string `json:"inboxId,omitempty"`
+	// DeltaLink is where Graph's next delta query over the Inbox starts:
+	// the catch-up after a missed notification.
+	DeltaLink string `json:"deltaLink,omitempty"`
 }
+
+// maxToken bounds an OAuth token from a device (Entra's are a few KB).
+const maxToken = 32 << 10
 
 // The JWE algorithms accepted from devices: RSA-OAEP-256, and RSA1_5 for
 // legacy apps. go-jose decrypts RSA1_5 with a random substitute key on bad
@@ -47,8 +61,8 @@ var (
 )
 
 // decryptCredentials opens the device's JWE and checks its content for the
-// declared authentication type.
-func decryptCredentials(compact string, key *rsa.PrivateKey, email, authType string) (*credentials, error) {
+// declared authentication type and mail source.
+func decryptCredentials(compact string, key *rsa.PrivateKey, email, authType, source string) (*credentials, error) {
 	jwe, err := jose.ParseEncryptedCompact(compact, jweKeyAlgorithms, jweEncryptions)
 	if err != nil {
 		return nil, badRequest("credentials: not a JWE with alg RSA-OAEP-256 (or RSA1_5) and enc A256GCM")
@@ -58,11 +72,12 @@ func decryptCredentials(compact string, key *rsa.PrivateKey, email, authType str
 		return nil, badRequest("credentials: cannot be decrypted with the key keyId names")
 	}
 	var in struct {
-		Username    string `json:"username"`
-		Password    string `json:"password"`
-		AccessToken string `json:"accessToken"`
-		Certificate string `json:"certificate"`
-		PrivateKey  string `json:"privateKey"`
+		Username     string `json:"username"`
+		Password     string `json:"password"`
+		AccessToken  string `json:"accessToken"`
+		RefreshToken string `json:"refreshToken"`
+		Certificate  string `json:"certificate"`
+		PrivateKey   string `json:"privateKey"`
 	}
 	if err := json.Unmarshal(plain, &in); err != nil {
 		return nil, badRequest("credentials: the decrypted content is not a JSON object")
@@ -75,10 +90,16 @@ func decryptCredentials(compact string, key *rsa.PrivateKey, email, authType str
 		}
 		c.Username, c.Password = in.Username, in.Password
 	case authOAuth:
-		if in.AccessToken == "" {
-			return nil, badRequest(`credentials: oauth needs "accessToken"`)
+		if source == store.SourceGraph && in.RefreshToken == "" {
+			return nil, badRequest(`credentials: graph needs "refreshToken"`)
 		}
-		c.AccessToken = in.AccessToken
+		if source != store.SourceGraph && in.AccessToken == "" {
+			return nil, badRequest(`credentials: oauth needs "accessToken" (and may add "refreshToken")`)
+		}
+		if len(in.AccessToken) > maxToken || len(in.RefreshToken) > maxToken {
+			return nil, badRequest("credentials: a token is longer than %d characters", maxToken)
+		}
+		c.AccessToken, c.RefreshToken = in.AccessToken, in.RefreshToken
 	case authCert:
 		cert, err := base64.StdEncoding.DecodeString(in.Certificate)
 		if err != nil || len(cert) == 0 {

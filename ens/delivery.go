@@ -1,18 +1,18 @@
 package ens
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"sync"
 	"time"
 
 	"github.com/ensgate/ensgate/ens/push"
-	"github.com/ensgate/ensgate/ews"
+	"github.com/ensgate/ensgate/oauth"
 	"github.com/ensgate/ensgate/privacy"
 	"github.com/ensgate/ensgate/store"
 )
@@ -29,74 +29,87 @@ const PushTimeBudget = 20 * time.Second
 // errPushInProgress: another node owns some of this item's pushes.
 var errPushInProgress = errors.New("another node is pushing this item")
 
-// delivery turns one notification's new items into pushes.
+// delivery turns one notification's new items into pushes, whatever the
+// mail source: src reads the mail (ews_source.go, graph_source.go).
 type delivery struct {
-	s       *Service
-	log     *slog.Logger
-	sub     store.Subscription
-	creds   *credentials
+	s   *Service
+	log *slog.Logger
+	*sealed
+	src     mailSource
 	tenant  store.Tenant
 	devices []store.Device
-	ep      *endpoint
 	badge   *int      // unread count once fetched
-	arrived time.Time // when Exchange's callback arrived
-	// calls are the options of each EWS call: sign the devices'
-	// attestation into it, and record its answer's header in answer.
-	calls []ews.CallOption
-	// answer is the header of the latest EWS answer.
-	answer http.Header
-	// accepted is the device list of the latest answer that carried one
-	// (an ENSGate EWS proxy's), nil while none has.
+	arrived time.Time // when the source's callback arrived
+	// accepted is the device list of the latest EWS answer that carried
+	// one (an ENSGate EWS proxy's), nil while none has (Graph: always).
 	accepted []string
 }
+
+// mailSource is where a delivery reads mail.
+type mailSource interface {
+	// content fetches an item's sender, subject and preview.
+	// errNotAnnounced: there is nothing to announce (the item is gone, is
+	// not new mail of the Inbox, or the EWS proxy refused the devices).
+	content(ctx context.Context, id string) (*mailContent, error)
+	// unreadCount is the Inbox's unread count, -1 when unknown;
+	// errNotAnnounced when the EWS proxy refused the devices.
+	unreadCount(ctx context.Context) (int, error)
+	// refused reports whether err is the source refusing the credentials.
+	refused(err error) bool
+	// refresh replaces a refused access token from the refresh token:
+	// errNoRefreshToken without one, oauth.ErrInvalidGrant when the user
+	// must sign in again.
+	refresh(ctx context.Context) error
+}
+
+// mailContent is what a push may show of a mail, as far as the level lets.
+type mailContent struct {
+	FromName, FromAddress, Subject, Preview string
+}
+
+// errNotAnnounced: an item that is not to be announced (see mailSource).
+var errNotAnnounced = errors.New("nothing to announce")
 
 // level is what a device may be shown.
 func (d *delivery) level(dev store.Device) privacy.Level {
 	return privacy.For(d.tenant.NotificationLevel, dev.NotificationLevel)
 }
 
-func (d *delivery) run(ctx context.Context, items []ews.ItemID) (ews.SubscriptionStatus, error) {
-	client, done, err := d.s.ewsClient(d.ep, d.creds)
-	if err != nil {
-		return "", err
-	}
-	defer done()
-	release, err := d.ep.acquire(ctx)
-	if err != nil {
-		return "", err
-	}
-	defer release()
-	acct := d.creds.account()
-	ids := make([]string, len(d.devices))
-	for i, dev := range d.devices {
-		ids[i] = dev.DeviceID
-	}
-	d.calls = []ews.CallOption{d.s.attestation(d.tenant.ID, ids), ews.ResponseHeader(&d.answer)}
-
+// run pushes each item. A refused access token is refreshed once; a refusal
+// that stands fails the subscription (credentialsRefused). It reports
+// whether the subscription is over.
+func (d *delivery) run(ctx context.Context, items []string) (over bool, err error) {
+	refreshed := false
 	var retry error
-	ended := false
 	for _, id := range items {
-		status, err := d.item(ctx, client, acct, id)
-		if errors.Is(err, ews.ErrUnauthorized) {
-			return d.credentialsRefused(ctx)
+		ended, err := d.item(ctx, id)
+		if d.src.refused(err) && !refreshed {
+			refreshed = true
+			switch rerr := d.src.refresh(ctx); {
+			case rerr == nil:
+				ended, err = d.item(ctx, id)
+			case !errors.Is(rerr, oauth.ErrInvalidGrant) && !errors.Is(rerr, errNoRefreshToken):
+				return false, errors.Join(err, rerr) // the token endpoint is away: retry later
+			default:
+				d.log.Info("the access token was refused and cannot be renewed", slog.Any("error", rerr))
+			}
+		}
+		if d.src.refused(err) {
+			return true, d.credentialsRefused(ctx)
 		}
 		if err != nil {
 			retry = err
 		}
-		ended = ended || status == ews.SubscriptionUnsubscribe
+		over = over || ended
 	}
-	if retry != nil {
-		return "", retry
-	}
-	if ended {
-		return ews.SubscriptionUnsubscribe, nil
-	}
-	return ews.SubscriptionOK, nil
+	return over, retry
 }
 
 // item pushes one new item to the devices whose push for it is not done or
-// in progress elsewhere. GetItem is called only if a device may see content.
-func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Account, id ews.ItemID) (ews.SubscriptionStatus, error) {
+// in progress elsewhere, and reports whether that ended the subscription
+// (its last device's token is dead). The content is fetched only if a
+// device may see it.
+func (d *delivery) item(ctx context.Context, id string) (ended bool, err error) {
 	hash := itemHash(id)
 	ids := make([]int64, len(d.devices))
 	for i, dev := range d.devices {
@@ -104,39 +117,38 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 	}
 	claimed, othersPending, err := d.s.store.ClaimPushes(ctx, d.sub.ID, hash, ids, claimLease)
 	if err != nil {
-		return "", err
+		return false, err
 	}
 	var pending error
 	if othersPending {
-		// Another node is pushing this item; Exchange's retry will find it
-		// done, or the claim expired because that node died.
+		// Another node is pushing this item; the source's retry will find
+		// it done, or the claim expired because that node died.
 		pending = errPushInProgress
 	}
 	if len(claimed) == 0 {
-		return ews.SubscriptionOK, pending
+		return false, pending
+	}
+	release := func(err error) (bool, error) {
+		return false, errors.Join(err, d.s.store.ReleasePushes(context.WithoutCancel(ctx), d.sub.ID, hash, claimed))
 	}
 	targets := d.claimedDevices(claimed)
 
-	var item *ews.Item
+	var mail *mailContent
 	if d.needsContent(targets) {
-		item, err = client.GetItem(ctx, acct, id, d.calls...)
-		d.noteProxyAnswer()
-		if errors.Is(err, ews.ErrItemNotFound) || refusedByProxy(err) || (err == nil && !announceable(item, d.sub, d.creds, d.s.cfg.Now())) {
-			// Deleted or moved before we looked, no device may see mail, or
-			// not new mail of this Inbox (a replay): nothing to announce.
-			return ews.SubscriptionOK, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed, store.PushNotAnnounced)
+		mail, err = d.src.content(ctx, id)
+		if errors.Is(err, errNotAnnounced) {
+			return false, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed, store.PushNotAnnounced)
 		}
 		if err != nil {
-			return "", errors.Join(err, d.s.store.ReleasePushes(context.WithoutCancel(ctx), d.sub.ID, hash, claimed))
+			return release(err)
 		}
 	}
-
-	badge, err := d.unreadCount(ctx, client, acct)
-	if refusedByProxy(err) {
-		return ews.SubscriptionOK, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed, store.PushNotAnnounced)
+	badge, err := d.unreadCount(ctx)
+	if errors.Is(err, errNotAnnounced) {
+		return false, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed, store.PushNotAnnounced)
 	}
 	if err != nil {
-		return "", errors.Join(err, d.s.store.ReleasePushes(context.WithoutCancel(ctx), d.sub.ID, hash, claimed))
+		return release(err)
 	}
 	// Devices the proxy did not accept are done with for this item.
 	targets, notAccepted := d.acceptedByProxy(targets)
@@ -145,14 +157,13 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 	var wg sync.WaitGroup
 	for i, dev := range targets {
 		wg.Go(func() {
-			m := newMailMessage(dev, d.level(dev), item, badge)
+			m := newMailMessage(dev, d.level(dev), mail, badge)
 			m.CollapseID = collapseID(dev.MailboxHash, hash)
 			results[i] = d.s.push.Send(ctx, m)
 		})
 	}
 	wg.Wait()
 
-	status := ews.SubscriptionOK
 	var failed []int64
 	for i, res := range results {
 		dev := targets[i]
@@ -160,13 +171,11 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 		case push.Failed:
 			failed = append(failed, dev.ID)
 		case push.TokenDead:
-			ended, err := d.s.store.SetDeviceState(ctx, d.tenant.ID, dev.DeviceID, store.DeviceInactive, "push token dead: "+res.Reason)
+			last, err := d.s.store.SetDeviceState(ctx, d.tenant.ID, dev.DeviceID, store.DeviceInactive, "push token dead: "+res.Reason)
 			if err != nil && !errors.Is(err, store.ErrNotFound) {
-				return "", err
+				return false, err
 			}
-			if ended {
-				status = ews.SubscriptionUnsubscribe
-			}
+			ended = ended || last
 			outcomes[store.PushTokenDead] = append(outcomes[store.PushTokenDead], dev.ID)
 		case push.Rejected:
 			d.log.Warn("push rejected", slog.String("device", dev.DeviceID), slog.String("reason", res.Reason))
@@ -178,38 +187,30 @@ func (d *delivery) item(ctx context.Context, client *ews.Client, acct ews.Accoun
 	}
 	for outcome, devices := range outcomes {
 		if err := d.s.store.FinishPushes(ctx, d.sub.ID, hash, devices, outcome); err != nil {
-			return "", err
+			return false, err
 		}
 	}
 	if len(failed) > 0 {
 		// APNs or FCM did not take them within the budget: a job retries
-		// them from the database and Exchange is answered.
+		// them from the database and the source is answered.
 		if err := d.s.queuePushes(ctx, d.sub.ID, hash, failed, badge, d.arrived); err != nil {
-			err = errors.Join(fmt.Errorf("%d of %d pushes failed and could not be queued", len(failed), len(targets)), err)
-			return "", errors.Join(err, d.s.store.ReleasePushes(context.WithoutCancel(ctx), d.sub.ID, hash, failed))
+			err = fmt.Errorf("%d of %d pushes failed and could not be queued: %w", len(failed), len(targets), err)
+			return false, errors.Join(err, d.s.store.ReleasePushes(context.WithoutCancel(ctx), d.sub.ID, hash, failed))
 		}
 		d.log.Info("pushes not taken by APNs or FCM; queued for retry", slog.Int("pushes", len(failed)))
 	}
-	return status, pending
+	return ended, pending
 }
 
 // unreadCount is the Inbox's unread count for the badge, fetched once per
-// notification and only when something is pushed. Only a refusal of the
-// credentials is an error; otherwise the push leaves the badge alone (-1).
-func (d *delivery) unreadCount(ctx context.Context, client *ews.Client, acct ews.Account) (int, error) {
+// notification and only when something is pushed.
+func (d *delivery) unreadCount(ctx context.Context) (int, error) {
 	if d.badge != nil {
 		return *d.badge, nil
 	}
-	badge := -1
-	inbox, err := client.GetInbox(ctx, acct, d.calls...)
-	d.noteProxyAnswer()
-	switch {
-	case err == nil:
-		badge = inbox.UnreadCount
-	case errors.Is(err, ews.ErrUnauthorized) || refusedByProxy(err):
+	badge, err := d.src.unreadCount(ctx)
+	if err != nil {
 		return 0, err
-	default:
-		d.log.Warn("unread count unavailable; pushing without a badge", slog.Any("error", err))
 	}
 	d.badge = &badge
 	return badge, nil
@@ -239,20 +240,13 @@ func (d *delivery) needsContent(devs []store.Device) bool {
 	return false
 }
 
-// credentialsRefused handles Exchange's 401 (password changed, token
-// expired): the subscription fails once, its devices are asked to register
-// again (with a generic notice where the level allows), and Exchange is
-// told to stop, so no retry storm follows.
-func (d *delivery) credentialsRefused(ctx context.Context) (ews.SubscriptionStatus, error) {
-	changed, err := d.s.store.StopSubscription(ctx, d.sub.ID, store.SubscriptionFailed, store.ReasonUnauthorized,
-		d.s.askToReregister(reregisterArgs{Tenant: d.tenant.ID, Mailbox: d.sub.MailboxHash, NewMail: true}))
-	if err != nil {
-		return "", err
-	}
-	if changed {
-		d.log.Info("Exchange refused the credentials; asking the devices to register again")
-	}
-	return ews.SubscriptionUnsubscribe, nil
+// credentialsRefused handles the source's refusal of the credentials (a
+// password changed, a token expired that no refresh token renews): the
+// subscription fails once, its devices are asked to register again (with a
+// generic notice where the level allows), and the source is told to stop,
+// so no retry storm follows.
+func (d *delivery) credentialsRefused(ctx context.Context) error {
+	return d.s.credentialsRefused(ctx, d.log, d.sealed, true)
 }
 
 func baseMessage(dev store.Device) push.Message {
@@ -263,7 +257,7 @@ func baseMessage(dev store.Device) push.Message {
 // newMailMessage builds the push for one device at its level (package
 // privacy): sender, subject and preview as far as it shows them; a generic
 // "New message"; or only the badge.
-func newMailMessage(dev store.Device, level privacy.Level, item *ews.Item, badge int) push.Message {
+func newMailMessage(dev store.Device, level privacy.Level, mail *mailContent, badge int) push.Message {
 	m := baseMessage(dev)
 	m.Kind = push.NewMail
 	m.Badge = badge
@@ -272,15 +266,12 @@ func newMailMessage(dev store.Device, level privacy.Level, item *ews.Item, badge
 		return m
 	}
 	// A level that shows the sender has had the item fetched (needsContent).
-	m.Title = item.From.Name
-	if m.Title == "" {
-		m.Title = item.From.EmailAddress
-	}
+	m.Title = cmp.Or(mail.FromName, mail.FromAddress)
 	if level.ShowsSubject() {
-		m.Subject = item.Subject
+		m.Subject = mail.Subject
 	}
 	if level.ShowsPreview() {
-		m.Preview = item.Preview
+		m.Preview = mail.Preview
 	}
 	return m
 }

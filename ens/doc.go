@@ -5,10 +5,17 @@
 // Files by job, in the order a notification meets them:
 //
 //	webhook.go      Exchange's callback: authenticate, unseal, hygiene, answer
-//	delivery.go     claims, GetItem/GetFolder, the payload at the device's level, pushes
+//	delivery.go     claims, the mail source, the payload at the device's level, pushes
+//	ews_source.go   the mail read through EWS (GetItem, GetFolder)
 //	proxy.go        ENS and an ENSGate EWS proxy: compliance, attestation, the proxy's answer
 //	endpoints.go    the allowed EWS endpoints' shared clients and bulkheads
 //	credentials.go  the sealed credentials and how they call Exchange
+//	tokens.go       OAuth refresh tokens: redeemed, re-sealed one at a time
+//
+// and for Exchange Online through Microsoft Graph:
+//
+//	graph.go            registration, the notification URL, the mail read through Graph
+//	graph_lifecycle.go  lifecycle events (renewal, re-creation, catch-up), the fallback job
 //
 // and for the device API and the workers:
 //

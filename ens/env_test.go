@@ -107,9 +107,11 @@ type envOptions struct {
 	inFlight     int    // notifications one node works on at once
 	dbURL        string // the database; empty: a new one on the shared server
 	simConfig    ewssim.Config
-	keyPool      int
-	rootCAs      *x509.CertPool
-	push         push.Sender // nil: the recorder
+	// ewsOAuth is the simulator endpoint's OAuth client (refresh tokens).
+	ewsOAuth store.OAuth
+	keyPool  int
+	rootCAs  *x509.CertPool
+	push     push.Sender // nil: the recorder
 	// statusFrequency in minutes (default 1): Exchange drops a subscription
 	// whose callbacks fail for longer.
 	statusFrequency int
@@ -149,7 +151,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 		simCfg.ClockScale = 100 * time.Millisecond // one Exchange minute
 	}
 	e.sim = ewssim.Start(t, simCfg)
-	if _, err := e.store.AddEndpoint(ctx, e.tenant.ID, e.sim.EWSURL, ""); err != nil {
+	if _, err := e.store.Allow(ctx, store.Endpoint{TenantID: e.tenant.ID, URL: e.sim.EWSURL, OAuth: opts.ewsOAuth}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -283,7 +285,7 @@ func (e *env) basicDevice(id, email, password string, level int) deviceclient.De
 // defaults to the simulator.
 func (e *env) registerBody(d deviceclient.Device) map[string]any {
 	e.t.Helper()
-	if d.EWSURL == "" {
+	if d.EWSURL == "" && d.Source != "graph" {
 		d.EWSURL = e.sim.EWSURL
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -28,6 +28,7 @@ import (
 //	ensgate_key_pool    counts the key pool and queues its top-up (periodic, and on hand-out)
 //	ensgate_key_pairs   generates key pairs: the top-up spreads over the nodes
 //	ensgate_clean_up    forgets old push claims and unused key pairs (periodic)
+//	ensgate_graph_fallback  a Graph notification's items, in case its node dies (graph_lifecycle.go)
 const (
 	// jobTimeout bounds one job's run (a push with its retries takes
 	// PushTimeBudget at most).
@@ -58,6 +59,7 @@ func newJobs(s *Service) (*river.Client[pgx.Tx], error) {
 	river.AddWorker(workers, &keyPoolWorker{s: s})
 	river.AddWorker(workers, &keyPairsWorker{s: s})
 	river.AddWorker(workers, &cleanUpWorker{s: s})
+	river.AddWorker(workers, &graphFallbackWorker{s: s})
 	periodic := func(every time.Duration, args river.JobArgs) *river.PeriodicJob {
 		return river.NewPeriodicJob(river.PeriodicInterval(every),
 			func() (river.JobArgs, *river.InsertOpts) { return args, nil }, &river.PeriodicJobOpts{RunOnStart: true})

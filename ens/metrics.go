@@ -41,6 +41,14 @@ var (
 		Namespace: "ensgate", Subsystem: "ens", Name: "jobs",
 		Help: "Durable jobs not finished, by kind (ensgate_push, ensgate_reregister, ...) and state (available, running, retryable, scheduled), as last counted by this node.",
 	}, []string{"kind", "state"})
+	graphThrottled = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "ensgate", Subsystem: "ens", Name: "graph_throttled_total",
+		Help: "Graph calls answered 429 (or 503 with Retry-After): the mailbox's calls wait as long as Graph says.",
+	})
+	graphRenewals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ensgate", Subsystem: "ens", Name: "graph_subscription_renewals_total",
+		Help: "Graph subscriptions kept alive, by how (reauthorized, renewed, recreated).",
+	}, []string{"how"})
 	keyPairsResealed = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "ensgate", Subsystem: "ens", Name: "key_pairs_resealed_total",
 		Help: "Key pairs this node moved from an accepted (rotated-out) master key to the current one.",
@@ -50,5 +58,5 @@ var (
 // Register adds ENS's metrics to reg; registering twice (a config reload)
 // is fine.
 func Register(reg prometheus.Registerer) error {
-	return promreg.Register(reg, notifications, registrations, itemsIgnored, keyPoolFree, keyPairsResealed, notificationsInFlight, webhookToPush, subscriptionsByState, jobsWaiting)
+	return promreg.Register(reg, notifications, registrations, itemsIgnored, keyPoolFree, keyPairsResealed, notificationsInFlight, webhookToPush, subscriptionsByState, jobsWaiting, graphThrottled, graphRenewals)
 }

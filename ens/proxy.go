@@ -73,9 +73,9 @@ func refusedByProxy(err error) bool {
 // answer it lets through; an answer without the list after one with it (an
 // error of the proxy's, or of a balancer in front of it) must not count as
 // "every device accepted".
-func (d *delivery) noteProxyAnswer() {
-	if v := d.answer[http.CanonicalHeaderKey(attest.AcceptedHeader)]; len(v) > 0 {
-		d.accepted = v
+func (e *ewsSource) noteProxyAnswer() {
+	if v := e.answer[http.CanonicalHeaderKey(attest.AcceptedHeader)]; len(v) > 0 {
+		e.d.accepted = v
 	}
 }
 

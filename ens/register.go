@@ -1,6 +1,7 @@
 package ens
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,6 +27,7 @@ type registerRequest struct {
 	Credentials       string         `json:"credentials"`
 	NotificationLevel *privacy.Level `json:"notificationLevel"`
 	DeviceSecret      string         `json:"deviceSecret"` // needed when the id is already registered
+	Source            string         `json:"source"`       // ews (the default) or graph
 }
 
 func (req *registerRequest) check() error {
@@ -44,8 +46,12 @@ func (req *registerRequest) check() error {
 		return badRequest("pushToken: an APNs device token is hexadecimal")
 	case len(req.Topic) > 255:
 		return badRequest("topic: must be at most 255 characters")
-	case req.EWSURL == "":
+	case req.Source != "" && req.Source != store.SourceEWS && req.Source != store.SourceGraph:
+		return badRequest(`source: must be "ews" (the default) or "graph"`)
+	case req.EWSURL == "" && req.Source != store.SourceGraph:
 		return badRequest("ewsUrl: required")
+	case req.Source == store.SourceGraph && req.AuthType != authOAuth:
+		return badRequest(`authType: graph takes "oauth"`)
 	case req.AuthType != authBasic && req.AuthType != authOAuth && req.AuthType != authCert:
 		return badRequest(`authType: must be "basic", "oauth" or "cert"`)
 	case req.KeyID == "":
@@ -93,14 +99,9 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	if err := s.refuseNonCompliant(ctx, t, req.DeviceID); err != nil {
 		return err
 	}
-	if _, err := store.NormalizeEWSURL(req.EWSURL); err != nil {
-		return badRequest("ewsUrl: %v", err)
-	}
+	source := cmp.Or(req.Source, store.SourceEWS)
 	// The allow-list is checked before anything else is done with the URL.
-	row, err := s.store.EndpointFor(ctx, t.ID, req.EWSURL)
-	if errors.Is(err, store.ErrNotFound) {
-		return errEndpointNotAllowed
-	}
+	row, err := s.sourceEndpoint(ctx, t, source, req.EWSURL)
 	if err != nil {
 		return err
 	}
@@ -117,20 +118,34 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	if err != nil {
 		return err
 	}
-	creds, err := decryptCredentials(req.Credentials, priv, req.Email, req.AuthType)
+	creds, err := decryptCredentials(req.Credentials, priv, req.Email, req.AuthType, source)
 	if err != nil {
 		return err
 	}
-	ep, err := s.endpointFor(row)
-	if err != nil {
-		return err
+	if creds.RefreshToken != "" && row.OAuth.ClientID == "" {
+		return badRequest("credentials: this endpoint takes no refresh token (its OAuth client is not configured: ensgate ens endpoint add --client-id)")
 	}
 
 	publicID, key := randomID(), seal.NewSubscriptionKey()
-	ewsSub, err := s.subscribe(ctx, ep, creds, publicID, key, s.attestation(t.ID, []string{req.DeviceID}))
-	if err != nil {
-		s.log.Info("registration refused by Exchange", slog.String("tenant", t.Name), slog.String("device", req.DeviceID), slog.Any("error", err))
-		return exchangeError(err)
+	remote := store.Subscription{Source: source, StatusFrequency: s.statusMinutes()}
+	if source == store.SourceGraph {
+		gs, err := s.subscribeGraph(ctx, row, creds, publicID, key)
+		if err != nil {
+			s.log.Info("registration refused by Graph", slog.String("tenant", t.Name), slog.String("device", req.DeviceID), slog.Any("error", err))
+			return graphError(err)
+		}
+		remote.RemoteID, remote.ExpiresAt, remote.StatusFrequency = gs.ID, gs.Expiration, graphStatusMinutes
+	} else {
+		ep, err := s.endpointFor(row)
+		if err != nil {
+			return err
+		}
+		ewsSub, err := s.subscribe(ctx, ep, creds, publicID, key, s.attestation(t.ID, []string{req.DeviceID}))
+		if err != nil {
+			s.log.Info("registration refused by Exchange", slog.String("tenant", t.Name), slog.String("device", req.DeviceID), slog.Any("error", err))
+			return exchangeError(err)
+		}
+		remote.RemoteID, remote.Watermark = ewsSub.ID, ewsSub.Watermark
 	}
 	sealed, err := json.Marshal(creds)
 	if err != nil {
@@ -141,10 +156,14 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	if !proven {
 		secret = newDeviceSecret()
 	}
+	superseded, err := s.store.LatestSubscription(ctx, t.ID, mailbox)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
 	sub, err := s.store.Register(ctx, store.Registration{
 		Subscription: store.Subscription{PublicID: publicID, TenantID: t.ID, MailboxHash: mailbox, EndpointID: row.ID,
-			AuthType: req.AuthType, SealedCredentials: key.Seal(publicID, sealed), RemoteID: ewsSub.ID,
-			Watermark: ewsSub.Watermark, StatusFrequency: s.statusMinutes()},
+			AuthType: req.AuthType, SealedCredentials: key.Seal(publicID, sealed), Source: source, RemoteID: remote.RemoteID,
+			ExpiresAt: remote.ExpiresAt, Watermark: remote.Watermark, StatusFrequency: remote.StatusFrequency},
 		Device: store.Device{TenantID: t.ID, DeviceID: req.DeviceID, MailboxHash: mailbox, Platform: req.Platform,
 			PushToken: req.PushToken, Topic: req.Topic, NotificationLevel: *req.NotificationLevel,
 			SecretHash: deviceSecretHash(secret)},
@@ -158,8 +177,15 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 	if err != nil {
 		return ownerError(err)
 	}
+	if superseded.State == store.SubscriptionActive && superseded.Source == store.SourceGraph && source == store.SourceGraph {
+		// Graph would notify the old subscription until it expires: it is
+		// the same user's, so the new token may end it.
+		if err := s.graphClient(row.URL).DeleteSubscription(ctx, creds.AccessToken, superseded.RemoteID); err != nil {
+			s.log.Info("ending the superseded Graph subscription", slog.String("subscription", superseded.PublicID), slog.Any("error", err))
+		}
+	}
 	s.log.Info("device registered", slog.String("tenant", t.Name), slog.String("device", req.DeviceID),
-		slog.String("subscription", sub.PublicID), slog.String("auth", req.AuthType))
+		slog.String("subscription", sub.PublicID), slog.String("auth", req.AuthType), slog.String("source", source))
 	writeJSON(w, http.StatusOK, map[string]string{"status": "active", "subscriptionId": sub.PublicID, "deviceSecret": secret})
 	return nil
 }
@@ -189,4 +215,41 @@ func (s *Service) subscribe(ctx context.Context, ep *endpoint, creds *credential
 	creds.InboxID = inbox.ID
 	return client.Subscribe(ctx, acct, ews.SubscribeRequest{
 		URL: s.callbackURL(publicID, key), StatusFrequency: s.statusMinutes()}, attestation)
+}
+
+// sourceEndpoint finds the tenant's allowed endpoint for a registration:
+// the EWS URL it names, or for Graph the Graph root it names, or the
+// tenant's only one.
+func (s *Service) sourceEndpoint(ctx context.Context, t store.Tenant, source, rawURL string) (store.Endpoint, error) {
+	if rawURL == "" { // Graph only (check)
+		var graphs []store.Endpoint
+		all, err := s.store.Endpoints(ctx, t.ID)
+		if err != nil {
+			return store.Endpoint{}, err
+		}
+		for _, e := range all {
+			if e.Kind == store.KindGraph {
+				graphs = append(graphs, e)
+			}
+		}
+		switch len(graphs) {
+		case 0:
+			return store.Endpoint{}, errGraphNotAllowed
+		case 1:
+			return graphs[0], nil
+		}
+		return store.Endpoint{}, badRequest("ewsUrl: this tenant allows several Graph roots; name one")
+	}
+	if _, err := store.NormalizeEWSURL(rawURL); err != nil {
+		return store.Endpoint{}, badRequest("ewsUrl: %v", err)
+	}
+	row, err := s.store.EndpointFor(ctx, t.ID, rawURL)
+	// A source is served by endpoints of its kind (the names agree).
+	if errors.Is(err, store.ErrNotFound) || err == nil && row.Kind != source {
+		if source == store.SourceGraph {
+			return store.Endpoint{}, errGraphNotAllowed
+		}
+		return store.Endpoint{}, errEndpointNotAllowed
+	}
+	return row, err
 }

@@ -182,9 +182,14 @@ type Service struct {
 
 	jobs     *river.Client[pgx.Tx] // jobs.go
 	inFlight chan struct{}         // a slot per notification being handled
-	running  atomic.Bool           // between Start and Stop
-	stop     context.CancelFunc
-	workers  sync.WaitGroup
+	// Graph (graph.go): a client per root, the mailboxes' Retry-After, and
+	// the work that runs after Graph was answered, which Stop waits for.
+	graphClients  sync.Map
+	graphThrottle mailboxThrottle
+	background    sync.WaitGroup
+	running       atomic.Bool // between Start and Stop
+	stop          context.CancelFunc
+	workers       sync.WaitGroup
 }
 
 // New validates cfg and builds the service; Start runs its workers.
@@ -284,6 +289,7 @@ func (s *Service) Stop() {
 		s.stop()
 	}
 	s.workers.Wait()
+	s.background.Wait() // bounded by graphWorkTimeout
 	ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
 	defer cancel()
 	if err := s.jobs.Stop(ctx); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -25,28 +24,21 @@ var errForgedCallback = errors.New("callback failed authentication")
 // so timing does not tell which subscription ids exist.
 var decoy = seal.NewSubscriptionKey().Seal("decoy", make([]byte, 512))
 
-// openCallback authenticates Exchange's callback: the id names a
-// subscription and f must be the key its credentials are sealed under. It
-// costs one indexed query and one AES-GCM open, and no call to Exchange.
-func (s *Service) openCallback(ctx context.Context, publicID, f string) (store.Subscription, *credentials, error) {
+// openCallback authenticates Exchange's callback (and Graph's, whose
+// clientState is the key): the id names a subscription and f must be the
+// key its credentials are sealed under. It costs one indexed query and one
+// AES-GCM open, and no call to Exchange.
+func (s *Service) openCallback(ctx context.Context, publicID, f string) (*sealed, error) {
 	key, keyErr := seal.ParseSubscriptionKey(f)
 	sub, err := s.store.SubscriptionByPublicID(ctx, publicID)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return store.Subscription{}, nil, err
+		return nil, err
 	}
 	if err != nil || keyErr != nil {
 		key.Open("decoy", decoy)
-		return store.Subscription{}, nil, errForgedCallback
+		return nil, errForgedCallback
 	}
-	plain, err := key.Open(sub.PublicID, sub.SealedCredentials)
-	if err != nil {
-		return store.Subscription{}, nil, errForgedCallback
-	}
-	var c credentials
-	if err := json.Unmarshal(plain, &c); err != nil {
-		return store.Subscription{}, nil, err
-	}
-	return sub, &c, nil
+	return s.open(sub, key)
 }
 
 // notify is Exchange's webhook: it answers SendNotificationResult OK once
@@ -66,7 +58,7 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 	arrived := time.Now()
 	ctx := r.Context()
 	q := r.URL.Query()
-	sub, creds, err := s.openCallback(ctx, q.Get("id"), q.Get("f"))
+	o, err := s.openCallback(ctx, q.Get("id"), q.Get("f"))
 	if errors.Is(err, errForgedCallback) {
 		notifications.WithLabelValues("forged").Inc()
 		s.log.Debug("callback refused: unknown subscription or wrong key")
@@ -79,6 +71,7 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "try again later", http.StatusServiceUnavailable)
 		return
 	}
+	sub, creds := o.sub, o.creds
 	log := s.log.With(slog.String("subscription", sub.PublicID))
 	if !s.limits.callback.get(sub.ID).Allow() {
 		notifications.WithLabelValues("throttled").Inc()
@@ -104,7 +97,7 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 	case creds.InboxID == "":
 		err = s.reverify(ctx, log, sub)
 	default:
-		result, err = s.handleNotification(ctx, log, sub, creds, n, arrived)
+		result, err = s.handleNotification(ctx, log, o, n, arrived)
 	}
 	if err != nil {
 		notifications.WithLabelValues("retry").Inc()
@@ -137,7 +130,8 @@ func (s *Service) reverify(ctx context.Context, log *slog.Logger, sub store.Subs
 }
 
 // handleNotification records Exchange's liveness and pushes new mail.
-func (s *Service) handleNotification(ctx context.Context, log *slog.Logger, sub store.Subscription, creds *credentials, n *ews.Notification, arrived time.Time) (ews.SubscriptionStatus, error) {
+func (s *Service) handleNotification(ctx context.Context, log *slog.Logger, o *sealed, n *ews.Notification, arrived time.Time) (ews.SubscriptionStatus, error) {
+	sub := o.sub
 	devices, err := s.store.ActiveDevices(ctx, sub.TenantID, sub.MailboxHash)
 	if err != nil {
 		return "", err
@@ -168,8 +162,8 @@ func (s *Service) handleNotification(ctx context.Context, log *slog.Logger, sub 
 	if err != nil {
 		return "", err
 	}
-	d := &delivery{s: s, log: log, sub: sub, creds: creds, tenant: tenant, devices: devices, ep: ep, arrived: arrived}
-	return d.run(ctx, items)
+	d := &delivery{s: s, log: log, sealed: o, tenant: tenant, devices: devices, arrived: arrived}
+	return s.deliverEWS(ctx, d, ep, items)
 }
 
 // What one notification may make ENS do. The callback URL is a secret,
@@ -229,21 +223,6 @@ func oldestNew(subscribed, now time.Time) time.Time {
 	return t
 }
 
-// announceable tells whether a fetched item may be announced: it is in
-// the subscribed Inbox (when the subscription recorded it) and arrived
-// after the subscription began and within maxItemAge.
-func announceable(item *ews.Item, sub store.Subscription, creds *credentials, now time.Time) bool {
-	if creds.InboxID != "" && item.ParentFolderID.ID != creds.InboxID {
-		itemsIgnored.WithLabelValues("not_inbox").Inc()
-		return false
-	}
-	if item.DateTimeReceived.Before(oldestNew(sub.CreatedAt, now)) {
-		itemsIgnored.WithLabelValues("stale").Inc()
-		return false
-	}
-	return true
-}
-
 func lastWatermark(n *ews.Notification) string {
 	for i := len(n.Events) - 1; i >= 0; i-- {
 		if n.Events[i].Watermark != "" {
@@ -257,14 +236,14 @@ func lastWatermark(n *ews.Notification) string {
 // base64, which Exchange decodes leniently (whitespace, missing padding),
 // so one item has many spellings: the hash is of the decoded bytes, or a
 // replay could respell an id to have it pushed again.
-func itemHash(id ews.ItemID) []byte {
-	canonical := []byte(id.ID)
+func itemHash(id string) []byte {
+	canonical := []byte(id)
 	compact := strings.Map(func(r rune) rune {
 		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
 			return -1
 		}
 		return r
-	}, id.ID)
+	}, id)
 	if raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(compact, "=")); err == nil {
 		canonical = append([]byte("b64:"), raw...)
 	}

@@ -3,6 +3,8 @@ package store_test
 import (
 	"context"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,9 +41,8 @@ func TestGraphEndpointNeedsItsOAuthClient(t *testing.T) {
 	}
 }
 
-// Rotated refresh tokens are re-sealed in place only over the credentials
-// the caller opened: of two nodes refreshing at once, one wins and the
-// other learns it. A Graph subscription past its expiry fails as expired.
+// Rotated refresh tokens are re-sealed in place, one refresh at a time. A
+// Graph subscription past its expiry fails as expired.
 func TestGraphSubscriptionResealsAndExpires(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
@@ -64,11 +65,28 @@ func TestGraphSubscriptionResealsAndExpires(t *testing.T) {
 	if sub.Source != store.SourceGraph || sub.RemoteID != "graph-sub-1" || time.Until(sub.ExpiresAt) < 50*time.Minute {
 		t.Fatalf("stored %+v", sub)
 	}
-	if ok, err := s.ResealCredentials(ctx, sub.ID, []byte("v1"), []byte("v2")); !ok || err != nil {
-		t.Fatalf("first reseal: %v %v", ok, err)
+	// Two nodes refresh at once: the second waits for the first and sees
+	// its result, so a rotating refresh token is redeemed once.
+	var wg sync.WaitGroup
+	var redeemed atomic.Int32
+	for range 2 {
+		wg.Go(func() {
+			_, err := s.UpdateCredentials(ctx, sub.ID, func(current []byte) ([]byte, error) {
+				if string(current) != "v1" {
+					return nil, nil // refreshed meanwhile
+				}
+				redeemed.Add(1)
+				time.Sleep(50 * time.Millisecond) // the token endpoint's round trip
+				return []byte("v2"), nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
 	}
-	if ok, err := s.ResealCredentials(ctx, sub.ID, []byte("v1"), []byte("v2'")); ok || err != nil {
-		t.Fatalf("a reseal over credentials replaced meanwhile: %v %v, want refused", ok, err)
+	wg.Wait()
+	if redeemed.Load() != 1 {
+		t.Fatalf("the refresh token was redeemed %d times, want once", redeemed.Load())
 	}
 	if err := s.SetRemoteSubscription(ctx, sub.ID, "graph-sub-2", time.Now().Add(-time.Second)); err != nil {
 		t.Fatal(err)

@@ -262,6 +262,18 @@ func (s *Store) SubscriptionByPublicID(ctx context.Context, publicID string) (Su
 	return sub, nil
 }
 
+// SubscriptionByID finds a subscription in any state by its row id.
+func (s *Store) SubscriptionByID(ctx context.Context, id int64) (Subscription, error) {
+	sub, err := scanSubscription(s.pool.QueryRow(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions WHERE id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Subscription{}, ErrNotFound
+	}
+	if err != nil {
+		return Subscription{}, s.queryError("find subscription", err)
+	}
+	return sub, nil
+}
+
 // LatestSubscription returns the mailbox's newest subscription in any state.
 func (s *Store) LatestSubscription(ctx context.Context, tenantID int64, mailboxHash []byte) (Subscription, error) {
 	sub, err := scanSubscription(s.pool.QueryRow(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions
@@ -348,16 +360,34 @@ func (s *Store) FailSilentSubscriptions(ctx context.Context, limit int, then fun
 	return subs, nil
 }
 
-// ResealCredentials replaces a live subscription's sealed credentials (a
-// refresh token rotated) if they are still old: another node may have
-// replaced them meanwhile, which it reports as false.
-func (s *Store) ResealCredentials(ctx context.Context, id int64, old, sealed []byte) (bool, error) {
-	tag, err := s.pool.Exec(ctx, `UPDATE subscriptions SET sealed_credentials = $3
-		WHERE id = $1 AND sealed_credentials = $2 AND state = 'active'`, id, old, sealed)
-	if err != nil {
-		return false, s.queryError("reseal credentials", err)
+// UpdateCredentials replaces a live subscription's sealed credentials with
+// what change makes of the current ones, holding the row meanwhile: a
+// refresh token that rotates is redeemed by one caller at a time, and the
+// next sees its result. change returns nil to leave them. It returns the
+// credentials stored after the call, and ErrNotFound if the subscription
+// is not live.
+func (s *Store) UpdateCredentials(ctx context.Context, id int64, change func(current []byte) ([]byte, error)) ([]byte, error) {
+	var stored []byte
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `SELECT sealed_credentials FROM subscriptions WHERE id = $1 AND state = 'active' FOR UPDATE`,
+			id).Scan(&stored); err != nil {
+			return err
+		}
+		next, err := change(stored)
+		if err != nil || next == nil {
+			return err
+		}
+		stored = next
+		_, err = tx.Exec(ctx, `UPDATE subscriptions SET sealed_credentials = $2 WHERE id = $1`, id, next)
+		return err
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
 	}
-	return tag.RowsAffected() > 0, nil
+	if err != nil {
+		return nil, s.queryError("update credentials", err)
+	}
+	return stored, nil
 }
 
 // SetRemoteSubscription records a live subscription's id at its source and

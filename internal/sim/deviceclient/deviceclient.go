@@ -55,7 +55,8 @@ type Device struct {
 	Platform          string            `json:"platform"`
 	PushToken         string            `json:"pushToken"`
 	Topic             string            `json:"topic,omitempty"`
-	EWSURL            string            `json:"ewsUrl"`
+	EWSURL            string            `json:"ewsUrl,omitempty"`
+	Source            string            `json:"source,omitempty"` // ews (the default) or graph
 	AuthType          string            `json:"authType"`
 	NotificationLevel int               `json:"notificationLevel"`
 	Credentials       map[string]string `json:"-"` // encrypted into the JWE

@@ -167,8 +167,11 @@ func (s *Server) lookupLogin(name string) *mailbox {
 
 func (s *Server) bearer(token string) (string, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	addr, ok := s.tokens[token]
+	s.mu.Unlock()
+	if !ok && token != "" && s.tokenAuthority != nil {
+		addr, ok = s.tokenAuthority(token)
+	}
 	if token == "" || !ok {
 		return "", errBadCredentials
 	}

@@ -57,6 +57,10 @@ type Config struct {
 	// PrincipalMap maps Kerberos principals (user@REALM, any case) to
 	// mailbox addresses; unmapped principals are taken as the address.
 	PrincipalMap map[string]string
+	// TokenAuthority, if set, vouches for bearer tokens the simulator did
+	// not assign itself (SetToken): it returns the token's mailbox, as
+	// Exchange trusts the tokens its identity provider issues.
+	TokenAuthority func(token string) (address string, ok bool)
 	// MaxBodyBytes bounds EWS request bodies; zero: 1 MiB.
 	MaxBodyBytes int64
 	// MaxSubscriptions is the per-user cap on active push subscriptions
@@ -85,6 +89,7 @@ type Server struct {
 	control    *http.ServeMux
 	// persistKerberos: Config.PersistKerberos
 	persistKerberos bool
+	tokenAuthority  func(string) (string, bool) // Config.TokenAuthority
 
 	ctx    context.Context // cancelled by Close, aborting notification POSTs
 	cancel context.CancelFunc
@@ -112,6 +117,7 @@ func New(cfg Config) *Server {
 		maxBody:         cfg.MaxBodyBytes,
 		maxSubs:         cfg.MaxSubscriptions,
 		persistKerberos: cfg.PersistKerberos,
+		tokenAuthority:  cfg.TokenAuthority,
 		push:            cfg.PushClient,
 		principals:      map[string]string{},
 		users:           map[string]*mailbox{},

@@ -47,9 +47,14 @@ type accessToken struct {
 // DefaultScopes are what MintRefreshToken grants when given none.
 var DefaultScopes = []string{"Mail.Read", "User.Read", "offline_access"}
 
-// normScope lower-cases a scope and drops the Graph resource prefix.
+// normScope lower-cases a scope and drops the Graph resource prefix; any
+// resource's .default (EWS's https://outlook.office365.com/.default too)
+// is the consented permissions, as Entra has it.
 func normScope(sc string) string {
 	sc = strings.ToLower(sc)
+	if strings.HasSuffix(sc, "/.default") {
+		return ".default"
+	}
 	for _, p := range []string{"https://graph.microsoft.com/", "https://graph.microsoft.us/", "https://microsoftgraph.chinacloudapi.cn/"} {
 		sc = strings.TrimPrefix(sc, p)
 	}
@@ -306,6 +311,20 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (*accessTo
 	w.Header().Del("WWW-Authenticate")
 	s.stats.auth("ok")
 	return at, true
+}
+
+// TokenOwner returns the mailbox address an access token it issued
+// belongs to while it is valid: the token authority another test peer (the
+// EWS simulator, as Exchange trusts Entra's tokens) may ask.
+func (s *Server) TokenOwner(token string) (string, bool) {
+	now := s.clock.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at := s.access[token]
+	if at == nil || !now.Before(at.expires) {
+		return "", false
+	}
+	return at.user.address, true
 }
 
 // canRead reports whether the token may read mail; basic reports that it
