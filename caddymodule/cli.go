@@ -1,12 +1,10 @@
 package caddymodule
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	neturl "net/url"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -158,45 +156,22 @@ func tenantCommand() *cobra.Command {
 	return tenant
 }
 
-// Microsoft's public cloud; national clouds and tests override them.
-const (
-	defaultGraphRoot = "https://graph.microsoft.com"
-	defaultAuthority = "https://login.microsoftonline.com/organizations"
-)
-
-// oauthFlags reads --client-id, --authority and --scope for e, with their
-// defaults; Graph needs a client id.
-func oauthFlags(cmd *cobra.Command, e store.Endpoint) (store.OAuth, error) {
-	clientID, _ := cmd.Flags().GetString("client-id")
-	authority, _ := cmd.Flags().GetString("authority")
-	scope, _ := cmd.Flags().GetString("scope")
-	if clientID == "" {
-		if e.Kind == store.KindGraph {
-			return store.OAuth{}, errors.New("--graph needs --client-id, the mail app's OAuth client id")
+// flagError names the flag an EndpointSpec's error is about.
+func flagError(err error) error {
+	msg := err.Error()
+	for _, f := range [][2]string{{"url: ", "--url: "}, {"fingerprint: ", "--fingerprint: "}, {"client id: ", "--client-id: "},
+		{"authority and scope ", "--authority and --scope "}, {"authority: ", "--authority: "}} {
+		if strings.HasPrefix(msg, f[0]) {
+			return errors.New(f[1] + strings.TrimPrefix(msg, f[0]))
 		}
-		if authority != "" || scope != "" {
-			return store.OAuth{}, errors.New("--authority and --scope go with --client-id")
-		}
-		return store.OAuth{}, nil
 	}
-	authority = cmp.Or(authority, defaultAuthority)
-	if u, err := neturl.Parse(authority); err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
-		return store.OAuth{}, fmt.Errorf("--authority: want an https URL such as %s", defaultAuthority)
-	}
-	if scope == "" {
-		u, _ := neturl.Parse(e.URL)
-		scope = u.Scheme + "://" + u.Host + "/.default offline_access"
-	}
-	return store.OAuth{ClientID: clientID, Authority: authority, Scope: scope}, nil
+	return err
 }
 
-// endpointFlags reads --url, normalised (with --graph, the Graph root by
-// default), and --fingerprint (if given), in its canonical form.
+// endpointFlags reads --url, normalised, and --fingerprint (if given), in
+// its canonical form.
 func endpointFlags(cmd *cobra.Command) (url, pin string, err error) {
 	rawURL, _ := cmd.Flags().GetString("url")
-	if graph, _ := cmd.Flags().GetBool("graph"); graph && rawURL == "" {
-		rawURL = defaultGraphRoot
-	}
 	pin, _ = cmd.Flags().GetString("fingerprint")
 	if url, err = store.NormalizeEWSURL(rawURL); err != nil {
 		return "", "", fmt.Errorf("--url: %w", err)
@@ -219,30 +194,29 @@ func endpointCommand() *cobra.Command {
 		Short: "Allows an EWS URL, or Microsoft Graph, for a tenant's devices, optionally pinned to a certificate",
 		Long: `
 An EWS URL serves on-premises Exchange. --graph allows Exchange Online through
-Microsoft Graph (--url is then the Graph root, default ` + defaultGraphRoot + `).
+Microsoft Graph (--url is then the Graph root, default ` + ens.DefaultGraphRoot + `).
 
 --client-id is the mail app's own public-client registration in Entra ID:
 refresh tokens are bound to it. Graph needs it; an EWS URL takes it when its
 OAuth devices may register refresh tokens. --authority is the directory, MSAL
-style (default ` + defaultAuthority + `; the token endpoint is it plus
+style (default ` + ens.DefaultAuthority + `; the token endpoint is it plus
 /oauth2/v2.0/token), --scope what is asked for (default: the resource's
 /.default and offline_access).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			graph, _ := cmd.Flags().GetBool("graph")
-			if !graph && !cmd.Flags().Changed("url") {
+			var spec ens.EndpointSpec
+			spec.Graph, _ = cmd.Flags().GetBool("graph")
+			spec.URL, _ = cmd.Flags().GetString("url")
+			spec.Fingerprint, _ = cmd.Flags().GetString("fingerprint")
+			spec.ClientID, _ = cmd.Flags().GetString("client-id")
+			spec.Authority, _ = cmd.Flags().GetString("authority")
+			spec.Scope, _ = cmd.Flags().GetString("scope")
+			if !spec.Graph && spec.URL == "" {
 				return errors.New("give --url (an EWS URL) or --graph")
 			}
-			url, pin, err := endpointFlags(cmd)
+			e, err := spec.Entry(0)
 			if err != nil {
-				return err
-			}
-			e := store.Endpoint{Kind: store.KindEWS, URL: url, Fingerprint: pin}
-			if graph {
-				e.Kind = store.KindGraph
-			}
-			if e.OAuth, err = oauthFlags(cmd, e); err != nil {
-				return err
+				return flagError(err)
 			}
 			return withTenant(cmd, func(ctx context.Context, s *store.Store, t store.Tenant) error {
 				e.TenantID = t.ID
@@ -267,7 +241,7 @@ style (default ` + defaultAuthority + `; the token endpoint is it plus
 	add.Flags().String("fingerprint", "", "pin: sha256:HEX of the certificate or spki-sha256:HEX of its public key")
 	add.Flags().Bool("graph", false, "allow Exchange Online through Microsoft Graph (needs --client-id)")
 	add.Flags().String("client-id", "", "the mail app's OAuth client id (Entra application id)")
-	add.Flags().String("authority", "", "the OAuth authority (default "+defaultAuthority+")")
+	add.Flags().String("authority", "", "the OAuth authority (default "+ens.DefaultAuthority+")")
 	add.Flags().String("scope", "", "the OAuth scopes asked for when a refresh token is redeemed")
 
 	list := &cobra.Command{

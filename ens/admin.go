@@ -70,6 +70,10 @@ func (s *Service) adminAPI(mux *http.ServeMux) {
 		return
 	}
 	mux.Handle("GET "+BasePath+"/admin/tenants/{tenant}/subscriptions", s.admin(s.adminSubscriptionHealth))
+	endpoints := BasePath + "/admin/tenants/{tenant}/endpoints"
+	mux.Handle("GET "+endpoints, s.admin(s.adminListEndpoints))
+	mux.Handle("POST "+endpoints, s.admin(s.adminAddEndpoint))
+	mux.Handle("DELETE "+endpoints, s.admin(s.adminRemoveEndpoint))
 	prefix := BasePath + "/admin/tenants/{tenant}/devices"
 	mux.Handle("GET "+prefix, s.admin(s.adminListDevices))
 	for _, action := range DeviceActions {
@@ -284,5 +288,73 @@ func (s *Service) adminDeviceAction(w http.ResponseWriter, r *http.Request, t st
 		answer["subscriptionEnded"] = ended
 	}
 	writeJSON(w, http.StatusOK, answer)
+	return nil
+}
+
+// adminEndpoint is an allowed endpoint as the admin API shows it.
+type adminEndpoint struct {
+	Kind        string `json:"kind"`
+	URL         string `json:"url"`
+	Fingerprint string `json:"fingerprint,omitempty"`
+	ClientID    string `json:"clientId,omitempty"`
+	Authority   string `json:"authority,omitempty"`
+	Scope       string `json:"scope,omitempty"`
+}
+
+func newAdminEndpoint(e store.Endpoint) adminEndpoint {
+	return adminEndpoint{Kind: e.Kind, URL: e.URL, Fingerprint: e.Fingerprint, ClientID: e.OAuth.ClientID,
+		Authority: e.OAuth.Authority, Scope: e.OAuth.Scope}
+}
+
+func (s *Service) adminListEndpoints(w http.ResponseWriter, r *http.Request, t store.Tenant) error {
+	endpoints, err := s.store.Endpoints(r.Context(), t.ID)
+	if err != nil {
+		return err
+	}
+	out := make([]adminEndpoint, len(endpoints))
+	for i, e := range endpoints {
+		out[i] = newAdminEndpoint(e)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"endpoints": out})
+	return nil
+}
+
+// adminAddEndpoint allows an EWS URL or a Graph root (EndpointSpec); every
+// node sees it within seconds.
+func (s *Service) adminAddEndpoint(w http.ResponseWriter, r *http.Request, t store.Tenant) error {
+	var spec EndpointSpec
+	if err := decodeJSON(w, r, &spec); err != nil {
+		return err
+	}
+	entry, err := spec.Entry(t.ID)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	e, err := s.store.Allow(r.Context(), entry)
+	if errors.Is(err, store.ErrExists) {
+		return &apiError{http.StatusConflict, "exists", "this URL is already allowed for the tenant"}
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, newAdminEndpoint(e))
+	return nil
+}
+
+// adminRemoveEndpoint takes ?url= off the tenant's list and ends the
+// subscriptions that use it, as ensgate ens endpoint remove does.
+func (s *Service) adminRemoveEndpoint(w http.ResponseWriter, r *http.Request, t store.Tenant) error {
+	raw := r.URL.Query().Get("url")
+	if _, err := store.NormalizeEWSURL(raw); err != nil {
+		return badRequest("url: %v", err)
+	}
+	ended, err := s.store.RemoveEndpoint(r.Context(), t.ID, raw)
+	if errors.Is(err, store.ErrNotFound) {
+		return &apiError{http.StatusNotFound, "not_found", "this URL is not allowed for the tenant"}
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"subscriptionsEnded": ended})
 	return nil
 }

@@ -197,3 +197,51 @@ func TestAdminSubscriptionHealth(t *testing.T) {
 		t.Errorf("a tenant token: %d, want 401", w.Code)
 	}
 }
+
+// The admin API lists, allows and removes a tenant's endpoints, EWS URLs
+// and Graph roots alike, with the CLI's rules and defaults; a registration
+// for a Graph root it allowed works, and its removal ends the subscription.
+func TestAdminAPIManagesEndpoints(t *testing.T) {
+	admin := strings.Repeat("a", 40)
+	e := newEnv(t, envOptions{adminToken: admin})
+	h := e.svc.Handler()
+	do := func(method, path, body string) (int, map[string]any) {
+		t.Helper()
+		req := httptest.NewRequest(method, path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+admin)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		var out map[string]any
+		json.Unmarshal(w.Body.Bytes(), &out)
+		return w.Code, out
+	}
+	const path = "/api/ens/admin/tenants/contoso/endpoints"
+	if status, body := do("POST", path, `{"graph": true}`); status != http.StatusBadRequest || !strings.Contains(fmt.Sprint(body["message"]), "client id") {
+		t.Errorf("Graph without a client id: %d %v", status, body)
+	}
+	status, body := do("POST", path, `{"graph": true, "clientId": "app-id"}`)
+	if status != http.StatusCreated || body["kind"] != "graph" || body["url"] != "https://graph.microsoft.com/" ||
+		body["authority"] != ens.DefaultAuthority || body["scope"] != "https://graph.microsoft.com/.default offline_access" {
+		t.Fatalf("adding Graph: %d %v", status, body)
+	}
+	if status, _ := do("POST", path, `{"graph": true, "clientId": "app-id"}`); status != http.StatusConflict {
+		t.Errorf("adding it again: %d, want 409", status)
+	}
+	if status, body := do("POST", path, `{"url": "https://mail.contoso.test/EWS/Exchange.asmx", "fingerprint": "sha256:zz"}`); status != http.StatusBadRequest {
+		t.Errorf("a bad pin: %d %v", status, body)
+	}
+	status, body = do("GET", path, "")
+	list, _ := body["endpoints"].([]any)
+	if status != http.StatusOK || len(list) != 2 {
+		t.Fatalf("list: %d %v; want the simulator's EWS URL and Graph", status, body)
+	}
+	if status, body := do("DELETE", path+"?url=https://graph.microsoft.com", ""); status != http.StatusOK || body["subscriptionsEnded"] != float64(0) {
+		t.Errorf("removing Graph: %d %v", status, body)
+	}
+	if status, _ := do("DELETE", path+"?url=https://graph.microsoft.com", ""); status != http.StatusNotFound {
+		t.Errorf("removing it again: %d, want 404", status)
+	}
+	if w := send(t, h, "GET", path, "Bearer "+e.token); w.Code != http.StatusUnauthorized {
+		t.Errorf("the tenant's token on the admin API: %d, want 401", w.Code)
+	}
+}
