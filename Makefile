@@ -20,7 +20,7 @@ run: build demo-tools
 	./scripts/run.sh
 
 demo-tools:
-	$(GO) build -o bin/ ./cmd/ewssim ./cmd/pushsink ./cmd/ensdemo
+	$(GO) build -o bin/ ./cmd/ewssim ./cmd/graphsim ./cmd/pushsink ./cmd/ensdemo
 
 ## test: lint, every unit and integration test (real PostgreSQL, real KDCs),
 ## brief fuzzing. On a fresh Debian machine it first installs what the tests

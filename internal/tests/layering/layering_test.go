@@ -49,7 +49,7 @@ var domain = []string{"attest", "compliance", "ens", "ens/push", "ens/seal", "ew
 // the module, and nothing above may import them.
 func harness(rel string) bool {
 	return strings.HasPrefix(rel, "internal/") && rel != "internal/promreg" ||
-		rel == "cmd/ewssim" || rel == "cmd/pushsink" || rel == "cmd/ensdemo"
+		rel == "cmd/ewssim" || rel == "cmd/graphsim" || rel == "cmd/pushsink" || rel == "cmd/ensdemo"
 }
 
 type pkg struct {
