@@ -90,9 +90,11 @@ func (s *Service) graphURL(path, publicID string) string {
 }
 
 // subscribeGraph redeems the device's refresh token, checks that the token
-// is the claimed mailbox's own (/me), records its Inbox and where a delta
-// query over it starts, and subscribes to the Inbox's new messages with the
-// subscription's key as clientState. Graph validates both URLs meanwhile.
+// is the claimed mailbox's own (/me), records its Inbox, and subscribes to
+// the Inbox's new messages with the subscription's key as clientState.
+// Graph validates both URLs meanwhile. No delta query yet: the first
+// catch-up starts one, so a registration costs four calls whatever the
+// size of the Inbox.
 func (s *Service) subscribeGraph(ctx context.Context, row store.Endpoint, creds *credentials, publicID string, key seal.SubscriptionKey) (graph.Subscription, error) {
 	if err := s.redeem(ctx, row.OAuth, creds); err != nil {
 		return graph.Subscription{}, err
@@ -110,9 +112,6 @@ func (s *Service) subscribeGraph(ctx context.Context, row store.Endpoint, creds 
 		return graph.Subscription{}, err
 	}
 	creds.InboxID = inbox.ID
-	if _, creds.DeltaLink, err = gc.Delta(ctx, creds.AccessToken, ""); err != nil {
-		return graph.Subscription{}, err
-	}
 	return gc.CreateSubscription(ctx, creds.AccessToken, s.graphSubscriptionRequest(publicID, key))
 }
 

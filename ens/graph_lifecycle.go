@@ -121,7 +121,8 @@ func (s *Service) graphLifecycleWork(ctx context.Context, log *slog.Logger, o *s
 
 // graphCatchUp pushes the messages Graph did not notify (missed, or made
 // while its subscription was removed): a delta query from where the last
-// one ended. Claims keep what was pushed from being pushed again.
+// one ended (the first lists the Inbox). Claims keep what was pushed from
+// being pushed again.
 func (s *Service) graphCatchUp(ctx context.Context, log *slog.Logger, o *sealed, gc *graph.Client) error {
 	var changes []graph.Message
 	var next string
@@ -135,9 +136,12 @@ func (s *Service) graphCatchUp(ctx context.Context, log *slog.Logger, o *sealed,
 	if err != nil {
 		return err
 	}
+	// Only new mail: unread, in the Inbox, since the subscription began (a
+	// first delta query lists the whole Inbox).
+	notBefore := oldestNew(o.sub.CreatedAt, s.cfg.Now())
 	var items []string
 	for _, m := range changes {
-		if !m.Removed && !m.IsRead && m.ParentFolderID == o.creds.InboxID {
+		if !m.Removed && !m.IsRead && m.ParentFolderID == o.creds.InboxID && !m.ReceivedDateTime.Before(notBefore) {
 			items = append(items, m.ID)
 		}
 	}
