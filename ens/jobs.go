@@ -55,10 +55,10 @@ func newJobs(s *Service) (*river.Client[pgx.Tx], error) {
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &pushWorker{s: s})
 	river.AddWorker(workers, &reregisterWorker{s: s})
-	river.AddWorker(workers, &healthWorker{s: s})
-	river.AddWorker(workers, &keyPoolWorker{s: s})
+	river.AddWorker(workers, river.WorkFunc(s.failSilentSubscriptions))
+	river.AddWorker(workers, river.WorkFunc(s.topUpKeyPool))
 	river.AddWorker(workers, &keyPairsWorker{s: s})
-	river.AddWorker(workers, &cleanUpWorker{s: s})
+	river.AddWorker(workers, river.WorkFunc(s.cleanUp))
 	river.AddWorker(workers, &graphFallbackWorker{s: s})
 	periodic := func(every time.Duration, args river.JobArgs) *river.PeriodicJob {
 		return river.NewPeriodicJob(river.PeriodicInterval(every),
@@ -267,24 +267,29 @@ func (s *Service) askToReregister(args reregisterArgs) store.Then {
 	}
 }
 
-type healthArgs struct{}
+// The jobs of which one waits at a time (periodic, or woken): a failed
+// one is not retried, the next one comes.
+type (
+	healthArgs  struct{ singleton }
+	keyPoolArgs struct{ singleton }
+	cleanUpArgs struct{ singleton }
+)
 
-func (healthArgs) Kind() string { return "ensgate_health" }
+type singleton struct{}
 
-func (healthArgs) InsertOpts() river.InsertOpts {
+func (singleton) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{MaxAttempts: 1, UniqueOpts: river.UniqueOpts{ByState: waiting}}
 }
 
-type healthWorker struct {
-	river.WorkerDefaults[healthArgs]
-	s *Service
-}
+func (healthArgs) Kind() string  { return "ensgate_health" }
+func (keyPoolArgs) Kind() string { return "ensgate_key_pool" }
+func (cleanUpArgs) Kind() string { return "ensgate_clean_up" }
 
-// Work fails subscriptions Exchange has stopped calling back for (twice
-// their status frequency) and, in the same transaction, queues the
-// "register again" pushes of their devices.
-func (w *healthWorker) Work(ctx context.Context, _ *river.Job[healthArgs]) error {
-	s := w.s
+// failSilentSubscriptions fails subscriptions Exchange (or Graph) has
+// stopped calling back for (twice their status frequency) or that expired,
+// and, in the same transaction, queues the "register again" pushes of
+// their devices.
+func (s *Service) failSilentSubscriptions(ctx context.Context, _ *river.Job[healthArgs]) error {
 	for {
 		subs, err := s.store.FailSilentSubscriptions(ctx, 100, func(ctx context.Context, tx pgx.Tx, subs []store.Subscription) error {
 			params := make([]river.InsertManyParams, len(subs))
@@ -306,24 +311,10 @@ func (w *healthWorker) Work(ctx context.Context, _ *river.Job[healthArgs]) error
 	}
 }
 
-type keyPoolArgs struct{}
-
-func (keyPoolArgs) Kind() string { return "ensgate_key_pool" }
-
-func (keyPoolArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{MaxAttempts: 1, UniqueOpts: river.UniqueOpts{ByState: waiting}}
-}
-
-type keyPoolWorker struct {
-	river.WorkerDefaults[keyPoolArgs]
-	s *Service
-}
-
-// Work re-seals key pairs under rotated-out master keys, counts the free
-// pairs and queues one ensgate_key_pairs job per batch missing, so that
-// every node generates some.
-func (w *keyPoolWorker) Work(ctx context.Context, _ *river.Job[keyPoolArgs]) error {
-	s := w.s
+// topUpKeyPool re-seals key pairs under rotated-out master keys, counts
+// the free pairs and queues one ensgate_key_pairs job per batch missing,
+// so that every node generates some.
+func (s *Service) topUpKeyPool(ctx context.Context, _ *river.Job[keyPoolArgs]) error {
 	s.resealKeyPairs(ctx)
 	free, err := s.store.FreeKeyPairs(ctx, s.keys.IDs())
 	if err != nil {
@@ -387,23 +378,9 @@ func (w *keyPairsWorker) Work(ctx context.Context, _ *river.Job[keyPairsArgs]) e
 	return err
 }
 
-type cleanUpArgs struct{}
-
-func (cleanUpArgs) Kind() string { return "ensgate_clean_up" }
-
-func (cleanUpArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{MaxAttempts: 1, UniqueOpts: river.UniqueOpts{ByState: waiting}}
-}
-
-type cleanUpWorker struct {
-	river.WorkerDefaults[cleanUpArgs]
-	s *Service
-}
-
-// Work forgets push claims older than Exchange retries and key pairs
+// cleanUp forgets push claims older than Exchange retries and key pairs
 // handed out but never used.
-func (w *cleanUpWorker) Work(ctx context.Context, _ *river.Job[cleanUpArgs]) error {
-	s := w.s
+func (s *Service) cleanUp(ctx context.Context, _ *river.Job[cleanUpArgs]) error {
 	_, err := s.store.DeleteOldClaims(ctx, pushMemory)
 	_, err2 := s.store.DeleteStaleKeyPairs(ctx, s.cfg.KeyPairTTL)
 	return errors.Join(err, err2)

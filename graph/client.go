@@ -22,6 +22,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ensgate/ensgate/oauth"
 )
 
 // DefaultRoot is the public cloud's Graph root (national clouds have
@@ -225,7 +227,7 @@ func answerError(resp *http.Response) error {
 	if len(code) > 128 {
 		code = code[:128]
 	}
-	ra := retryAfter(resp.Header.Get("Retry-After"))
+	ra := oauth.ParseRetryAfter(resp.Header.Get("Retry-After"))
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests,
 		resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "":
@@ -242,23 +244,6 @@ func answerError(resp *http.Response) error {
 		e.kind = ErrDeltaExpired
 	}
 	return e
-}
-
-// retryAfter parses Retry-After: seconds or an HTTP date; capped at a day.
-func retryAfter(v string) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
-		return time.Duration(min(s, 86400)) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		if d := time.Until(t); d > 0 {
-			return min(d, 24*time.Hour)
-		}
-	}
-	return 0
 }
 
 // url builds base + path + ?query.

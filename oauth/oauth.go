@@ -212,7 +212,7 @@ func classify(ctx context.Context, err error) error {
 		status, header = re.Response.StatusCode, re.Response.Header
 	}
 	if status == http.StatusTooManyRequests || status >= 500 {
-		return &TransientError{Status: status, RetryAfter: retryAfter(header), Reason: "server error"}
+		return &TransientError{Status: status, RetryAfter: ParseRetryAfter(header.Get("Retry-After")), Reason: "server error"}
 	}
 	e := &Error{Status: status, Code: re.ErrorCode, Codes: aadsts(re.Body)}
 	switch re.ErrorCode {
@@ -240,9 +240,11 @@ func aadsts(body []byte) []int {
 	return v.Codes
 }
 
-// retryAfter parses Retry-After (seconds or an HTTP date).
-func retryAfter(h http.Header) time.Duration {
-	v := strings.TrimSpace(h.Get("Retry-After"))
+// ParseRetryAfter reads a Retry-After header's value: seconds or an HTTP
+// date, capped at a day; 0 if absent or unreadable. (Graph's answers use
+// it too.)
+func ParseRetryAfter(v string) time.Duration {
+	v = strings.TrimSpace(v)
 	if v == "" {
 		return 0
 	}
