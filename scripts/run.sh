@@ -2,9 +2,12 @@
 # The local demo behind `make run`:
 #   - a throwaway PostgreSQL under .run/ (unless DATABASE_URL is set),
 #   - the Exchange simulator (bin/ewssim) with the mailbox demo@contoso.test,
+#   - the Microsoft Graph simulator (bin/graphsim, Exchange Online) with the
+#     mailbox demo@fabrikam.test,
 #   - local APNs and FCM sinks (bin/pushsink), which print every push,
 #   - bin/ensgate serving Caddyfile.example,
-#   - a scripted device registration and a delivered mail (bin/ensdemo),
+#   - two scripted device registrations, one per mailbox, and a delivered
+#     mail in each (bin/ensdemo),
 # then it stays up until Ctrl-C. `run.sh stop` stops a left-over PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,7 @@ PG_SOCKET=$RUN_DIR/pg-socket
 BIN=${ENSGATE_BIN_DIR:-$PWD/bin}
 DEMO_USER=demo@contoso.test
 DEMO_PASSWORD=demo-password
+DEMO_GRAPH_USER=demo@fabrikam.test
 
 as_postgres() {
 	if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -85,7 +89,7 @@ wait_for() {
 }
 
 cleanup() {
-	# Children first (ENSGate, simulator, sink), then PostgreSQL.
+	# Children first (ENSGate, simulators, sink), then PostgreSQL.
 	local pids
 	pids=$(jobs -p)
 	[ -z "$pids" ] || kill -TERM $pids 2>/dev/null || true
@@ -117,9 +121,14 @@ export ENS_CADDY_ADMIN_SOCKET=${ENS_CADDY_ADMIN_SOCKET:-$RUN_DIR/caddy-admin.soc
 sim_addr=${ENS_SIM_ADDR:-127.0.0.1:8081}
 export ENS_EWS_UPSTREAM=${ENS_EWS_UPSTREAM:-http://$sim_addr}
 ews_url=http://$sim_addr/EWS/Exchange.asmx
+graph_sim_addr=${ENS_GRAPH_SIM_ADDR:-127.0.0.1:8082}
 
-# The Exchange simulator (real time) and the push sinks.
+# The Exchange and Graph simulators (real time) and the push sinks. The
+# Graph simulator takes http:// notification URLs, as ENS_PUBLIC_URL is here.
+rm -f "$RUN_DIR/graphsim.env" # a stale one would announce a simulator not up yet
 "$BIN/ewssim" -listen "$sim_addr" -user "$DEMO_USER:$DEMO_PASSWORD" -clock-scale 1m -log-level warn &
+"$BIN/graphsim" -listen "$graph_sim_addr" -user "$DEMO_GRAPH_USER" -allow-http -clock-scale 1m \
+	-env "$RUN_DIR/graphsim.env" -log-level warn &
 "$BIN/pushsink" -dir "$RUN_DIR/pushsink" -apns-addr "${ENS_APNS_SINK_ADDR:-127.0.0.1:2197}" \
 	-fcm-addr "${ENS_FCM_SINK_ADDR:-127.0.0.1:2198}" &
 wait_for "the push sink" test -s "$RUN_DIR/pushsink/env"
@@ -128,13 +137,30 @@ set -a
 . "$RUN_DIR/pushsink/env"
 set +a
 wait_for "the Exchange simulator" curl -fsS "http://$sim_addr/_sim/health"
+wait_for "the Graph simulator" test -s "$RUN_DIR/graphsim.env"
+set -a
+# shellcheck disable=SC1091
+. "$RUN_DIR/graphsim.env"
+set +a
 
 "$BIN/ensgate" ens migrate
 # The demo tenant: its token is shown once, so keep it for the next run.
 if [ ! -s "$RUN_DIR/demo.token" ]; then
-	"$BIN/ensgate" ens tenant create --name "demo-$(date +%s)" --level 0 | tail -n1 >"$RUN_DIR/demo.token"
-	tenant=$("$BIN/ensgate" ens tenant list | awk '/^demo-/ {name=$1} END {print name}')
+	tenant=demo-$(date +%s)
+	"$BIN/ensgate" ens tenant create --name "$tenant" --level 0 | tail -n1 >"$RUN_DIR/demo.token"
+	echo "$tenant" >"$RUN_DIR/demo.tenant"
 	"$BIN/ensgate" ens endpoint add --tenant "$tenant" --url "$ews_url" 2>/dev/null
+fi
+[ -s "$RUN_DIR/demo.tenant" ] ||
+	"$BIN/ensgate" ens tenant list | awk '/^demo-/ {name=$1} END {print name}' >"$RUN_DIR/demo.tenant"
+tenant=$(cat "$RUN_DIR/demo.tenant")
+# Exchange Online through Graph: the simulator is the Graph root and the
+# authority, the mail app's client id its default one (a run directory from
+# before Graph, or a simulator on another address, gets it now).
+if ! "$BIN/ensgate" ens endpoint list --tenant "$tenant" |
+	awk -v u="$GRAPHSIM_URL" '$1 == "graph" && ($2 == u || $2 == u "/") {found = 1} END {exit !found}'; then
+	"$BIN/ensgate" ens endpoint add --tenant "$tenant" --graph --client-id "$GRAPHSIM_CLIENT_ID" \
+		--authority "$GRAPHSIM_AUTHORITY" --url "$GRAPHSIM_URL"
 fi
 
 "$BIN/ensgate" run --config Caddyfile.example --adapter caddyfile &
@@ -142,6 +168,8 @@ wait_for "ENSGate" curl -fsS "$ENS_PUBLIC_URL/api/ens/alive"
 echo "run.sh: ENSGate on $ENS_LISTEN ($ENS_PUBLIC_URL/api/ens/alive); Ctrl-C stops everything" >&2
 
 "$BIN/ensdemo" -api "$ENS_PUBLIC_URL/api/ens" -token "$(cat "$RUN_DIR/demo.token")" \
-	-sim "http://$sim_addr" -ews-url "$ews_url" -user "$DEMO_USER" -password "$DEMO_PASSWORD"
+	-sim "http://$sim_addr" -ews-url "$ews_url" -user "$DEMO_USER" -password "$DEMO_PASSWORD" \
+	-graph-sim "$GRAPHSIM_URL" -graph-url "$GRAPHSIM_URL" -graph-user "$DEMO_GRAPH_USER" \
+	-graph-client-id "$GRAPHSIM_CLIENT_ID"
 
 wait

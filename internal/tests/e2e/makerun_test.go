@@ -18,8 +18,10 @@ import (
 
 // TestMakeRunScript runs what `make run` runs, on a fresh run directory: it
 // must start its own PostgreSQL, the simulator and the push sinks, serve
-// alive and the admin API, register the scripted device, print the push
-// that the delivered mail causes, and stop everything again on Ctrl-C.
+// alive and the admin API, register the scripted devices (one for the
+// Exchange simulator's mailbox over EWS, one for the Graph simulator's over
+// Microsoft Graph), print the push that each delivered mail causes, and
+// stop everything again on Ctrl-C.
 // Every listener and Caddy's admin socket are its own, so that a local
 // `make run` does not get in the way.
 func TestMakeRunScript(t *testing.T) {
@@ -39,8 +41,8 @@ func TestMakeRunScript(t *testing.T) {
 	cmd := exec.Command("scripts/run.sh")
 	cmd.Dir = repoRoot(t)
 	cmd.Env = append(baseEnv(), "ENS_RUN_DIR="+runDir, "ENS_LISTEN="+listen,
-		"ENS_CADDY_ADMIN_SOCKET="+socket, "ENS_ADMIN_API_PORT="+adminAPIPort, "ENSGATE_BIN_DIR="+filepath.Dir(ensgate),
-		"ENS_SIM_ADDR="+freeAddr(t), "ENS_APNS_SINK_ADDR="+freeAddr(t), "ENS_FCM_SINK_ADDR="+freeAddr(t))
+		"ENS_CADDY_ADMIN_SOCKET="+socket, "ENS_ADMIN_API_PORT="+adminAPIPort, "ENSGATE_BIN_DIR="+demoBinDir(t),
+		"ENS_SIM_ADDR="+freeAddr(t), "ENS_GRAPH_SIM_ADDR="+freeAddr(t), "ENS_APNS_SINK_ADDR="+freeAddr(t), "ENS_FCM_SINK_ADDR="+freeAddr(t))
 	var logs syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	// Its own process group, so a failed test can stop the whole demo.
@@ -61,11 +63,13 @@ func TestMakeRunScript(t *testing.T) {
 	resp := waitFor(t, listen+"/api/ens/alive", 200, 90*time.Second)
 	resp.Body.Close()
 	deadline := time.Now().Add(60 * time.Second)
-	for !printedPush(logs.String()) {
-		if time.Now().After(deadline) {
-			t.Fatal("the demo's push was not printed within 60 s")
+	for _, want := range []demoPush{ewsPush, graphPush} {
+		for !printedPush(logs.String(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the demo's push for the %s mailbox was not printed within 60 s", want.mailbox)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	if _, err := os.Stat(filepath.Join(runDir, "master.key")); err != nil {
 		t.Errorf("the master key is not kept for the next run: %v", err)
@@ -103,9 +107,48 @@ func TestMakeRunScript(t *testing.T) {
 	}
 }
 
-// printedPush reports whether the push sink printed the demo mail's push:
-// a JSON line for the demo device whose alert shows the mail.
-func printedPush(output string) bool {
+// demoBinDir is the directory of the demo's commands: ensgate's, or, when
+// cmd/graphsim is not built there (TestMain builds the others), a
+// temporary one with links to them and graphsim built.
+func demoBinDir(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs(filepath.Dir(ensgate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "graphsim")); err == nil {
+		return dir
+	}
+	own := t.TempDir()
+	for _, name := range []string{"ensgate", "ewssim", "pushsink", "ensdemo"} {
+		if err := os.Symlink(filepath.Join(dir, name), filepath.Join(own, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	build := exec.Command("go", "build", "-o", filepath.Join(own, "graphsim"), "github.com/ensgate/ensgate/cmd/graphsim")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building graphsim: %v\n%s", err, out)
+	}
+	return own
+}
+
+// demoPush is the push of one of the demo's mails.
+type demoPush struct {
+	mailbox           string
+	token             string // the device's APNs token
+	title, bodyPrefix string // the alert
+}
+
+var (
+	ewsPush = demoPush{mailbox: "EWS", token: "0e4d0ca7e7d15a2cd9d1b1e8f0e6c3a1d2b3c4d5e6f708192a3b4c5d6e7f8091",
+		title: "Carol from Fabrikam", bodyPrefix: "Welcome to ENSGate"}
+	graphPush = demoPush{mailbox: "Graph", token: "7a1c3e5f7092b4d6f8e0a2c4e6f8091b3d5f7a9c1e3f5a7c9e1b3d5f7a9c1e3f",
+		title: "Dave from Northwind", bodyPrefix: "Hello from Exchange Online"}
+)
+
+// printedPush reports whether the push sink printed a demo mail's push: a
+// JSON line for the demo device whose alert shows the mail.
+func printedPush(output string, want demoPush) bool {
 	for _, line := range strings.Split(output, "\n") {
 		var push struct {
 			Token   string `json:"token"`
@@ -120,8 +163,8 @@ func printedPush(output string) bool {
 		if json.Unmarshal([]byte(line), &push) != nil {
 			continue
 		}
-		if push.Token == "0e4d0ca7e7d15a2cd9d1b1e8f0e6c3a1d2b3c4d5e6f708192a3b4c5d6e7f8091" && push.Status == 200 &&
-			push.Payload.APS.Alert.Title == "Carol from Fabrikam" && strings.HasPrefix(push.Payload.APS.Alert.Body, "Welcome to ENSGate") &&
+		if push.Token == want.token && push.Status == 200 &&
+			push.Payload.APS.Alert.Title == want.title && strings.HasPrefix(push.Payload.APS.Alert.Body, want.bodyPrefix) &&
 			push.Payload.APS.Badge >= 1 {
 			return true
 		}
