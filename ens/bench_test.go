@@ -1,6 +1,7 @@
 package ens_test
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -15,21 +16,77 @@ import (
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/internal/sim/apnsfake"
 	"github.com/ensgate/ensgate/internal/sim/ewssim"
+	"github.com/ensgate/ensgate/internal/sim/graphsim"
+	"github.com/ensgate/ensgate/store"
 )
 
-// pushBench is ENS end to end on this machine: mail delivered into the
-// simulator, Exchange's SendNotification to the webhook, GetItem and
-// GetFolder against the simulator, and the push through apns2 to the local
+// pushBench is ENS end to end on this machine: mail delivered into a
+// simulated mail source (Exchange over EWS, or Exchange Online over
+// Graph), its notification to ENS, ENS's calls back to the source for the
+// message and the unread count, and the push through apns2 to the local
 // APNs fake, which notes when each push ("bench N") arrived.
 type pushBench struct {
 	*env
-	users   []ewssim.User
+	src     benchSource
+	users   []string // the mailboxes' addresses
 	mu      sync.Mutex
 	arrived map[int]time.Time
 }
 
-func newPushBench(b *testing.B, mailboxes int) *pushBench {
-	pb := &pushBench{arrived: map[int]time.Time{}}
+// benchSource is the simulated mail source of a pushBench.
+type benchSource interface {
+	deliver(address, from, fromName, subject, body string) error
+	// calls is the requests ENS made to the source (its token endpoint
+	// included) since reset.
+	calls() int64
+	// redemptions is the refresh tokens ENS redeemed since reset.
+	redemptions() int64
+	reset()
+	counters() any // for failure messages
+}
+
+type ewsBenchSource struct{ sim *ewssim.TestServer }
+
+func (s ewsBenchSource) deliver(address, from, fromName, subject, body string) error {
+	_, err := s.sim.Deliver(address, ewssim.Mail{From: from, FromName: fromName, Subject: subject, Body: body})
+	return err
+}
+
+func (s ewsBenchSource) calls() int64 {
+	var n int64
+	for _, c := range s.sim.Counters().Requests {
+		n += c
+	}
+	return n
+}
+
+func (s ewsBenchSource) redemptions() int64 { return 0 } // basic authentication
+func (s ewsBenchSource) reset()             { s.sim.ResetCounters() }
+func (s ewsBenchSource) counters() any      { return s.sim.Counters() }
+
+type graphBenchSource struct{ sim *graphsim.TestServer }
+
+func (s graphBenchSource) deliver(address, from, fromName, subject, body string) error {
+	_, err := s.sim.Deliver(address, graphsim.Mail{From: from, FromName: fromName, Subject: subject, Body: body})
+	return err
+}
+
+func (s graphBenchSource) calls() int64 {
+	c := s.sim.Counters()
+	n := c.TokenRequests
+	for _, r := range c.Requests {
+		n += r
+	}
+	return n
+}
+
+func (s graphBenchSource) redemptions() int64 { return s.sim.Counters().TokenRequests }
+func (s graphBenchSource) reset()             { s.sim.ResetCounters() }
+func (s graphBenchSource) counters() any      { return s.sim.Counters() }
+
+// benchOptions are ENS's options in the benchmarks, pushing to the APNs
+// fake through apns2.
+func (pb *pushBench) benchOptions(b *testing.B, mailboxes int) envOptions {
 	key, err := apnsfake.NewKey(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
@@ -44,17 +101,65 @@ func newPushBench(b *testing.B, mailboxes int) *pushBench {
 	if err != nil {
 		b.Fatal(err)
 	}
+	return envOptions{rateLimit: 10000, keyPool: mailboxes, push: &push.Router{APNs: apns}}
+}
+
+// apnsToken is mailbox i's device token (APNs checks the length).
+func apnsToken(i int) string { return fmt.Sprintf("%064x", i+1) }
+
+// newPushBench is the bench on the EWS simulator, a device at level 0 on
+// each of the mailboxes (basic authentication).
+func newPushBench(b *testing.B, mailboxes int) *pushBench {
+	pb := &pushBench{arrived: map[int]time.Time{}}
+	var users []ewssim.User
 	for i := range mailboxes {
-		pb.users = append(pb.users, ewssim.User{Address: fmt.Sprintf("user%d@contoso.test", i), Password: "pw"})
+		users = append(users, ewssim.User{Address: fmt.Sprintf("user%d@contoso.test", i), Password: "pw"})
+		pb.users = append(pb.users, users[i].Address)
 	}
-	pb.env = newEnv(b, envOptions{rateLimit: 10000, keyPool: mailboxes, push: &push.Router{APNs: apns},
-		simConfig: ewssim.Config{Users: pb.users, ClockScale: time.Minute}})
-	for i, u := range pb.users {
+	opts := pb.benchOptions(b, mailboxes)
+	opts.simConfig = ewssim.Config{Users: users, ClockScale: time.Minute}
+	pb.env = newEnv(b, opts)
+	pb.src = ewsBenchSource{pb.sim}
+	for i, u := range users {
 		d := pb.basicDevice(fmt.Sprintf("phone-%d", i), u.Address, "pw", 0)
-		d.PushToken = fmt.Sprintf("%064x", i+1) // APNs checks the token's length
+		d.PushToken = apnsToken(i)
 		pb.register(d)
 	}
 	return pb
+}
+
+// newGraphPushBench is the bench on the Graph simulator (its clock in real
+// time), a device at level 0 on each of the mailboxes, registered with a
+// refresh token.
+func newGraphPushBench(b *testing.B, mailboxes int, opts envOptions) (*pushBench, *graphEnv) {
+	pb := &pushBench{arrived: map[int]time.Time{}}
+	o := pb.benchOptions(b, mailboxes)
+	o.callbackRate = opts.callbackRate
+	g := newGraphBenchEnv(b, o)
+	pb.env, pb.src = g.env, graphBenchSource{g.graph}
+	for i := range mailboxes {
+		address := fmt.Sprintf("user%d@fabrikam.test", i)
+		if _, err := g.graph.AddUser(graphsim.User{Address: address}); err != nil {
+			b.Fatal(err)
+		}
+		pb.users = append(pb.users, address)
+		d := g.graphDevice(fmt.Sprintf("phone-%d", i), address, 0)
+		d.PushToken = apnsToken(i)
+		pb.register(d)
+	}
+	return pb, g
+}
+
+// newGraphBenchEnv is newGraphEnv for a benchmark (newGraphEnv takes a
+// *testing.T): ENS with a tenant that allows the Graph simulator's root.
+func newGraphBenchEnv(b *testing.B, opts envOptions) *graphEnv {
+	e := newEnv(b, opts)
+	g := graphsim.Start(b, graphsim.Config{AllowHTTP: true})
+	if _, err := e.store.Allow(context.Background(), store.Endpoint{TenantID: e.tenant.ID, Kind: store.KindGraph, URL: g.URL,
+		OAuth: store.OAuth{ClientID: graphsim.DefaultClientID, Authority: g.Authority, Scope: "https://graph.microsoft.com/.default offline_access"}}); err != nil {
+		b.Fatal(err)
+	}
+	return &graphEnv{env: e, graph: g}
 }
 
 func (pb *pushBench) onPush(p apnsfake.Push) {
@@ -75,8 +180,7 @@ func (pb *pushBench) onPush(p apnsfake.Push) {
 // send delivers mail number n to one of the mailboxes.
 func (pb *pushBench) send(b *testing.B, n int) time.Time {
 	at := time.Now()
-	if _, err := pb.sim.Deliver(pb.users[n%len(pb.users)].Address, ewssim.Mail{From: "carol@fabrikam.test",
-		FromName: "Carol", Subject: fmt.Sprintf("bench %d", n), Body: "benchmark body"}); err != nil {
+	if err := pb.src.deliver(pb.users[n%len(pb.users)], "carol@fabrikam.test", "Carol", fmt.Sprintf("bench %d", n), "benchmark body"); err != nil {
 		b.Fatal(err)
 	}
 	return at
@@ -93,10 +197,29 @@ func (pb *pushBench) await(b *testing.B, n int) {
 			return
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d pushes arrived within a minute; simulator %+v", got, n, pb.sim.Counters())
+			b.Fatalf("%d of %d pushes arrived within a minute; simulator %+v", got, n, pb.src.counters())
 		}
 		time.Sleep(200 * time.Microsecond)
 	}
+}
+
+// throughput delivers b.N mails at once and reports how many notifications
+// per second become pushes, the calls ENS made to the mail source per
+// notification, and the refresh tokens it redeemed meanwhile.
+func (pb *pushBench) throughput(b *testing.B) {
+	pb.src.reset()
+	b.ResetTimer()
+	start := time.Now()
+	for i := range b.N {
+		pb.send(b, i)
+	}
+	pb.await(b, b.N)
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "notifications/s")
+	b.ReportMetric(float64(pb.src.calls())/float64(b.N), "calls/notification")
+	b.ReportMetric(float64(pb.src.redemptions()), "token-redemptions")
+	b.ReportMetric(0, "ns/op")
 }
 
 func percentile(d []time.Duration, p int) float64 {
@@ -105,17 +228,19 @@ func percentile(d []time.Duration, p int) float64 {
 }
 
 // BenchmarkWebhookToPushThroughput delivers b.N mails at once to 32
-// mailboxes and reports how many notifications per second become pushes.
+// mailboxes on the EWS simulator and reports how many notifications per
+// second become pushes.
 func BenchmarkWebhookToPushThroughput(b *testing.B) {
-	pb := newPushBench(b, 32)
-	b.ResetTimer()
-	start := time.Now()
-	for i := range b.N {
-		pb.send(b, i)
-	}
-	pb.await(b, b.N)
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "notifications/s")
-	b.ReportMetric(0, "ns/op")
+	newPushBench(b, 32).throughput(b)
+}
+
+// BenchmarkGraphWebhookToPushThroughput is BenchmarkWebhookToPushThroughput
+// through Microsoft Graph: b.N mails at once to 32 Exchange Online
+// mailboxes; Graph's change notifications, the message and the Inbox's
+// unread count read from Graph, the same pushes.
+func BenchmarkGraphWebhookToPushThroughput(b *testing.B) {
+	pb, _ := newGraphPushBench(b, 32, envOptions{})
+	pb.throughput(b)
 }
 
 // BenchmarkWebhookToPushLatency delivers one mail at a time and reports the
@@ -133,5 +258,50 @@ func BenchmarkWebhookToPushLatency(b *testing.B) {
 	}
 	b.ReportMetric(percentile(latencies, 50), "p50-ms")
 	b.ReportMetric(percentile(latencies, 99), "p99-ms")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkGraphReauthorization keeps 32 Graph subscriptions alive: each
+// op is one reauthorizationRequired lifecycle event, which ENS answers
+// with a refresh token redemption (re-sealed) and a reauthorization at
+// Graph. The events go out in waves, one per subscription at a time (Graph
+// sends about one an hour each). It reports renewals per second and the
+// calls each took. The callback rate limit is raised: a subscription gets
+// far more events here than Graph would send.
+func BenchmarkGraphReauthorization(b *testing.B) {
+	const mailboxes = 32
+	pb, g := newGraphPushBench(b, mailboxes, envOptions{callbackRate: 10000})
+	subs := g.graph.Subscriptions()
+	if len(subs) != mailboxes {
+		b.Fatalf("%d Graph subscriptions, want %d", len(subs), mailboxes)
+	}
+	pb.src.reset()
+	b.ResetTimer()
+	start := time.Now()
+	for done := 0; done < b.N; {
+		wave := min(mailboxes, b.N-done)
+		for _, sub := range subs[:wave] {
+			if err := g.graph.Lifecycle(sub.ID, graphsim.ReauthorizationRequired); err != nil {
+				b.Fatal(err)
+			}
+		}
+		done += wave
+		deadline := time.Now().Add(time.Minute)
+		for g.graph.Counters().SubscriptionsReauthorized < int64(done) {
+			if time.Now().After(deadline) {
+				b.Fatalf("%d of %d reauthorizations within a minute; Graph %+v", g.graph.Counters().SubscriptionsReauthorized, done, g.graph.Counters())
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	c := g.graph.Counters()
+	if c.TokenErrors["invalid_grant"] != 0 || c.SubscriptionsCreated != 0 {
+		b.Fatalf("Graph %+v: want no refused refresh token and no new subscription", c)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "renewals/s")
+	b.ReportMetric(float64(pb.src.calls())/float64(b.N), "calls/renewal")
+	b.ReportMetric(float64(c.TokenRequests)/float64(b.N), "redemptions/renewal")
 	b.ReportMetric(0, "ns/op")
 }

@@ -60,6 +60,10 @@ type mailSource interface {
 	// errNoRefreshToken without one, oauth.ErrInvalidGrant when the user
 	// must sign in again.
 	refresh(ctx context.Context) error
+	// vetsEveryItem: the item is read (content's check of folder and age)
+	// even when no device shows its content, because the notification
+	// says nothing of when it arrived (Graph; EWS events carry a time).
+	vetsEveryItem() bool
 }
 
 // mailContent is what a push may show of a mail, as far as the level lets.
@@ -134,7 +138,7 @@ func (d *delivery) item(ctx context.Context, id string) (ended bool, err error) 
 	targets := d.claimedDevices(claimed)
 
 	var mail *mailContent
-	if d.needsContent(targets) {
+	if d.needsContent(targets) || d.src.vetsEveryItem() {
 		mail, err = d.src.content(ctx, id)
 		if errors.Is(err, errNotAnnounced) {
 			return false, d.s.store.FinishPushes(ctx, d.sub.ID, hash, claimed, store.PushNotAnnounced)

@@ -49,6 +49,11 @@ func (spec EndpointSpec) Entry(tenantID int64) (store.Endpoint, error) {
 	if e.URL, err = store.NormalizeEWSURL(e.URL); err != nil {
 		return store.Endpoint{}, fmt.Errorf("url: %w", err)
 	}
+	if spec.Fingerprint != "" && spec.Graph {
+		// The Graph client trusts the system's roots; a pin it did not
+		// enforce would only seem to protect the tokens.
+		return store.Endpoint{}, errors.New("fingerprint: Graph endpoints take no pin")
+	}
 	if spec.Fingerprint != "" {
 		fp, err := ews.ParseFingerprint(spec.Fingerprint)
 		if err != nil {

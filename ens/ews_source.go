@@ -59,6 +59,8 @@ func (e *ewsSource) unreadCount(ctx context.Context) (int, error) {
 
 func (e *ewsSource) refused(err error) bool { return errors.Is(err, ews.ErrUnauthorized) }
 
+func (e *ewsSource) vetsEveryItem() bool { return false }
+
 func (e *ewsSource) refresh(ctx context.Context) error {
 	if err := e.d.s.freshAccess(ctx, e.d.sealed, e.ep.OAuth, true); err != nil {
 		return err

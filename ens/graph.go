@@ -36,8 +36,9 @@ const (
 	// than this left.
 	graphRenewBefore = 3 * 24 * time.Hour
 	// graphWorkTimeout bounds the work of one notification or lifecycle
-	// event after Graph was answered; Retry-After waits count.
-	graphWorkTimeout = 90 * time.Second
+	// event after Graph was answered, Retry-After waits included; within
+	// claimLease, so no other node takes over its claims meanwhile.
+	graphWorkTimeout = claimLease - 5*time.Second
 	// graphFallbackAfter is when a notification's fallback job runs: after
 	// its work has had graphWorkTimeout, whether or not the node lived.
 	graphFallbackAfter = graphWorkTimeout + 30*time.Second
@@ -52,6 +53,7 @@ var errGraphMailboxMismatch = errors.New("the token belongs to another mailbox")
 // device API's answer.
 func graphError(err error) *apiError {
 	var throttled *graph.ThrottledError
+	var transient *oauth.TransientError
 	var api *graph.APIError
 	switch {
 	case errors.Is(err, oauth.ErrInvalidGrant):
@@ -64,10 +66,26 @@ func graphError(err error) *apiError {
 		return &apiError{http.StatusForbidden, "mailbox_mismatch", "the token does not belong to this mailbox; register with the mailbox's own sign-in"}
 	case errors.As(err, &throttled):
 		return &apiError{http.StatusServiceUnavailable, "overloaded", "Graph is throttling this mailbox; retry later"}
+	case errors.As(err, &transient):
+		return &apiError{http.StatusServiceUnavailable, "unavailable", "the token endpoint is unavailable; retry later"}
 	case errors.As(err, &api):
 		return &apiError{http.StatusBadGateway, "graph_error", fmt.Sprintf("Graph answered HTTP %d %s", api.Status, api.Code)}
 	}
 	return &apiError{http.StatusBadGateway, "graph_error", "Graph or its token endpoint could not be reached"}
+}
+
+// graphRetryAfter is how long Graph or its token endpoint asked to be left
+// alone (at least a second when they are away), or 0.
+func graphRetryAfter(err error) time.Duration {
+	var throttled *graph.ThrottledError
+	var transient *oauth.TransientError
+	switch {
+	case errors.As(err, &throttled):
+		return max(throttled.RetryAfter, time.Second)
+	case errors.As(err, &transient):
+		return max(transient.RetryAfter, time.Second)
+	}
+	return 0
 }
 
 // graphClient is the shared client for a Graph root.
@@ -148,6 +166,9 @@ func (s *Service) graphCallback(w http.ResponseWriter, r *http.Request) (*sealed
 		}
 	}
 	o, err := s.openCallback(r.Context(), r.URL.Query().Get("id"), key)
+	if err == nil && o.sub.Source != store.SourceGraph {
+		err = errForgedCallback // an EWS subscription's key is no Graph clientState
+	}
 	if errors.Is(err, errForgedCallback) {
 		notifications.WithLabelValues("forged").Inc()
 		s.log.Debug("Graph callback refused: unknown subscription or wrong clientState")
@@ -185,7 +206,7 @@ func (s *Service) inBackground(o *sealed, work func(ctx context.Context, log *sl
 	go func() {
 		defer s.background.Done()
 		defer func() { <-s.inFlight; notificationsInFlight.Dec() }()
-		ctx, cancel := context.WithTimeout(context.Background(), graphWorkTimeout)
+		ctx, cancel := context.WithTimeout(s.backgroundCtx, graphWorkTimeout)
 		defer cancel()
 		log := s.log.With(slog.String("subscription", o.sub.PublicID))
 		if err := work(ctx, log); err != nil {
@@ -334,13 +355,17 @@ type graphSource struct {
 	oauth  store.OAuth
 }
 
-// fields selects what the most permissive device level shows: no
-// preview (which needs Mail.Read) unless a device shows it.
+// fields selects what the most permissive device level shows, besides
+// what tells new mail of the Inbox: no sender below level 2, no preview
+// (which needs Mail.Read) unless a device shows it.
 func (g *graphSource) fields() []string {
-	fields := []string{graph.FieldFrom, graph.FieldReceivedDateTime, graph.FieldParentFolderID}
+	fields := []string{graph.FieldReceivedDateTime, graph.FieldParentFolderID}
 	most := privacy.BadgeOnly
 	for _, dev := range g.d.devices {
 		most = min(most, g.d.level(dev))
+	}
+	if most.ShowsSender() {
+		fields = append(fields, graph.FieldFrom)
 	}
 	if most.ShowsSubject() {
 		fields = append(fields, graph.FieldSubject)
@@ -386,6 +411,10 @@ func (g *graphSource) unreadCount(ctx context.Context) (int, error) {
 
 func (g *graphSource) refused(err error) bool { return errors.Is(err, graph.ErrUnauthorized) }
 
+// vetsEveryItem: a notification names a message but not when it arrived;
+// one moved into the Inbox from elsewhere is not new mail.
+func (g *graphSource) vetsEveryItem() bool { return true }
+
 func (g *graphSource) refresh(ctx context.Context) error {
 	return g.d.s.freshAccess(ctx, g.d.sealed, g.oauth, true)
 }
@@ -411,7 +440,7 @@ func (s *Service) graphCall(ctx context.Context, mailbox []byte, call func() err
 // endGraphSubscription deletes o's subscription at Graph, with a token
 // redeemed from its refresh token.
 func (s *Service) endGraphSubscription(ctx context.Context, o *sealed) error {
-	ep, err := s.store.EndpointByID(ctx, o.sub.EndpointID)
+	ep, err := s.store.RemovedEndpointByID(ctx, o.sub.EndpointID)
 	if err != nil {
 		return err
 	}

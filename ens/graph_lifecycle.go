@@ -41,7 +41,15 @@ func (s *Service) graphLifecycle(w http.ResponseWriter, r *http.Request) {
 	}
 	events := map[string]bool{}
 	for _, n := range ns {
-		events[n.LifecycleEvent] = n.Lifecycle()
+		if n.Lifecycle() {
+			events[n.LifecycleEvent] = true
+		}
+	}
+	if len(events) == 0 { // another Graph subscription's, or no lifecycle event
+		w.WriteHeader(http.StatusAccepted)
+		<-s.inFlight
+		notificationsInFlight.Dec()
+		return
 	}
 	if err := s.store.MarkSeen(r.Context(), o.sub.ID, ""); err != nil {
 		s.log.Warn("Graph lifecycle event: cannot record liveness", slog.Any("error", err))
@@ -77,9 +85,15 @@ func (s *Service) graphLifecycleWork(ctx context.Context, log *slog.Logger, o *s
 	call := func(f func(token string) error) error {
 		return s.graphCall(ctx, o.sub.MailboxHash, func() error { return f(o.creds.AccessToken) })
 	}
-	catchUp := events[graph.Missed]
-	switch {
-	case events[graph.SubscriptionRemoved]:
+	catchUp, removed := events[graph.Missed], events[graph.SubscriptionRemoved]
+	if events[graph.ReauthorizationRequired] && !removed {
+		err := s.keepGraphSubscription(ctx, o, gc, call)
+		removed = errors.Is(err, graph.ErrNotFound) // Graph no longer knows it
+		if err != nil && !removed {
+			return err
+		}
+	}
+	if removed {
 		var sub graph.Subscription
 		if err := call(func(token string) (err error) {
 			sub, err = gc.CreateSubscription(ctx, token, s.graphSubscriptionRequest(o.sub.PublicID, o.key))
@@ -94,29 +108,36 @@ func (s *Service) graphLifecycleWork(ctx context.Context, log *slog.Logger, o *s
 		graphRenewals.WithLabelValues("recreated").Inc()
 		log.Info("Graph removed the subscription; made it anew")
 		catchUp = true
-	case events[graph.ReauthorizationRequired]:
-		if err := call(func(token string) error { return gc.Reauthorize(ctx, token, o.sub.RemoteID) }); err != nil {
-			return err
-		}
-		graphRenewals.WithLabelValues("reauthorized").Inc()
-		if time.Until(o.sub.ExpiresAt) < graphRenewBefore {
-			var sub graph.Subscription
-			if err := call(func(token string) (err error) {
-				sub, err = gc.RenewSubscription(ctx, token, o.sub.RemoteID, s.cfg.Now().Add(graphLifetime))
-				return err
-			}); err != nil {
-				return err
-			}
-			if err := s.store.SetRemoteSubscription(ctx, o.sub.ID, o.sub.RemoteID, sub.Expiration); err != nil {
-				return err
-			}
-			graphRenewals.WithLabelValues("renewed").Inc()
-		}
 	}
 	if !catchUp {
 		return nil
 	}
 	return s.graphCatchUp(ctx, log, o, gc)
+}
+
+// keepGraphSubscription reauthorizes o's Graph subscription and renews it
+// when less than graphRenewBefore is left; graph.ErrNotFound if Graph no
+// longer has it.
+func (s *Service) keepGraphSubscription(ctx context.Context, o *sealed, gc *graph.Client, call func(func(token string) error) error) error {
+	if err := call(func(token string) error { return gc.Reauthorize(ctx, token, o.sub.RemoteID) }); err != nil {
+		return err
+	}
+	graphRenewals.WithLabelValues("reauthorized").Inc()
+	if time.Until(o.sub.ExpiresAt) >= graphRenewBefore {
+		return nil
+	}
+	var sub graph.Subscription
+	if err := call(func(token string) (err error) {
+		sub, err = gc.RenewSubscription(ctx, token, o.sub.RemoteID, s.cfg.Now().Add(graphLifetime))
+		return err
+	}); err != nil {
+		return err
+	}
+	if err := s.store.SetRemoteSubscription(ctx, o.sub.ID, o.sub.RemoteID, sub.Expiration); err != nil {
+		return err
+	}
+	graphRenewals.WithLabelValues("renewed").Inc()
+	return nil
 }
 
 // graphCatchUp pushes the messages Graph did not notify (missed, or made
@@ -210,15 +231,13 @@ func (w *graphFallbackWorker) Work(ctx context.Context, job *river.Job[graphFall
 	for i, dev := range devices {
 		ids[i] = dev.ID
 	}
-	late := 0
+	late, busy := 0, false
 	for _, item := range a.Items {
 		claimed, pending, err := s.store.ClaimPushes(ctx, sub.ID, item, ids, claimLease)
 		if err != nil {
 			return err
 		}
-		if pending {
-			return river.JobSnooze(claimLease) // still being pushed somewhere
-		}
+		busy = busy || pending
 		if len(claimed) == 0 {
 			continue
 		}
@@ -237,6 +256,11 @@ func (w *graphFallbackWorker) Work(ctx context.Context, job *river.Job[graphFall
 	if late > 0 {
 		s.log.Warn("a Graph notification's work did not finish; announcing its items without content",
 			slog.String("subscription", sub.PublicID), slog.Int("pushes", late))
+	}
+	if busy {
+		// Some pushes are still in progress (their claims, or a push job,
+		// hold them): look again once a claim could have lapsed.
+		return river.JobSnooze(claimLease)
 	}
 	return nil
 }

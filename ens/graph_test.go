@@ -3,9 +3,11 @@ package ens_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -112,8 +114,8 @@ func TestGraphValidationHandshake(t *testing.T) {
 }
 
 // One Graph subscription per mailbox, fanned out to its devices, each
-// pushed at its level; the message is fetched once, and not at all when
-// no device shows its content.
+// pushed at its level; the message is read once, with only what the
+// levels show.
 func TestGraphPushesAtEveryLevel(t *testing.T) {
 	g := newGraphEnv(t, envOptions{}, graphsim.Config{})
 	for level := range 5 {
@@ -155,8 +157,10 @@ func TestGraphPushesAtEveryLevel(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.waitFor("bob's two pushes", func() bool { return len(g.pushes.pushes("")) == 7 })
-	if c := g.graph.Counters(); c.Operations["message"] != 0 || c.Operations["mailFolder"] != 1 {
-		t.Errorf("operations %v: levels 3 and 4 want the unread count only", c.Operations)
+	// Levels 3 and 4 read the message's time and folder only (it must be
+	// new mail of the Inbox), and the unread count.
+	if c := g.graph.Counters(); c.Operations["message"] != 1 || c.Operations["mailFolder"] != 1 {
+		t.Errorf("operations %v: want one metadata read and the unread count", c.Operations)
 	}
 }
 
@@ -433,10 +437,74 @@ func TestEWSOAuthRefreshTokenOutlivesItsAccessToken(t *testing.T) {
 			t.Errorf("push %d: %+v", i, p)
 		}
 	}
-	if c := authority.Counters(); c.TokenRequests != 2 || c.TokenErrors["invalid_grant"] != 0 {
-		t.Errorf("%d redemptions (%v errors), want one per expired token, each with the rotated refresh token", c.TokenRequests, c.TokenErrors)
+	if c := authority.Counters(); c.TokenRequests != 3 || c.TokenErrors["invalid_grant"] != 0 {
+		t.Errorf("%d redemptions (%v errors), want one at registration and one per expired token, each with the rotated refresh token", c.TokenRequests, c.TokenErrors)
 	}
 	if status, body := e.call("GET", "/api/ens/status?deviceId=phone", nil); status != 200 || body["subscription"] != "active" || body["resubscribe"] != false {
 		t.Errorf("status %d %v", status, body)
+	}
+}
+
+// At levels that show nothing of a message, Graph's notification is still
+// vetted: a message that arrived long ago (moved into the Inbox by a rule
+// or the user) is no new mail, and no "New message" is pushed for it.
+func TestGraphOldMailMovedIntoTheInboxIsNotAnnounced(t *testing.T) {
+	g := newGraphEnv(t, envOptions{}, graphsim.Config{})
+	g.register(g.graphDevice("private", galice, 3))
+	if _, err := g.graph.Deliver(galice, graphsim.Mail{From: "carol@example.test", Subject: "from last week", Received: time.Now().Add(-7 * 24 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.graph.Deliver(galice, graphMail); err != nil {
+		t.Fatal(err)
+	}
+	g.waitFor("the new mail's push", func() bool { return len(g.pushes.pushes("")) >= 1 })
+	g.settle()
+	if p := g.pushes.pushes(""); len(p) != 1 || !p[0].Generic {
+		t.Errorf("pushes %+v: want one generic notice, for the new mail only", p)
+	}
+}
+
+// A subscription's key opens its own source's route only: an EWS
+// callback key presented as a Graph clientState (or the other way round)
+// is refused like a wrong one.
+func TestSubscriptionKeysOpenTheirOwnSourceOnly(t *testing.T) {
+	g := newGraphEnv(t, envOptions{}, graphsim.Config{})
+	ewsID := g.register(g.basicDevice("ews-phone", alice, alicePW, 0))
+	var ewsKey string
+	for _, s := range g.sim.Subscriptions() {
+		if u, err := url.Parse(s.URL); err == nil && u.Query().Get("id") == ewsID {
+			ewsKey = u.Query().Get("f")
+		}
+	}
+	if ewsKey == "" {
+		t.Fatal("no callback key for the EWS subscription")
+	}
+	body := fmt.Sprintf(`{"value":[{"subscriptionId":"x","changeType":"created","clientState":%q,"resource":"r","resourceData":{"id":"m"},"tenantId":"t"}]}`, ewsKey)
+	if status, _ := postTo(t, g.api.URL+"/api/ens/graph/notify?id="+ewsID, "application/json", []byte(body)); status != http.StatusForbidden {
+		t.Errorf("an EWS key as Graph's clientState: %d, want 403", status)
+	}
+	// The Graph subscription's key, as Graph sends it.
+	graphID := g.register(g.graphDevice("graph-phone", galice, 0))
+	keys := make(chan string, 10)
+	inner := *g.served.Load()
+	var capture http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/ens/graph/notify" {
+			b, _ := io.ReadAll(r.Body)
+			var n struct {
+				Value []struct{ ClientState string } `json:"value"`
+			}
+			if json.Unmarshal(b, &n) == nil && len(n.Value) > 0 {
+				keys <- n.Value[0].ClientState
+			}
+			r.Body = io.NopCloser(bytes.NewReader(b))
+		}
+		inner.ServeHTTP(w, r)
+	})
+	g.served.Store(&capture)
+	g.graph.Deliver(galice, graphMail)
+	graphKey := <-keys
+	g.waitFor("the Graph push", func() bool { return len(g.pushes.pushes(tok("graph-phone"))) == 1 })
+	if status, _ := postTo(t, g.api.URL+"/api/ens/notify?id="+graphID+"&f="+graphKey, "text/xml", []byte("<x/>")); status != http.StatusForbidden {
+		t.Errorf("a Graph subscription's key through Exchange's webhook: %d, want 403", status)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ens/seal"
@@ -132,6 +134,9 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 		gs, err := s.subscribeGraph(ctx, row, creds, publicID, key)
 		if err != nil {
 			s.log.Info("registration refused by Graph", slog.String("tenant", t.Name), slog.String("device", req.DeviceID), slog.Any("error", err))
+			if after := graphRetryAfter(err); after > 0 {
+				w.Header().Set("Retry-After", strconv.Itoa(int((after+time.Second-1)/time.Second)))
+			}
 			return graphError(err)
 		}
 		remote.RemoteID, remote.ExpiresAt, remote.StatusFrequency = gs.ID, gs.Expiration, graphStatusMinutes
@@ -139,6 +144,16 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 		ep, err := s.endpointFor(row)
 		if err != nil {
 			return err
+		}
+		if creds.RefreshToken != "" {
+			// Redeemed now, so a token that does not work is refused here,
+			// and the mailbox is checked with the access token it gives.
+			if err := s.redeem(ctx, row.OAuth, creds); err != nil {
+				if after := graphRetryAfter(err); after > 0 {
+					w.Header().Set("Retry-After", strconv.Itoa(int((after+time.Second-1)/time.Second)))
+				}
+				return graphError(err)
+			}
 		}
 		ewsSub, err := s.subscribe(ctx, ep, creds, publicID, key, s.attestation(t.ID, []string{req.DeviceID}))
 		if err != nil {
@@ -171,6 +186,12 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 		KeyPairID:           keyPairID,
 		FormerMailboxHashes: s.keys.AcceptedMailboxHashes(req.Email),
 	})
+	if err != nil && source == store.SourceGraph {
+		// Not stored: Graph's subscription would call for a week in vain.
+		if derr := s.graphClient(row.URL).DeleteSubscription(context.WithoutCancel(ctx), creds.AccessToken, remote.RemoteID); derr != nil {
+			s.log.Info("ending the Graph subscription of a failed registration", slog.Any("error", derr))
+		}
+	}
 	if errors.Is(err, store.ErrEndpointRemoved) {
 		return errEndpointNotAllowed
 	}

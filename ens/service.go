@@ -187,9 +187,12 @@ type Service struct {
 	graphClients  sync.Map
 	graphThrottle mailboxThrottle
 	background    sync.WaitGroup
-	running       atomic.Bool // between Start and Stop
-	stop          context.CancelFunc
-	workers       sync.WaitGroup
+	// backgroundCtx ends the background work stopGrace into Stop.
+	backgroundCtx    context.Context
+	cancelBackground context.CancelFunc
+	running          atomic.Bool // between Start and Stop
+	stop             context.CancelFunc
+	workers          sync.WaitGroup
 }
 
 // New validates cfg and builds the service; Start runs its workers.
@@ -235,6 +238,7 @@ func New(cfg Config) (*Service, error) {
 		limits:   newRateLimits(cfg),
 		inFlight: make(chan struct{}, cfg.NotificationsInFlight),
 	}
+	s.backgroundCtx, s.cancelBackground = context.WithCancel(context.Background())
 	if s.jobs, err = newJobs(s); err != nil {
 		return nil, fmt.Errorf("ens: jobs: %w", err)
 	}
@@ -289,7 +293,16 @@ func (s *Service) Stop() {
 		s.stop()
 	}
 	s.workers.Wait()
-	s.background.Wait() // bounded by graphWorkTimeout
+	// Work after Graph was answered gets stopGrace too; what is cut short
+	// is its fallback job's (on another node, or the next generation).
+	waited := make(chan struct{})
+	go func() { s.background.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(stopGrace):
+		s.cancelBackground()
+		<-waited
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
 	defer cancel()
 	if err := s.jobs.Stop(ctx); err != nil {

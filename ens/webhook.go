@@ -59,6 +59,9 @@ func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	q := r.URL.Query()
 	o, err := s.openCallback(ctx, q.Get("id"), q.Get("f"))
+	if err == nil && o.sub.Source != store.SourceEWS {
+		err = errForgedCallback // a Graph subscription's key is no EWS callback's
+	}
 	if errors.Is(err, errForgedCallback) {
 		notifications.WithLabelValues("forged").Inc()
 		s.log.Debug("callback refused: unknown subscription or wrong key")

@@ -235,9 +235,13 @@ func scanEndpoints(rows pgx.Rows, readAt time.Time) ([]Endpoint, error) {
 // endpoints lists the live endpoints that meet condition, in the order
 // they were added.
 func (s *Store) endpoints(ctx context.Context, condition string, args ...any) ([]Endpoint, error) {
+	return s.endpointsWhere(ctx, `removed_at IS NULL AND `+condition, args...)
+}
+
+func (s *Store) endpointsWhere(ctx context.Context, condition string, args ...any) ([]Endpoint, error) {
 	readAt := time.Now()
 	rows, err := s.pool.Query(ctx, `SELECT `+endpointColumns+` FROM ews_endpoints
-		WHERE removed_at IS NULL AND `+condition+` ORDER BY id`, args...)
+		WHERE `+condition+` ORDER BY id`, args...)
 	if err != nil {
 		return nil, s.queryError("find endpoints", err)
 	}
@@ -271,7 +275,17 @@ func (s *Store) Endpoints(ctx context.Context, tenantID int64) ([]Endpoint, erro
 
 // EndpointByID finds an endpoint that is not removed by its id.
 func (s *Store) EndpointByID(ctx context.Context, id int64) (Endpoint, error) {
-	found, err := s.endpoints(ctx, `id = $1`, id)
+	return s.endpointByID(ctx, id, `removed_at IS NULL`)
+}
+
+// RemovedEndpointByID finds an endpoint by its id, removed or not: what the
+// subscriptions it ended need to be ended at their source.
+func (s *Store) RemovedEndpointByID(ctx context.Context, id int64) (Endpoint, error) {
+	return s.endpointByID(ctx, id, `true`)
+}
+
+func (s *Store) endpointByID(ctx context.Context, id int64, condition string) (Endpoint, error) {
+	found, err := s.endpointsWhere(ctx, condition+` AND id = $1`, id)
 	if err != nil {
 		return Endpoint{}, err
 	}

@@ -360,16 +360,25 @@ func (s *Store) FailSilentSubscriptions(ctx context.Context, limit int, then fun
 	return subs, nil
 }
 
+// credentialsLock serialises credential updates per subscription.
+const credentialsLock = int32(0x63726564) // "cred"
+
 // UpdateCredentials replaces a live subscription's sealed credentials with
-// what change makes of the current ones, holding the row meanwhile: a
-// refresh token that rotates is redeemed by one caller at a time, and the
-// next sees its result. change returns nil to leave them. It returns the
+// what change makes of the current ones, one caller at a time per
+// subscription: a refresh token that rotates is redeemed once, and the next
+// caller sees its result. change returns nil to leave them. It returns the
 // credentials stored after the call, and ErrNotFound if the subscription
 // is not live.
 func (s *Store) UpdateCredentials(ctx context.Context, id int64, change func(current []byte) ([]byte, error)) ([]byte, error) {
 	var stored []byte
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := tx.QueryRow(ctx, `SELECT sealed_credentials FROM subscriptions WHERE id = $1 AND state = 'active' FOR UPDATE`,
+		// An advisory lock, not the row's: change may wait on a token
+		// endpoint, and the row's other writers (a callback marking it seen)
+		// must not wait with it.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashint8($2))`, credentialsLock, id); err != nil {
+			return err
+		}
+		if err := tx.QueryRow(ctx, `SELECT sealed_credentials FROM subscriptions WHERE id = $1 AND state = 'active'`,
 			id).Scan(&stored); err != nil {
 			return err
 		}
