@@ -13,14 +13,14 @@ import (
 )
 
 // ensgate is the binary under test: $ENSGATE_BIN (make test builds it) or
-// one built here; the demo's other commands (ewssim, pushsink, ensdemo) are
-// beside it.
+// one built here; the demo's other commands (ewssim, graphsim, pushsink,
+// ensdemo) are beside it.
 var ensgate string
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
-	bin, cleanup, err := gateway.Binary("github.com/ensgate/ensgate/cmd/ewssim",
+	bin, cleanup, err := gateway.Binary("github.com/ensgate/ensgate/cmd/ewssim", "github.com/ensgate/ensgate/cmd/graphsim",
 		"github.com/ensgate/ensgate/cmd/pushsink", "github.com/ensgate/ensgate/cmd/ensdemo")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

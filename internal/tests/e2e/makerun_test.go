@@ -41,7 +41,7 @@ func TestMakeRunScript(t *testing.T) {
 	cmd := exec.Command("scripts/run.sh")
 	cmd.Dir = repoRoot(t)
 	cmd.Env = append(baseEnv(), "ENS_RUN_DIR="+runDir, "ENS_LISTEN="+listen,
-		"ENS_CADDY_ADMIN_SOCKET="+socket, "ENS_ADMIN_API_PORT="+adminAPIPort, "ENSGATE_BIN_DIR="+demoBinDir(t),
+		"ENS_CADDY_ADMIN_SOCKET="+socket, "ENS_ADMIN_API_PORT="+adminAPIPort, "ENSGATE_BIN_DIR="+filepath.Dir(ensgate),
 		"ENS_SIM_ADDR="+freeAddr(t), "ENS_GRAPH_SIM_ADDR="+freeAddr(t), "ENS_APNS_SINK_ADDR="+freeAddr(t), "ENS_FCM_SINK_ADDR="+freeAddr(t))
 	var logs syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -105,31 +105,6 @@ func TestMakeRunScript(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(runDir, "pg", "postmaster.pid")); !os.IsNotExist(err) {
 		t.Errorf("PostgreSQL still running after Ctrl-C (postmaster.pid: %v)", err)
 	}
-}
-
-// demoBinDir is the directory of the demo's commands: ensgate's, or, when
-// cmd/graphsim is not built there (TestMain builds the others), a
-// temporary one with links to them and graphsim built.
-func demoBinDir(t *testing.T) string {
-	t.Helper()
-	dir, err := filepath.Abs(filepath.Dir(ensgate))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "graphsim")); err == nil {
-		return dir
-	}
-	own := t.TempDir()
-	for _, name := range []string{"ensgate", "ewssim", "pushsink", "ensdemo"} {
-		if err := os.Symlink(filepath.Join(dir, name), filepath.Join(own, name)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	build := exec.Command("go", "build", "-o", filepath.Join(own, "graphsim"), "github.com/ensgate/ensgate/cmd/graphsim")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building graphsim: %v\n%s", err, out)
-	}
-	return own
 }
 
 // demoPush is the push of one of the demo's mails.
