@@ -39,6 +39,8 @@ const (
 	// event after Graph was answered, Retry-After waits included; within
 	// claimLease, so no other node takes over its claims meanwhile.
 	graphWorkTimeout = claimLease - 5*time.Second
+	// graphMaxWait is the longest Retry-After the work waits out itself.
+	graphMaxWait = 20 * time.Second
 	// graphFallbackAfter is when a notification's fallback job runs: after
 	// its work has had graphWorkTimeout, whether or not the node lived.
 	graphFallbackAfter = graphWorkTimeout + 30*time.Second
@@ -198,35 +200,24 @@ func (s *Service) graphCallback(w http.ResponseWriter, r *http.Request) (*sealed
 	return o, mine
 }
 
-// inBackground runs work for o after Graph was answered, within
-// graphWorkTimeout, holding one of the node's in-flight slots (taken by
-// the caller); Stop waits for it.
-func (s *Service) inBackground(o *sealed, work func(ctx context.Context, log *slog.Logger) error) {
-	s.background.Add(1)
-	go func() {
-		defer s.background.Done()
-		defer func() { <-s.inFlight; notificationsInFlight.Dec() }()
-		ctx, cancel := context.WithTimeout(s.backgroundCtx, graphWorkTimeout)
-		defer cancel()
-		log := s.log.With(slog.String("subscription", o.sub.PublicID))
-		if err := work(ctx, log); err != nil {
-			log.Warn("Graph notification not handled in full", slog.Any("error", err))
-		}
-	}()
-}
-
-// takeSlot takes one of the node's in-flight slots, or answers 503.
-func (s *Service) takeSlot(w http.ResponseWriter) bool {
+// takeSlot takes one of the node's in-flight slots for a request from
+// Graph, or answers 503; release gives it back.
+func (s *Service) takeSlot(w http.ResponseWriter) (release func(), ok bool) {
 	select {
 	case s.inFlight <- struct{}{}:
 		notificationsInFlight.Inc()
-		return true
+		return func() { <-s.inFlight; notificationsInFlight.Dec() }, true
 	default:
-		notifications.WithLabelValues("overloaded").Inc()
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, "too many notifications in flight; try again later", http.StatusServiceUnavailable)
-		return false
+		overloaded(w)
+		return nil, false
 	}
+}
+
+// overloaded answers 503: Graph retries later.
+func overloaded(w http.ResponseWriter) {
+	notifications.WithLabelValues("overloaded").Inc()
+	w.Header().Set("Retry-After", "1")
+	http.Error(w, "too many notifications in flight; try again later", http.StatusServiceUnavailable)
 }
 
 // graphNotify is the subscription's notification URL. A genuine
@@ -240,16 +231,11 @@ func (s *Service) graphNotify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	arrived := time.Now()
-	if !s.takeSlot(w) {
+	release, ok := s.takeSlot(w)
+	if !ok {
 		return
 	}
-	taken := true
-	defer func() {
-		if taken {
-			<-s.inFlight
-			notificationsInFlight.Dec()
-		}
-	}()
+	defer release()
 	o, ns := s.graphCallback(w, r)
 	if o == nil {
 		return
@@ -259,12 +245,12 @@ func (s *Service) graphNotify(w http.ResponseWriter, r *http.Request) {
 		// Over here (no devices, superseded, endpoint removed): ended at
 		// Graph too, so it stops calling. One whose token was refused
 		// cannot be; it lapses at its expiry.
+		if o.sub.StateReason != store.ReasonUnauthorized && !s.addGraphWork(o, nil, nil, true, arrived) {
+			overloaded(w)
+			return
+		}
 		notifications.WithLabelValues("unsubscribe").Inc()
 		w.WriteHeader(http.StatusAccepted)
-		if o.sub.StateReason != store.ReasonUnauthorized {
-			taken = false
-			s.inBackground(o, func(ctx context.Context, _ *slog.Logger) error { return s.endGraphSubscription(ctx, o) })
-		}
 		return
 	}
 	if err := s.store.MarkSeen(ctx, o.sub.ID, ""); err != nil {
@@ -288,12 +274,12 @@ func (s *Service) graphNotify(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "try again later", http.StatusServiceUnavailable)
 		return
 	}
+	if !s.addGraphWork(o, items, nil, false, arrived) {
+		overloaded(w) // the fallback job is harmless: it will find the items done
+		return
+	}
 	notifications.WithLabelValues("ok").Inc()
 	w.WriteHeader(http.StatusAccepted)
-	taken = false
-	s.inBackground(o, func(ctx context.Context, log *slog.Logger) error {
-		return s.deliverGraph(ctx, log, o, items, arrived)
-	})
 }
 
 // graphItems lists the messages a notification names, once each, at most
@@ -434,6 +420,9 @@ func (s *Service) graphCall(ctx context.Context, mailbox []byte, call func() err
 		}
 		graphThrottled.Inc()
 		s.graphThrottle.hold(string(mailbox), max(throttled.RetryAfter, time.Second))
+		if throttled.RetryAfter > graphMaxWait {
+			return err // longer than the work may wait: the fallback job sees to it
+		}
 	}
 }
 

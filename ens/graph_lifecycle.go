@@ -27,16 +27,17 @@ func (s *Service) graphLifecycle(w http.ResponseWriter, r *http.Request) {
 		graph.AnswerValidation(w, token)
 		return
 	}
-	if !s.takeSlot(w) {
+	release, ok := s.takeSlot(w)
+	if !ok {
 		return
 	}
+	defer release()
 	o, ns := s.graphCallback(w, r)
-	if o == nil || o.sub.State != store.SubscriptionActive {
-		if o != nil {
-			w.WriteHeader(http.StatusAccepted)
-		}
-		<-s.inFlight
-		notificationsInFlight.Dec()
+	if o == nil {
+		return
+	}
+	if o.sub.State != store.SubscriptionActive {
+		w.WriteHeader(http.StatusAccepted)
 		return
 	}
 	events := map[string]bool{}
@@ -47,17 +48,16 @@ func (s *Service) graphLifecycle(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(events) == 0 { // another Graph subscription's, or no lifecycle event
 		w.WriteHeader(http.StatusAccepted)
-		<-s.inFlight
-		notificationsInFlight.Dec()
 		return
 	}
 	if err := s.store.MarkSeen(r.Context(), o.sub.ID, ""); err != nil {
 		s.log.Warn("Graph lifecycle event: cannot record liveness", slog.Any("error", err))
 	}
+	if !s.addGraphWork(o, nil, events, false, time.Now()) {
+		overloaded(w)
+		return
+	}
 	w.WriteHeader(http.StatusAccepted)
-	s.inBackground(o, func(ctx context.Context, log *slog.Logger) error {
-		return s.graphEvents(ctx, log, o, events)
-	})
 }
 
 // graphEvents acts on a subscription's lifecycle events. A refused refresh

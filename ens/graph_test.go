@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -506,5 +507,35 @@ func TestSubscriptionKeysOpenTheirOwnSourceOnly(t *testing.T) {
 	g.waitFor("the Graph push", func() bool { return len(g.pushes.pushes(tok("graph-phone"))) == 1 })
 	if status, _ := postTo(t, g.api.URL+"/api/ens/notify?id="+graphID+"&f="+graphKey, "text/xml", []byte("<x/>")); status != http.StatusForbidden {
 		t.Errorf("a Graph subscription's key through Exchange's webhook: %d, want 403", status)
+	}
+}
+
+// A burst of mail to one mailbox is worked by one worker on the node: all
+// of it is pushed, once, and Graph never sees more concurrent requests for
+// the mailbox than Outlook allows (no MailboxConcurrency 429).
+func TestGraphBurstForOneMailboxStaysWithinOutlooksConcurrency(t *testing.T) {
+	g := newGraphEnv(t, envOptions{callbackRate: 1000}, graphsim.Config{})
+	g.register(g.graphDevice("phone", galice, 1))
+	const mails = 40
+	var wg sync.WaitGroup
+	for i := range mails {
+		wg.Go(func() {
+			if _, err := g.graph.Deliver(galice, graphsim.Mail{From: "carol@example.test", Subject: fmt.Sprintf("burst %d", i)}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	g.waitFor("every push", func() bool { return len(g.pushes.pushes("")) >= mails })
+	g.settle()
+	seen := map[string]int{}
+	for _, p := range g.pushes.pushes("") {
+		seen[p.Subject]++
+	}
+	if len(seen) != mails || len(g.pushes.pushes("")) != mails {
+		t.Errorf("%d pushes of %d subjects, want each of %d mails once", len(g.pushes.pushes("")), len(seen), mails)
+	}
+	if c := g.graph.Counters(); c.Throttled["MailboxConcurrency"] != 0 {
+		t.Errorf("Graph refused %d requests for too many at once", c.Throttled["MailboxConcurrency"])
 	}
 }

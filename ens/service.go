@@ -183,9 +183,11 @@ type Service struct {
 	jobs     *river.Client[pgx.Tx] // jobs.go
 	inFlight chan struct{}         // a slot per notification being handled
 	// Graph (graph.go): a client per root, the mailboxes' Retry-After, and
-	// the work that runs after Graph was answered, which Stop waits for.
+	// the work that runs after Graph was answered (graph_work.go), which
+	// Stop waits for.
 	graphClients  sync.Map
 	graphThrottle mailboxThrottle
+	graphWork     graphWork
 	background    sync.WaitGroup
 	// backgroundCtx ends the background work stopGrace into Stop.
 	backgroundCtx    context.Context
@@ -239,6 +241,7 @@ func New(cfg Config) (*Service, error) {
 		inFlight: make(chan struct{}, cfg.NotificationsInFlight),
 	}
 	s.backgroundCtx, s.cancelBackground = context.WithCancel(context.Background())
+	s.graphWork = graphWork{tasks: map[int64]*graphTask{}, slots: make(chan struct{}, cfg.NotificationsInFlight)}
 	if s.jobs, err = newJobs(s); err != nil {
 		return nil, fmt.Errorf("ens: jobs: %w", err)
 	}
