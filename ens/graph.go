@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -127,12 +128,47 @@ func (s *Service) subscribeGraph(ctx context.Context, row store.Endpoint, creds 
 	if !strings.EqualFold(me.Mail, creds.Email) && !strings.EqualFold(me.UserPrincipalName, creds.Email) {
 		return graph.Subscription{}, errGraphMailboxMismatch
 	}
+	// mail is an attribute a directory's own admins may set to any
+	// address; only a domain the directory verified is its to give (a
+	// domain is verified by one directory), and an authority that names a
+	// directory admits that one only.
+	org, err := gc.Organization(ctx, creds.AccessToken)
+	if err != nil {
+		return graph.Subscription{}, err
+	}
+	if !ownsAddress(org, row.OAuth.Authority, creds.Email) {
+		return graph.Subscription{}, errGraphMailboxMismatch
+	}
 	inbox, err := gc.Inbox(ctx, creds.AccessToken)
 	if err != nil {
 		return graph.Subscription{}, err
 	}
 	creds.InboxID = inbox.ID
 	return gc.CreateSubscription(ctx, creds.AccessToken, s.graphSubscriptionRequest(publicID, key))
+}
+
+// ownsAddress: the directory verified address's domain, and is the one the
+// authority names, if it names one (a GUID or a domain, not organizations,
+// common or consumers).
+func ownsAddress(org graph.Organization, authority, address string) bool {
+	_, domain, _ := strings.Cut(address, "@")
+	verified := false
+	for _, d := range org.VerifiedDomains {
+		verified = verified || strings.EqualFold(d, domain)
+	}
+	if !verified {
+		return false
+	}
+	u, err := url.Parse(authority)
+	if err != nil {
+		return false
+	}
+	switch directory := strings.ToLower(strings.Trim(u.Path, "/")); directory {
+	case "", "organizations", "common", "consumers":
+		return true
+	default:
+		return directory == strings.ToLower(org.ID) || slices.ContainsFunc(org.VerifiedDomains, func(d string) bool { return strings.EqualFold(d, directory) })
+	}
 }
 
 func (s *Service) graphSubscriptionRequest(publicID string, key seal.SubscriptionKey) graph.SubscriptionRequest {

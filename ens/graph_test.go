@@ -539,3 +539,34 @@ func TestGraphBurstForOneMailboxStaysWithinOutlooksConcurrency(t *testing.T) {
 		t.Errorf("Graph refused %d requests for too many at once", c.Throttled["MailboxConcurrency"])
 	}
 }
+
+// The "mail" of a directory's user is the directory's own to set: a
+// registration for an address whose domain the token's directory has not
+// verified is refused, whatever /me says, and so is a token from another
+// directory than the one the endpoint's authority names.
+func TestGraphRegistrationNeedsTheDirectoryThatOwnsTheAddress(t *testing.T) {
+	g := newGraphEnv(t, envOptions{}, graphsim.Config{VerifiedDomains: []string{"fabrikam.test"}})
+	if _, err := g.graph.AddUser(graphsim.User{Address: "ceo@contoso.test"}); err != nil {
+		t.Fatal(err)
+	}
+	status, body := g.call("POST", "/api/ens/registerdevicev2", g.registerBody(g.graphDevice("spoof", "ceo@contoso.test", 0)))
+	if status != http.StatusForbidden || body["error"] != "mailbox_mismatch" {
+		t.Errorf("an address the directory did not verify: %d %v", status, body)
+	}
+	g.register(g.graphDevice("phone", galice, 0)) // fabrikam.test is verified
+
+	// An endpoint whose authority names another directory admits none of
+	// this one's tokens.
+	other := newGraphEnv(t, envOptions{}, graphsim.Config{})
+	if _, err := other.store.Pool().Exec(context.Background(),
+		`UPDATE ews_endpoints SET oauth_authority = $1 WHERE kind = 'graph'`, other.graph.URL+"/11111111-2222-3333-4444-555555555555"); err != nil {
+		t.Fatal(err)
+	}
+	status, body = other.call("POST", "/api/ens/registerdevicev2", other.registerBody(other.graphDevice("phone", galice, 0)))
+	if status != http.StatusForbidden || body["error"] != "mailbox_mismatch" {
+		t.Errorf("a token of another directory than the authority's: %d %v", status, body)
+	}
+	if c := g.graph.Counters(); c.SubscriptionsCreated != 1 {
+		t.Errorf("%d Graph subscriptions made, want only the verified address's", c.SubscriptionsCreated)
+	}
+}

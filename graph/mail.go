@@ -26,6 +26,38 @@ func (c *Client) Me(ctx context.Context, token string) (User, error) {
 	return u, err
 }
 
+// Organization is the signed-in user's directory: its id (the tenant id)
+// and the domains it has verified. A domain is verified by one directory
+// only, so an address in one of them is that directory's to give.
+type Organization struct {
+	ID              string
+	VerifiedDomains []string
+}
+
+// Organization returns the token's directory (User.Read allows it).
+func (c *Client) Organization(ctx context.Context, token string) (Organization, error) {
+	var answer struct {
+		Value []struct {
+			ID              string `json:"id"`
+			VerifiedDomains []struct {
+				Name string `json:"name"`
+			} `json:"verifiedDomains"`
+		} `json:"value"`
+	}
+	err := c.do(ctx, token, request{method: http.MethodGet, url: c.url("/organization", url.Values{"$select": {"id,verifiedDomains"}})}, &answer)
+	if err != nil {
+		return Organization{}, err
+	}
+	if len(answer.Value) != 1 {
+		return Organization{}, &APIError{Status: http.StatusOK, Code: "unexpectedAnswer"}
+	}
+	org := Organization{ID: answer.Value[0].ID}
+	for _, d := range answer.Value[0].VerifiedDomains {
+		org.VerifiedDomains = append(org.VerifiedDomains, d.Name)
+	}
+	return org, nil
+}
+
 // Folder is a mail folder's id and counts.
 type Folder struct {
 	ID              string `json:"id"`

@@ -64,6 +64,11 @@ func (s *Server) serveGraph(w http.ResponseWriter, r *http.Request) {
 		s.serveSubscriptions(w, r, at, segs[1:])
 		return
 	}
+	if strings.EqualFold(segs[0], "organization") && len(segs) == 1 && r.Method == http.MethodGet {
+		s.stats.op("organization")
+		s.serveOrganization(w, r)
+		return
+	}
 	var rest []string
 	switch {
 	case strings.EqualFold(segs[0], "me"):
@@ -170,6 +175,28 @@ func (s *Server) serveMe(w http.ResponseWriter, r *http.Request, m *mailbox) {
 	}
 	s.mu.Unlock()
 	writeSelected(w, r, u, []string{"businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone", "officeLocation", "preferredLanguage", "surname", "userPrincipalName", "id"}, "microsoft.graph.user")
+}
+
+// serveOrganization answers the signed-in user's directory (User.Read
+// allows it): its id and verified domains, a collection of one.
+func (s *Server) serveOrganization(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	domains := s.cfg.VerifiedDomains
+	if len(domains) == 0 {
+		for _, m := range s.users {
+			if _, d, ok := strings.Cut(m.address, "@"); ok && !slices.Contains(domains, d) {
+				domains = append(domains, d)
+			}
+		}
+		slices.Sort(domains)
+	}
+	var verified []map[string]any
+	for i, d := range domains {
+		verified = append(verified, map[string]any{"capabilities": "Email", "isDefault": i == 0, "isInitial": false, "name": d, "type": "Managed"})
+	}
+	org := map[string]any{"id": s.tenant, "displayName": "Simulated directory", "verifiedDomains": verified}
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{"@odata.context": s.context(r, "organization"), "value": []any{org}})
 }
 
 func (s *Server) serveFolder(w http.ResponseWriter, r *http.Request, m *mailbox) {

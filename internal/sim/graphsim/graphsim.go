@@ -82,6 +82,9 @@ const (
 type Config struct {
 	// Users are created at start; New panics if one is invalid.
 	Users []User
+	// VerifiedDomains are the directory's verified domains (/organization);
+	// empty: the domains of its users' addresses.
+	VerifiedDomains []string
 	// Clients are the registered application (client) ids; a token
 	// request from any other gets unauthorized_client (AADSTS700016).
 	// Empty: DefaultClientID only.
