@@ -114,7 +114,7 @@ func (s *Service) graphURL(path, publicID string) string {
 // is the claimed mailbox's own (/me), records its Inbox, and subscribes to
 // the Inbox's new messages with the subscription's key as clientState.
 // Graph validates both URLs meanwhile. No delta query yet: the first
-// catch-up starts one, so a registration costs four calls whatever the
+// catch-up starts one, so a registration costs five calls whatever the
 // size of the Inbox.
 func (s *Service) subscribeGraph(ctx context.Context, row store.Endpoint, creds *credentials, publicID string, key seal.SubscriptionKey) (graph.Subscription, error) {
 	if err := s.redeem(ctx, row.OAuth, creds); err != nil {
