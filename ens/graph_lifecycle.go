@@ -1,6 +1,7 @@
 package ens
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -142,24 +143,28 @@ func (s *Service) keepGraphSubscription(ctx context.Context, o *sealed, gc *grap
 
 // graphCatchUp pushes the messages Graph did not notify (missed, or made
 // while its subscription was removed): a delta query from where the last
-// one ended (the first lists the Inbox). Claims keep what was pushed from
-// being pushed again.
+// one ended (the first, what arrived since the subscription began). Claims
+// keep what was pushed from being pushed again.
 func (s *Service) graphCatchUp(ctx context.Context, log *slog.Logger, o *sealed, gc *graph.Client) error {
+	// Only new mail: unread, in the Inbox, since the subscription began; a
+	// first round lists only what arrived since then.
+	notBefore := oldestNew(o.sub.CreatedAt, s.cfg.Now())
+	first, err := gc.DeltaSince(notBefore)
+	if err != nil {
+		return err
+	}
 	var changes []graph.Message
 	var next string
-	err := s.graphCall(ctx, o.sub.MailboxHash, func() (err error) {
-		changes, next, err = gc.Delta(ctx, o.creds.AccessToken, o.creds.DeltaLink)
+	err = s.graphCall(ctx, o.sub.MailboxHash, func() (err error) {
+		changes, next, err = gc.Delta(ctx, o.creds.AccessToken, cmp.Or(o.creds.DeltaLink, first))
 		if errors.Is(err, graph.ErrDeltaExpired) {
-			changes, next, err = gc.Delta(ctx, o.creds.AccessToken, "")
+			changes, next, err = gc.Delta(ctx, o.creds.AccessToken, first)
 		}
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	// Only new mail: unread, in the Inbox, since the subscription began (a
-	// first delta query lists the whole Inbox).
-	notBefore := oldestNew(o.sub.CreatedAt, s.cfg.Now())
 	var items []string
 	for _, m := range changes {
 		if !m.Removed && !m.IsRead && m.ParentFolderID == o.creds.InboxID && !m.ReceivedDateTime.Before(notBefore) {

@@ -610,3 +610,29 @@ func TestNoRedirect(t *testing.T) {
 	default:
 	}
 }
+
+// A first round from DeltaSince lists only what arrived since then; the
+// next round, from its delta link, what came after.
+func TestDeltaSince(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	if _, err := e.ts.Deliver(alice, graphsim.Mail{From: "bob@example.com", Subject: "old", Received: e.ts.Now().Add(-48 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	recent := e.deliver(t, "recent").ID
+	first, err := e.c.DeltaSince(e.ts.Now().Add(-time.Hour), graph.FieldReceivedDateTime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes, link, err := e.c.Delta(ctx, e.token, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(changes); !slices.Equal(got, []string{recent}) {
+		t.Errorf("first round since an hour ago: %v, want only %s", got, recent)
+	}
+	later := e.deliver(t, "later").ID
+	if changes, _, err = e.c.Delta(ctx, e.token, link); err != nil || !slices.Equal(ids(changes), []string{later}) {
+		t.Errorf("next round: %v, %v; want only %s", ids(changes), err, later)
+	}
+}

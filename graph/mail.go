@@ -217,6 +217,18 @@ func (c *Client) DeltaNext(ctx context.Context, token, link string, fields ...st
 	return DeltaPage{Changes: v.Value, NextLink: v.NextLink, DeltaLink: v.DeltaLink}, nil
 }
 
+// DeltaSince is the link of a first delta round that lists only the
+// Inbox's messages received since t (the one $filter message delta takes),
+// to give Delta or DeltaNext: a catch-up need not list a whole Inbox.
+func (c *Client) DeltaSince(t time.Time, fields ...string) (string, error) {
+	sel, err := selectOf(fields)
+	if err != nil {
+		return "", err
+	}
+	return c.url("/me/mailFolders/inbox/messages/delta", url.Values{"$select": {sel},
+		"$filter": {"receivedDateTime ge " + t.UTC().Format(time.RFC3339)}}), nil
+}
+
 // Delta runs a delta round to its end: from the Inbox's start when link
 // is empty (the current messages), else from a stored DeltaLink (what was
 // created, updated or removed since). It follows NextLinks and returns

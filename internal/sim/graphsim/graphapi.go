@@ -403,6 +403,9 @@ type deltaState struct {
 	Select []string `json:"f,omitempty"`
 	Change string   `json:"c,omitempty"`
 	Init   bool     `json:"i,omitempty"` // the first round: current messages only
+	// From: the first round's $filter=receivedDateTime ge …, the one
+	// filter message delta supports (unix nanoseconds; 0: none).
+	From int64 `json:"r,omitempty"`
 }
 
 func encodeState(st deltaState) string {
@@ -464,6 +467,15 @@ func (s *Server) serveDelta(w http.ResponseWriter, r *http.Request, at *accessTo
 			return
 		}
 		st = deltaState{User: m.id, Since: 0, Upto: m.seq, Select: sel, Change: ct, Init: true}
+		if f := q.Get("$filter"); f != "" {
+			field, value, _ := strings.Cut(strings.TrimSpace(f), " ge ")
+			from, err := time.Parse(time.RFC3339, strings.TrimSpace(value))
+			if !strings.EqualFold(strings.TrimSpace(field), "receivedDateTime") || err != nil {
+				graphError(w, http.StatusBadRequest, "ErrorInvalidUrlQueryFilter", "The query filter contains one or more invalid nodes.")
+				return
+			}
+			st.From = from.UnixNano()
+		}
 	}
 	_, basic := at.canRead()
 
@@ -476,6 +488,9 @@ func (s *Server) serveDelta(w http.ResponseWriter, r *http.Request, at *accessTo
 	var cands []entry
 	for _, msg := range m.messages {
 		if msg.seq <= st.After || msg.seq > st.Upto || msg.seq <= st.Since {
+			continue
+		}
+		if st.Init && st.From != 0 && msg.Received.UnixNano() < st.From {
 			continue
 		}
 		created := msg.createSeq > st.Since
