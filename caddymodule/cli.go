@@ -224,7 +224,7 @@ style (default ` + ens.DefaultAuthority + `; the token endpoint is it plus
 				if err != nil {
 					return err
 				}
-				if strings.HasPrefix(e.URL, "http://") {
+				if strings.HasPrefix(e.URL, "http://") || strings.HasPrefix(e.OAuth.Authority, "http://") {
 					fmt.Fprintln(cmd.ErrOrStderr(), "warning: http:// sends credentials unencrypted; use it only for test servers")
 				}
 				what := e.URL
