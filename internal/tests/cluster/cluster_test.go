@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -12,10 +14,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/internal/sim/apnsfake"
 	"github.com/ensgate/ensgate/internal/sim/deviceclient"
 	"github.com/ensgate/ensgate/internal/sim/ewssim"
@@ -26,7 +30,8 @@ import (
 	"github.com/ensgate/ensgate/internal/testenv/testca"
 )
 
-// clockScale is the wall-clock length of one Exchange minute. Exchange
+// clockScale is the wall-clock length of one Exchange minute (unless a
+// scenario's options say otherwise). Exchange
 // retries a failed callback after 30 s, then doubling, and drops the
 // subscription once the failures last longer than StatusFrequency (15
 // minutes): at this scale its last retry comes 75 s after the first
@@ -49,6 +54,7 @@ type cluster struct {
 	apns    *apnsfake.Server
 	fcm     *fcmfake.Server
 	lb      string // the balancer's base URL: ENS_PUBLIC_URL
+	dbURL   string // the nodes' DATABASE_URL: the test reads river_job and push_claims through it
 	nodes   []*node
 	token   string // the tenant's API token
 	devices *deviceclient.Client
@@ -57,7 +63,18 @@ type cluster struct {
 	mailboxes []string
 	// sent lists the subjects delivered to each mailbox.
 	sent map[string][]string
+	// mailboxHash is each mailbox's hash, as the devices table holds it:
+	// with an item's id it gives the item's collapse id.
+	mailboxHash map[string][]byte
+
+	mu sync.Mutex
+	// items are the mails Exchange holds, by collapse id: a push sent
+	// from a job says "New message" only, its collapse id names the item.
+	items map[string]mail
 }
+
+// mail is one mail delivered to a mailbox, with its unique subject.
+type mail struct{ mailbox, subject string }
 
 type node struct {
 	name string
@@ -71,6 +88,9 @@ type node struct {
 type options struct {
 	mailboxes int
 	standby   bool // a streaming standby; DATABASE_URL names both
+	// clockScale is the wall-clock length of one Exchange minute (0:
+	// clockScale).
+	clockScale time.Duration
 }
 
 // newCluster starts everything, migrates the database, creates the
@@ -78,7 +98,7 @@ type options struct {
 func newCluster(t *testing.T, opts options) *cluster {
 	t.Helper()
 	nginx := nginxBinary(t)
-	c := &cluster{t: t, sent: map[string][]string{}}
+	c := &cluster{t: t, sent: map[string][]string{}, items: map[string]mail{}}
 	c.db = pgtest.NewServer(t)
 	dbURL := c.db.URL()
 	if opts.standby {
@@ -91,7 +111,8 @@ func newCluster(t *testing.T, opts options) *cluster {
 		users[i] = ewssim.User{Address: fmt.Sprintf("user%d@contoso.test", i+1), Password: fmt.Sprintf("pw-%d", i+1)}
 		c.mailboxes = append(c.mailboxes, users[i].Address)
 	}
-	c.sim = ewssim.Start(t, ewssim.Config{Users: users, ClockScale: clockScale})
+	c.dbURL = dbURL
+	c.sim = ewssim.Start(t, ewssim.Config{Users: users, ClockScale: cmp.Or(opts.clockScale, clockScale)})
 	pushEnv := c.startFakes()
 
 	db := []string{"DATABASE_URL=" + dbURL}
@@ -107,7 +128,8 @@ func newCluster(t *testing.T, opts options) *cluster {
 	}
 
 	// Both nodes share the database and the master key; Exchange calls
-	// back through the balancer.
+	// back through the balancer. B starts once A is ready, so that A's
+	// job client (River's id: the host and its start time) sorts first.
 	c.lb = "http://" + gateway.FreeAddr(t)
 	masterKey := gateway.RandomKey(t)
 	for _, name := range []string{"A", "B"} {
@@ -117,8 +139,6 @@ func newCluster(t *testing.T, opts options) *cluster {
 		n := &node{name: name, base: base}
 		n.cmd, n.logs = gateway.Run(t, ensgate, gateway.RepoRoot(t), env, "Caddyfile.example")
 		c.nodes = append(c.nodes, n)
-	}
-	for _, n := range c.nodes {
 		gateway.WaitFor(t, n.base+"/api/ens/ready", http.StatusOK, 60*time.Second).Body.Close()
 	}
 	startNginx(t, nginx, c.lb, c.nodes)
@@ -130,6 +150,7 @@ func newCluster(t *testing.T, opts options) *cluster {
 			c.register(c.devices, mb, platform+"-"+mb, platform)
 		}
 	}
+	c.mailboxHash = c.mailboxHashes()
 	return c
 }
 
@@ -222,14 +243,46 @@ func (c *cluster) burst(tag string, n int, gap time.Duration) (done <-chan struc
 	go func() {
 		defer close(ch)
 		for _, m := range mails {
-			if _, err := c.sim.Deliver(m[0], ewssim.Mail{From: "carol@fabrikam.test", FromName: "Carol", Subject: m[1], Body: "b"}); err != nil {
+			it, err := c.sim.Deliver(m[0], ewssim.Mail{From: "carol@fabrikam.test", FromName: "Carol", Subject: m[1], Body: "b"})
+			if err != nil {
 				c.t.Errorf("deliver: %v", err)
 				return
 			}
+			c.noteItem(m[0], m[1], it.ID)
 			time.Sleep(gap)
 		}
 	}()
 	return ch
+}
+
+// noteItem records the collapse id of a mail Exchange now holds.
+func (c *cluster) noteItem(mailbox, subject, itemID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.items[collapseID(c.mailboxHash[mailbox], itemHash(itemID))] = mail{mailbox, subject}
+}
+
+// The item's collapse id, computed as ENSGate does (ens.itemHash and
+// ens.collapseID, unexported): every push of an item to a device carries
+// it, and tally checks it against each push that shows its subject.
+func itemHash(id string) []byte {
+	canonical := []byte(id)
+	compact := strings.Map(func(r rune) rune {
+		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
+			return -1
+		}
+		return r
+	}, id)
+	if raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(compact, "=")); err == nil {
+		canonical = append([]byte("b64:"), raw...)
+	}
+	sum := sha256.Sum256(canonical)
+	return sum[:16]
+}
+
+func collapseID(mailboxHash, itemHash []byte) string {
+	sum := sha256.Sum256(append(append([]byte("ensgate item "), mailboxHash...), itemHash...))
+	return base64.RawURLEncoding.EncodeToString(sum[:18])
 }
 
 // waitDelivered waits until APNs and FCM have accepted n new-mail pushes.
@@ -244,10 +297,24 @@ func (c *cluster) waitDelivered(n int) {
 	}
 }
 
-// shown is one new-mail push that a device was handed: the item (the
-// subject) and the id the device replaces it by.
+// shown is one new-mail push that a device was handed: its text (the
+// subject, or "New message" when sent from a job) and the id the device
+// replaces it by, which names the item.
 type shown struct {
-	token, subject, collapseID string
+	token, body, collapseID string
+}
+
+// subject is the item a push shows: the one its collapse id names, else
+// (no or an unknown collapse id) its text. ok is false when a known
+// collapse id comes with another item's subject.
+func (c *cluster) subject(p shown) (subject string, ok bool) {
+	c.mu.Lock()
+	m, known := c.items[p.collapseID]
+	c.mu.Unlock()
+	if !known {
+		return p.body, true
+	}
+	return m.subject, p.body == m.subject || p.body == push.GenericBody
 }
 
 // delivered lists the new-mail pushes APNs and FCM accepted.
@@ -280,16 +347,26 @@ type tally struct {
 	twice     int // pushes of an item a device already showed, with another or no collapse id
 	replaced  int // pushes again with the same collapse id: they replace, the device shows one
 	unknown   int // pushes of an item the device's mailbox never got
+	// generic are the pushes sent from jobs ("New message"), mismatched
+	// those whose collapse id names another item than their subject.
+	generic, mismatched int
 }
 
 func (c *cluster) tally() tally {
 	got := map[[2]string][]string{} // (token, subject) → collapse ids
 	pushes := c.delivered()
+	r := tally{delivered: len(pushes)}
 	for _, p := range pushes {
-		k := [2]string{p.token, p.subject}
+		subject, ok := c.subject(p)
+		if !ok {
+			r.mismatched++
+		}
+		if p.body == push.GenericBody {
+			r.generic++
+		}
+		k := [2]string{p.token, subject}
 		got[k] = append(got[k], p.collapseID)
 	}
-	r := tally{delivered: len(pushes)}
 	for _, mb := range c.mailboxes {
 		r.mails += len(c.sent[mb])
 	}
@@ -370,9 +447,10 @@ func (c *cluster) kill(n *node) {
 	}
 }
 
-// report checks a scenario's tally and prints it with each node's peak
-// RSS and the time to recover, in one summary line.
-func (c *cluster) report(scenario string, r tally, recovery time.Duration) {
+// report checks a scenario's tally, its push jobs and push records and
+// prints them with each node's peak RSS and the time to recover, in one
+// summary line; more are the scenario's own figures.
+func (c *cluster) report(scenario string, r tally, jobs jobFigures, claims claimFigures, recovery time.Duration, more string) {
 	c.t.Helper()
 	var rss []string
 	for _, n := range c.nodes {
@@ -383,13 +461,24 @@ func (c *cluster) report(scenario string, r tally, recovery time.Duration) {
 		}
 	}
 	sim := c.sim.Counters()
-	c.t.Logf("SUMMARY %s: mails sent %d, pushes delivered %d (%d expected), lost %d, shown twice %d, "+
+	if more != "" {
+		more = "; " + more
+	}
+	c.t.Logf("SUMMARY %s: mails sent %d, pushes delivered %d (%d expected, %d from jobs without content), lost %d, shown twice %d, "+
 		"sent twice but replaced (same collapse id) %d, peak RSS %s, recovery %v; "+
-		"Exchange's failed callbacks %d, subscriptions dropped %d",
-		scenario, r.mails, r.delivered, r.expected, r.lost, r.twice, r.replaced, strings.Join(rss, ", "), recovery.Round(time.Millisecond),
-		sim.NotificationFailures, sim.Dropped)
-	if r.lost != 0 || r.twice != 0 || r.unknown != 0 {
-		c.t.Errorf("%s: %d lost, %d shown twice, %d pushes of items the mailbox never got", scenario, r.lost, r.twice, r.unknown)
+		"Exchange's failed callbacks %d, subscriptions dropped %d; %s; %s%s",
+		scenario, r.mails, r.delivered, r.expected, r.generic, r.lost, r.twice, r.replaced, strings.Join(rss, ", "), recovery.Round(time.Millisecond),
+		sim.NotificationFailures, sim.Dropped, jobs, claims, more)
+	if r.lost != 0 || r.twice != 0 || r.unknown != 0 || r.mismatched != 0 {
+		c.t.Errorf("%s: %d lost, %d shown twice, %d pushes of items the mailbox never got, %d whose collapse id names another item",
+			scenario, r.lost, r.twice, r.unknown, r.mismatched)
+	}
+	// After a failover the new primary lacks the last commits of the old
+	// one (replication is asynchronous, docs/operations.md): the records
+	// of pushes made just before the crash may be missing there, and the
+	// items pushed again, replacing the first.
+	if claims.twice != 0 || claims.unrecorded != 0 && c.standby == nil {
+		c.t.Errorf("%s: %s", scenario, claims)
 	}
 }
 
@@ -426,9 +515,11 @@ func (c *cluster) registerLate() {
 		tokens = append(tokens, pushToken(id, "ios"))
 	}
 	subject := fmt.Sprintf("late-%d", time.Now().UnixNano())
-	if _, err := c.sim.Deliver(mb, ewssim.Mail{From: "carol@fabrikam.test", Subject: subject, Body: "b"}); err != nil {
+	it, err := c.sim.Deliver(mb, ewssim.Mail{From: "carol@fabrikam.test", Subject: subject, Body: "b"})
+	if err != nil {
 		c.t.Fatal(err)
 	}
+	c.noteItem(mb, subject, it.ID)
 	deadline := time.Now().Add(90 * time.Second)
 	for _, token := range tokens {
 		for !c.shownOn(token, subject) {
@@ -442,7 +533,7 @@ func (c *cluster) registerLate() {
 
 func (c *cluster) shownOn(token, subject string) bool {
 	for _, p := range c.delivered() {
-		if p.token == token && p.subject == subject {
+		if s, _ := c.subject(p); p.token == token && s == subject {
 			return true
 		}
 	}
