@@ -41,6 +41,11 @@ type benchSource interface {
 	calls() int64
 	// redemptions is the refresh tokens ENS redeemed since reset.
 	redemptions() int64
+	// throttled is the source's answers holding ENS back (EWS's
+	// ErrorServerBusy, Graph's 429); resent is its notification POSTs that
+	// ENS did not accept (and the source retried).
+	throttled() int64
+	resent() int64
 	reset()
 	counters() any // for failure messages
 }
@@ -61,8 +66,12 @@ func (s ewsBenchSource) calls() int64 {
 }
 
 func (s ewsBenchSource) redemptions() int64 { return 0 } // basic authentication
-func (s ewsBenchSource) reset()             { s.sim.ResetCounters() }
-func (s ewsBenchSource) counters() any      { return s.sim.Counters() }
+func (s ewsBenchSource) throttled() int64 {
+	return s.sim.Counters().Responses["ErrorServerBusy"]
+}
+func (s ewsBenchSource) resent() int64 { return s.sim.Counters().NotificationFailures }
+func (s ewsBenchSource) reset()        { s.sim.ResetCounters() }
+func (s ewsBenchSource) counters() any { return s.sim.Counters() }
 
 type graphBenchSource struct{ sim *graphsim.TestServer }
 
@@ -81,8 +90,16 @@ func (s graphBenchSource) calls() int64 {
 }
 
 func (s graphBenchSource) redemptions() int64 { return s.sim.Counters().TokenRequests }
-func (s graphBenchSource) reset()             { s.sim.ResetCounters() }
-func (s graphBenchSource) counters() any      { return s.sim.Counters() }
+func (s graphBenchSource) throttled() int64 {
+	var n int64
+	for _, t := range s.sim.Counters().Throttled {
+		n += t
+	}
+	return n
+}
+func (s graphBenchSource) resent() int64 { return s.sim.Counters().NotificationsRetried }
+func (s graphBenchSource) reset()        { s.sim.ResetCounters() }
+func (s graphBenchSource) counters() any { return s.sim.Counters() }
 
 // benchOptions are ENS's options in the benchmarks, pushing to the APNs
 // fake through apns2.
@@ -205,7 +222,8 @@ func (pb *pushBench) await(b *testing.B, n int) {
 
 // throughput delivers b.N mails at once and reports how many notifications
 // per second become pushes, the calls ENS made to the mail source per
-// notification, and the refresh tokens it redeemed meanwhile.
+// notification, the refresh tokens it redeemed meanwhile, and how often
+// the source held ENS back or had to resend a notification.
 func (pb *pushBench) throughput(b *testing.B) {
 	pb.src.reset()
 	b.ResetTimer()
@@ -219,6 +237,8 @@ func (pb *pushBench) throughput(b *testing.B) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "notifications/s")
 	b.ReportMetric(float64(pb.src.calls())/float64(b.N), "calls/notification")
 	b.ReportMetric(float64(pb.src.redemptions()), "token-redemptions")
+	b.ReportMetric(float64(pb.src.throttled()), "throttled")
+	b.ReportMetric(float64(pb.src.resent()), "resent")
 	b.ReportMetric(0, "ns/op")
 }
 

@@ -26,6 +26,13 @@ const claimLease = PushTimeBudget + DefaultEWSTimeout + 5*time.Second
 // host configures its push senders within it.
 const PushTimeBudget = 20 * time.Second
 
+// pushingBudget is how long a notification's pushes may be tried before
+// its source is answered: past it, and for a platform that already failed
+// in this notification, pushes go to jobs untried, so that a notification
+// of many items is answered within the source's timeout while APNs or FCM
+// is away.
+const pushingBudget = 10 * time.Second
+
 // errPushInProgress: another node owns some of this item's pushes.
 var errPushInProgress = errors.New("another node is pushing this item")
 
@@ -43,6 +50,8 @@ type delivery struct {
 	// accepted is the device list of the latest EWS answer that carried
 	// one (an ENSGate EWS proxy's), nil while none has (Graph: always).
 	accepted []string
+	// down are the platforms whose push failed in this delivery.
+	down map[push.Platform]bool
 }
 
 // mailSource is where a delivery reads mail.
@@ -159,7 +168,12 @@ func (d *delivery) item(ctx context.Context, id string) (ended bool, err error) 
 	outcomes := map[store.PushOutcome][]int64{store.PushNotAnnounced: notAccepted}
 	results := make([]push.Result, len(targets))
 	var wg sync.WaitGroup
+	late := time.Since(d.arrived) > pushingBudget
 	for i, dev := range targets {
+		if late || d.down[push.Platform(dev.Platform)] {
+			results[i] = push.Result{Outcome: push.Failed, Reason: "not tried: the platform failed or the time is up"}
+			continue
+		}
 		wg.Go(func() {
 			m := newMailMessage(dev, d.level(dev), mail, badge)
 			m.CollapseID = collapseID(dev.MailboxHash, hash)
@@ -167,6 +181,14 @@ func (d *delivery) item(ctx context.Context, id string) (ended bool, err error) 
 		})
 	}
 	wg.Wait()
+	for i, res := range results {
+		if res.Outcome == push.Failed {
+			if d.down == nil {
+				d.down = map[push.Platform]bool{}
+			}
+			d.down[push.Platform(targets[i].Platform)] = true
+		}
+	}
 
 	var failed []int64
 	for i, res := range results {

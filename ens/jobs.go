@@ -171,7 +171,26 @@ func (w *pushWorker) Work(ctx context.Context, job *river.Job[pushArgs]) error {
 		return finish(store.PushRejected)
 	}
 	webhookToPush.Observe(time.Since(a.Arrived).Seconds())
+	if job.Attempt > 1 {
+		s.hurryPushJobs(ctx)
+	}
 	return finish(store.PushDelivered)
+}
+
+// hurryPushJobs makes the push jobs waiting out their back-off due now, at
+// most every few seconds per node: a push got through after failing, so
+// APNs or FCM is back, and the others need not wait up to maxRetryDelay.
+func (s *Service) hurryPushJobs(ctx context.Context) {
+	now := time.Now().UnixNano()
+	last := s.hurried.Load()
+	if now-last < int64(5*time.Second) || !s.hurried.CompareAndSwap(last, now) {
+		return
+	}
+	if n, err := s.store.HurryJobs(ctx, pushArgs{}.Kind()); err != nil {
+		s.log.Warn("hurrying the waiting pushes", slog.Any("error", err))
+	} else if n > 0 {
+		s.log.Info("APNs or FCM took a retried push; the waiting pushes are due now", slog.Int64("pushes", n))
+	}
 }
 
 // queuePushes hands the pushes APNs or FCM did not take to jobs, so that

@@ -6,9 +6,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ens/push"
+	"github.com/ensgate/ensgate/ews"
 	"github.com/ensgate/ensgate/internal/sim/ewssim"
 )
 
@@ -155,5 +157,34 @@ func TestConcurrentCallbacksForOneItemPushOnce(t *testing.T) {
 		if n := len(e.pushes.pushes(tok)); n != 1 {
 			t.Errorf("%s got %d pushes, want 1", tok, n)
 		}
+	}
+}
+
+// While APNs is away, a notification of many items is answered at once:
+// after the first push fails, the platform's other pushes go to jobs
+// untried. Exchange's retry of it is answered OK too (the pushes are the
+// jobs'), not 503 for as long as the jobs wait (found by the cluster test:
+// Exchange dropped subscriptions that way).
+func TestNotificationWhileAPNsIsAwayIsAnsweredAndItsRetryToo(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.register(e.basicDevice("phone", alice, alicePW, 3)) // no GetItem: the items need not exist
+	e.svc.Stop()                                          // no job runs: what the callback did stays to be seen
+	e.pushes.script(tok("phone"), push.Failed, push.Failed, push.Failed, push.Failed, push.Failed)
+	items := []string{"AAMkAGI2TG93AAE=", "AAMkAGI2TG93AAI=", "AAMkAGI2TG93AAM=", "AAMkAGI2TG93AAQ=", "AAMkAGI2TG93AAU="}
+	url, body := e.newMailNotificationFor(alice, items, time.Now())
+	if status, result := post(t, url, body); status != http.StatusOK || result != ews.SubscriptionOK {
+		t.Fatalf("the notification: %d %q, want 200 OK", status, result)
+	}
+	if n := len(e.pushes.pushes(tok("phone"))); n != 1 {
+		t.Errorf("%d pushes tried in the callback, want only the first (the platform failed)", n)
+	}
+	if got := e.pushOutcomes()[""]; got != len(items) {
+		t.Errorf("%d pushes handed to jobs, want %d", got, len(items))
+	}
+	if status, result := post(t, url, body); status != http.StatusOK || result != ews.SubscriptionOK {
+		t.Errorf("Exchange's retry: %d %q, want 200 OK while the jobs wait", status, result)
+	}
+	if n := len(e.pushes.pushes(tok("phone"))); n != 1 {
+		t.Errorf("the retry tried %d more pushes, want none", n-1)
 	}
 }

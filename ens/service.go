@@ -181,6 +181,7 @@ type Service struct {
 	adminFailures loginFailures
 
 	jobs     *river.Client[pgx.Tx] // jobs.go
+	hurried  atomic.Int64          // when push jobs were last made due (UnixNano)
 	inFlight chan struct{}         // a slot per notification being handled
 	// Graph (graph.go): a client per root, the mailboxes' Retry-After, and
 	// the work that runs after Graph was answered (graph_work.go), which

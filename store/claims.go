@@ -9,10 +9,11 @@ import (
 
 // ClaimPushes claims the (item, device) pushes not yet done or in progress
 // elsewhere and returns the devices this caller now owns, and whether some
-// of the others are still in progress elsewhere (not done). A claim lasts
-// for lease; one whose owner died without finishing can be claimed again
-// after. Concurrent callers (Exchange's retries on other nodes) never own
-// the same push.
+// of the others are still in progress elsewhere (not done, and not handed
+// to a push job, which sees them through). A claim lasts for lease; one
+// whose owner died without finishing can be claimed again after.
+// Concurrent callers (Exchange's retries on other nodes) never own the
+// same push.
 func (s *Store) ClaimPushes(ctx context.Context, subscriptionID int64, itemHash []byte, deviceIDs []int64, lease time.Duration) (claimed []int64, othersPending bool, err error) {
 	rows, err := s.pool.Query(ctx, `
 		INSERT INTO push_claims (subscription_id, item_hash, device_id, claimed_until)
@@ -32,7 +33,7 @@ func (s *Store) ClaimPushes(ctx context.Context, subscriptionID int64, itemHash 
 	err = s.pool.QueryRow(ctx, `
 		SELECT EXISTS (SELECT 1 FROM push_claims
 			WHERE subscription_id = $1 AND item_hash = $2 AND device_id = ANY($3)
-			AND NOT device_id = ANY($4) AND done_at IS NULL)`,
+			AND NOT device_id = ANY($4) AND done_at IS NULL AND claimed_until <> 'infinity')`,
 		subscriptionID, itemHash, deviceIDs, claimed).Scan(&othersPending)
 	if err != nil {
 		return nil, false, s.queryError("claim pushes", err)
@@ -103,6 +104,17 @@ func (s *Store) DeleteOldClaims(ctx context.Context, maxAge time.Duration) (int6
 	tag, err := s.pool.Exec(ctx, `DELETE FROM push_claims WHERE created_at < now() - $1::interval`, maxAge)
 	if err != nil {
 		return 0, s.queryError("delete old claims", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// HurryJobs makes the retrying jobs of kind due now: APNs or FCM is back,
+// and the pushes waiting for it need not wait out their back-off.
+func (s *Store) HurryJobs(ctx context.Context, kind string) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE river_job SET scheduled_at = now()
+		WHERE kind = $1 AND state = 'retryable' AND scheduled_at > now()`, kind)
+	if err != nil {
+		return 0, s.queryError("hurry jobs", err)
 	}
 	return tag.RowsAffected(), nil
 }

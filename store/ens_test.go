@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ensgate/ensgate/store"
+	"github.com/jackc/pgx/v5"
 )
 
 func TestKeyPoolFillsOnceAcrossNodesAndAssignsEachPairOnce(t *testing.T) {
@@ -261,5 +262,18 @@ func TestPushClaimsAreExclusiveAndExpire(t *testing.T) {
 	s.FinishPushes(ctx, sub.ID, item, []int64{2}, store.PushDelivered)
 	if claimed, pending, _ := s.ClaimPushes(ctx, sub.ID, item, devices, time.Minute); len(claimed) != 0 || pending {
 		t.Fatalf("after both finished: claimed %v, pending %v", claimed, pending)
+	}
+
+	// A push handed to a job is the job's: not claimable, and not pending
+	// either (Exchange's retry is answered, the job sees it through).
+	other := []byte("another item")
+	claimed, _, _ = s.ClaimPushes(ctx, sub.ID, other, devices, time.Millisecond)
+	queued := false
+	if err := s.QueuePushes(ctx, sub.ID, other, claimed, func(context.Context, pgx.Tx) error { queued = true; return nil }); err != nil || !queued {
+		t.Fatalf("queue pushes: %v (then ran: %v)", err, queued)
+	}
+	time.Sleep(5 * time.Millisecond) // past the first claim's lease
+	if claimed, pending, _ := s.ClaimPushes(ctx, sub.ID, other, devices, time.Minute); len(claimed) != 0 || pending {
+		t.Fatalf("pushes held by a job: claimed %v, pending %v; want neither", claimed, pending)
 	}
 }
