@@ -1,7 +1,6 @@
 package ens_test
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -17,7 +16,6 @@ import (
 	"github.com/ensgate/ensgate/internal/sim/apnsfake"
 	"github.com/ensgate/ensgate/internal/sim/ewssim"
 	"github.com/ensgate/ensgate/internal/sim/graphsim"
-	"github.com/ensgate/ensgate/store"
 )
 
 // pushBench is ENS end to end on this machine: mail delivered into a
@@ -154,7 +152,7 @@ func newGraphPushBench(b *testing.B, mailboxes int, opts envOptions) (*pushBench
 	pb := &pushBench{arrived: map[int]time.Time{}}
 	o := pb.benchOptions(b, mailboxes)
 	o.callbackRate = opts.callbackRate
-	g := newGraphBenchEnv(b, o)
+	g := newGraphEnv(b, o, graphsim.Config{})
 	pb.env, pb.src = g.env, graphBenchSource{g.graph}
 	for i := range mailboxes {
 		address := fmt.Sprintf("user%d@fabrikam.test", i)
@@ -167,18 +165,6 @@ func newGraphPushBench(b *testing.B, mailboxes int, opts envOptions) (*pushBench
 		pb.register(d)
 	}
 	return pb, g
-}
-
-// newGraphBenchEnv is newGraphEnv for a benchmark (newGraphEnv takes a
-// *testing.T): ENS with a tenant that allows the Graph simulator's root.
-func newGraphBenchEnv(b *testing.B, opts envOptions) *graphEnv {
-	e := newEnv(b, opts)
-	g := graphsim.Start(b, graphsim.Config{AllowHTTP: true})
-	if _, err := e.store.Allow(context.Background(), store.Endpoint{TenantID: e.tenant.ID, Kind: store.KindGraph, URL: g.URL,
-		OAuth: store.OAuth{ClientID: graphsim.DefaultClientID, Authority: g.Authority, Scope: "https://graph.microsoft.com/.default offline_access"}}); err != nil {
-		b.Fatal(err)
-	}
-	return &graphEnv{env: e, graph: g}
 }
 
 func (pb *pushBench) onPush(p apnsfake.Push) {

@@ -124,7 +124,7 @@ func (s *Service) keepGraphSubscription(ctx context.Context, o *sealed, gc *grap
 		return err
 	}
 	graphRenewals.WithLabelValues("reauthorized").Inc()
-	if time.Until(o.sub.ExpiresAt) >= graphRenewBefore {
+	if o.sub.ExpiresAt.Sub(s.cfg.Now()) >= graphRenewBefore {
 		return nil
 	}
 	var sub graph.Subscription

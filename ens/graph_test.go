@@ -36,7 +36,7 @@ type graphEnv struct {
 	unblocked http.Handler // ENS's handler while notifications are blocked
 }
 
-func newGraphEnv(t *testing.T, opts envOptions, cfg graphsim.Config) *graphEnv {
+func newGraphEnv(t testing.TB, opts envOptions, cfg graphsim.Config) *graphEnv {
 	t.Helper()
 	e := newEnv(t, opts)
 	cfg.AllowHTTP = true // ENS's test server is plain HTTP
