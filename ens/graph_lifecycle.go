@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 
 	"github.com/ensgate/ensgate/graph"
@@ -247,14 +246,7 @@ func (w *graphFallbackWorker) Work(ctx context.Context, job *river.Job[graphFall
 			continue
 		}
 		late += len(claimed)
-		params := make([]river.InsertManyParams, len(claimed))
-		for i, dev := range claimed {
-			params[i] = river.InsertManyParams{Args: pushArgs{Subscription: sub.ID, Item: item, Device: dev, Badge: -1, Arrived: job.CreatedAt}}
-		}
-		if err := s.store.QueuePushes(ctx, sub.ID, item, claimed, func(ctx context.Context, tx pgx.Tx) error {
-			_, err := s.jobs.InsertManyTx(ctx, tx, params)
-			return err
-		}); err != nil {
+		if err := s.queuePushes(ctx, sub.ID, item, claimed, -1, job.CreatedAt); err != nil {
 			return err
 		}
 	}

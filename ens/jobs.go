@@ -197,11 +197,11 @@ func (s *Service) hurryPushJobs(ctx context.Context) {
 // Exchange's callback can be answered: the job retries them from the
 // database, on whichever node is up.
 func (s *Service) queuePushes(ctx context.Context, subscriptionID int64, item []byte, devices []int64, badge int, arrived time.Time) error {
-	params := make([]river.InsertManyParams, len(devices))
-	for i, dev := range devices {
-		params[i] = river.InsertManyParams{Args: pushArgs{Subscription: subscriptionID, Item: item, Device: dev, Badge: badge, Arrived: arrived}}
-	}
-	return s.store.QueuePushes(ctx, subscriptionID, item, devices, func(ctx context.Context, tx pgx.Tx) error {
+	return s.store.QueuePushes(ctx, subscriptionID, item, devices, func(ctx context.Context, tx pgx.Tx, owned []int64) error {
+		params := make([]river.InsertManyParams, len(owned))
+		for i, dev := range owned {
+			params[i] = river.InsertManyParams{Args: pushArgs{Subscription: subscriptionID, Item: item, Device: dev, Badge: badge, Arrived: arrived}}
+		}
 		_, err := s.jobs.InsertManyTx(ctx, tx, params)
 		return err
 	})

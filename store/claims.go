@@ -68,17 +68,28 @@ func (s *Store) FinishPushes(ctx context.Context, subscriptionID int64, itemHash
 	return nil
 }
 
-// QueuePushes hands claimed pushes to a durable job: then inserts it, in
-// the same transaction that makes the claims the job's until it finishes
-// them, so no node claims them meanwhile and none is lost if this one dies.
-func (s *Store) QueuePushes(ctx context.Context, subscriptionID int64, itemHash []byte, deviceIDs []int64, then Then) error {
+// QueuePushes hands claimed pushes to a durable job: then inserts it for
+// those not done and not another job's already, in the same transaction
+// that makes their claims the job's until it finishes them, so no node
+// claims them meanwhile and none is lost if this one dies. (A claim whose
+// lease ran out is still queued: another node may be pushing it too, and
+// the collapse id makes the device replace one with the other, while
+// leaving it would lose it.)
+func (s *Store) QueuePushes(ctx context.Context, subscriptionID int64, itemHash []byte, deviceIDs []int64,
+	then func(ctx context.Context, tx pgx.Tx, owned []int64) error) error {
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE push_claims SET claimed_until = 'infinity'
-			WHERE subscription_id = $1 AND item_hash = $2 AND device_id = ANY($3) AND done_at IS NULL`,
-			subscriptionID, itemHash, deviceIDs); err != nil {
+		rows, err := tx.Query(ctx, `UPDATE push_claims SET claimed_until = 'infinity'
+			WHERE subscription_id = $1 AND item_hash = $2 AND device_id = ANY($3) AND done_at IS NULL
+				AND claimed_until <> 'infinity'
+			RETURNING device_id`, subscriptionID, itemHash, deviceIDs)
+		if err != nil {
 			return err
 		}
-		return then(ctx, tx)
+		owned, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil || len(owned) == 0 {
+			return err
+		}
+		return then(ctx, tx, owned)
 	})
 	if err != nil {
 		return s.queryError("queue pushes", err)

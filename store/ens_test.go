@@ -267,13 +267,23 @@ func TestPushClaimsAreExclusiveAndExpire(t *testing.T) {
 	// A push handed to a job is the job's: not claimable, and not pending
 	// either (Exchange's retry is answered, the job sees it through).
 	other := []byte("another item")
-	claimed, _, _ = s.ClaimPushes(ctx, sub.ID, other, devices, time.Millisecond)
+	claimed, _, _ = s.ClaimPushes(ctx, sub.ID, other, devices, time.Minute)
 	queued := false
-	if err := s.QueuePushes(ctx, sub.ID, other, claimed, func(context.Context, pgx.Tx) error { queued = true; return nil }); err != nil || !queued {
+	if err := s.QueuePushes(ctx, sub.ID, other, claimed, func(_ context.Context, _ pgx.Tx, owned []int64) error {
+		queued = len(owned) == len(claimed)
+		return nil
+	}); err != nil || !queued {
 		t.Fatalf("queue pushes: %v (then ran: %v)", err, queued)
 	}
-	time.Sleep(5 * time.Millisecond) // past the first claim's lease
 	if claimed, pending, _ := s.ClaimPushes(ctx, sub.ID, other, devices, time.Minute); len(claimed) != 0 || pending {
 		t.Fatalf("pushes held by a job: claimed %v, pending %v; want neither", claimed, pending)
+	}
+
+	// A push another job holds already is not queued twice.
+	if err := s.QueuePushes(ctx, sub.ID, other, devices, func(_ context.Context, _ pgx.Tx, owned []int64) error {
+		t.Errorf("queued %v again", owned)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
