@@ -123,7 +123,7 @@ func (d *delivery) run(ctx context.Context, items []string) (over bool, err erro
 // (its last device's token is dead). The content is fetched only if a
 // device may see it.
 func (d *delivery) item(ctx context.Context, id string) (ended bool, err error) {
-	hash := itemHash(id)
+	hash := ItemHash(id)
 	ids := make([]int64, len(d.devices))
 	for i, dev := range d.devices {
 		ids[i] = dev.ID
@@ -176,7 +176,7 @@ func (d *delivery) item(ctx context.Context, id string) (ended bool, err error) 
 		}
 		wg.Go(func() {
 			m := newMailMessage(dev, d.level(dev), mail, badge)
-			m.CollapseID = collapseID(dev.MailboxHash, hash)
+			m.CollapseID = CollapseID(dev.MailboxHash, hash)
 			results[i] = d.s.push.Send(ctx, m)
 		})
 	}
@@ -302,12 +302,12 @@ func newMailMessage(dev store.Device, level privacy.Level, mail *mailContent, ba
 	return m
 }
 
-// collapseID names one item of one mailbox, the same in every push of it:
+// CollapseID names one item of one mailbox, the same in every push of it:
 // a push sent again (a node died after APNs or FCM accepted it, before the
 // claim was finished) replaces the first on the device instead of showing
 // twice (APNs apns-collapse-id; FCM data "item", which the app keys on).
 // Opaque: it reveals neither the mailbox nor the item.
-func collapseID(mailboxHash, itemHash []byte) string {
+func CollapseID(mailboxHash, itemHash []byte) string {
 	sum := sha256.Sum256(append(append([]byte("ensgate item "), mailboxHash...), itemHash...))
 	return base64.RawURLEncoding.EncodeToString(sum[:18])
 }

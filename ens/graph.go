@@ -236,6 +236,25 @@ func (s *Service) graphCallback(w http.ResponseWriter, r *http.Request) (*sealed
 	return o, mine
 }
 
+// graphRequest answers Graph's validation handshake on either URL, or
+// takes one of the node's in-flight slots and reads and authenticates the
+// POST (graphCallback). With a nil o the request was answered.
+func (s *Service) graphRequest(w http.ResponseWriter, r *http.Request) (o *sealed, ns []graph.Notification, release func()) {
+	if token, ok := graph.ValidationToken(r); ok {
+		graph.AnswerValidation(w, token)
+		return nil, nil, nil
+	}
+	release, ok := s.takeSlot(w)
+	if !ok {
+		return nil, nil, nil
+	}
+	if o, ns = s.graphCallback(w, r); o == nil {
+		release()
+		return nil, nil, nil
+	}
+	return o, ns, release
+}
+
 // takeSlot takes one of the node's in-flight slots for a request from
 // Graph, or answers 503; release gives it back.
 func (s *Service) takeSlot(w http.ResponseWriter) (release func(), ok bool) {
@@ -262,20 +281,12 @@ func overloaded(w http.ResponseWriter) {
 // in memory only. If the node dies first, the fallback job (on any node,
 // without the key) still announces each item, as "New message".
 func (s *Service) graphNotify(w http.ResponseWriter, r *http.Request) {
-	if token, ok := graph.ValidationToken(r); ok {
-		graph.AnswerValidation(w, token)
-		return
-	}
 	arrived := time.Now()
-	release, ok := s.takeSlot(w)
-	if !ok {
-		return
-	}
-	defer release()
-	o, ns := s.graphCallback(w, r)
+	o, ns, release := s.graphRequest(w, r)
 	if o == nil {
 		return
 	}
+	defer release()
 	ctx := r.Context()
 	if o.sub.State != store.SubscriptionActive {
 		// Over here (no devices, superseded, endpoint removed): ended at
@@ -301,7 +312,7 @@ func (s *Service) graphNotify(w http.ResponseWriter, r *http.Request) {
 	}
 	hashes := make([][]byte, len(items))
 	for i, id := range items {
-		hashes[i] = itemHash(id)
+		hashes[i] = ItemHash(id)
 	}
 	if _, err := s.jobs.Insert(ctx, graphFallbackArgs{Subscription: o.sub.ID, Items: hashes},
 		&river.InsertOpts{ScheduledAt: time.Now().Add(graphFallbackAfter)}); err != nil {

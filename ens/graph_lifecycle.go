@@ -23,19 +23,11 @@ import (
 // catch up on what Graph dropped (missed, and after a removal). Graph is
 // answered 202 first; the work runs on this node.
 func (s *Service) graphLifecycle(w http.ResponseWriter, r *http.Request) {
-	if token, ok := graph.ValidationToken(r); ok {
-		graph.AnswerValidation(w, token)
-		return
-	}
-	release, ok := s.takeSlot(w)
-	if !ok {
-		return
-	}
-	defer release()
-	o, ns := s.graphCallback(w, r)
+	o, ns, release := s.graphRequest(w, r)
 	if o == nil {
 		return
 	}
+	defer release()
 	if o.sub.State != store.SubscriptionActive {
 		w.WriteHeader(http.StatusAccepted)
 		return

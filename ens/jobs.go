@@ -156,7 +156,7 @@ func (w *pushWorker) Work(ctx context.Context, job *river.Job[pushArgs]) error {
 		return err
 	}
 	m := newMailMessage(dev, max(privacy.For(tenant.NotificationLevel, dev.NotificationLevel), privacy.Generic), nil, a.Badge)
-	m.CollapseID = collapseID(dev.MailboxHash, a.Item)
+	m.CollapseID = CollapseID(dev.MailboxHash, a.Item)
 	res := s.push.Send(ctx, m)
 	switch res.Outcome {
 	case push.Failed:
@@ -261,7 +261,7 @@ func (w *reregisterWorker) Work(ctx context.Context, job *river.Job[reregisterAr
 		outcomes := []push.Outcome{s.push.Send(ctx, m).Outcome}
 		if a.NewMail && privacy.For(tenant.NotificationLevel, dev.NotificationLevel).ShowsAlert() {
 			alert := newMailMessage(dev, privacy.Generic, nil, -1)
-			alert.CollapseID = collapseID(dev.MailboxHash, []byte("register again"))
+			alert.CollapseID = CollapseID(dev.MailboxHash, []byte("register again"))
 			outcomes = append(outcomes, s.push.Send(ctx, alert).Outcome)
 		}
 		for _, o := range outcomes {

@@ -235,11 +235,12 @@ func lastWatermark(n *ews.Notification) string {
 	return ""
 }
 
-// itemHash keys push claims; Exchange's item ids are long. An id is
+// ItemHash keys push claims; Exchange's item ids are long. An id is
 // base64, which Exchange decodes leniently (whitespace, missing padding),
 // so one item has many spellings: the hash is of the decoded bytes, or a
-// replay could respell an id to have it pushed again.
-func itemHash(id string) []byte {
+// replay could respell an id to have it pushed again. (Exported, with
+// CollapseID, for tests that watch pushes from outside.)
+func ItemHash(id string) []byte {
 	canonical := []byte(id)
 	compact := strings.Map(func(r rune) rune {
 		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {

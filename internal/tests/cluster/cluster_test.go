@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ensgate/ensgate/ens"
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/internal/sim/apnsfake"
 	"github.com/ensgate/ensgate/internal/sim/deviceclient"
@@ -259,30 +259,7 @@ func (c *cluster) burst(tag string, n int, gap time.Duration) (done <-chan struc
 func (c *cluster) noteItem(mailbox, subject, itemID string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.items[collapseID(c.mailboxHash[mailbox], itemHash(itemID))] = mail{mailbox, subject}
-}
-
-// The item's collapse id, computed as ENSGate does (ens.itemHash and
-// ens.collapseID, unexported): every push of an item to a device carries
-// it, and tally checks it against each push that shows its subject.
-func itemHash(id string) []byte {
-	canonical := []byte(id)
-	compact := strings.Map(func(r rune) rune {
-		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
-			return -1
-		}
-		return r
-	}, id)
-	if raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(compact, "=")); err == nil {
-		canonical = append([]byte("b64:"), raw...)
-	}
-	sum := sha256.Sum256(canonical)
-	return sum[:16]
-}
-
-func collapseID(mailboxHash, itemHash []byte) string {
-	sum := sha256.Sum256(append(append([]byte("ensgate item "), mailboxHash...), itemHash...))
-	return base64.RawURLEncoding.EncodeToString(sum[:18])
+	c.items[ens.CollapseID(c.mailboxHash[mailbox], ens.ItemHash(itemID))] = mail{mailbox, subject}
 }
 
 // waitDelivered waits until APNs and FCM have accepted n new-mail pushes.

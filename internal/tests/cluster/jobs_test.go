@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/ensgate/ensgate/ens"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -213,7 +214,7 @@ func (c *cluster) claimsOnce() claimFigures {
 			if err := rows.Scan(&device, &mailbox, &item, &n); err != nil {
 				return err
 			}
-			recorded[[2]string{device, collapseID(mailbox, item)}] = n
+			recorded[[2]string{device, ens.CollapseID(mailbox, item)}] = n
 		}
 		return rows.Err()
 	})
