@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -53,11 +54,15 @@ var errGraphNotAllowed = &apiError{http.StatusForbidden, "forbidden",
 var errGraphMailboxMismatch = errors.New("the token belongs to another mailbox")
 
 // graphError maps a Graph or token endpoint failure at registration to the
-// device API's answer.
-func graphError(err error) *apiError {
+// device API's answer; when Graph throttles or the token endpoint is away,
+// with Retry-After on w.
+func graphError(w http.ResponseWriter, err error) *apiError {
 	var throttled *graph.ThrottledError
 	var transient *oauth.TransientError
 	var api *graph.APIError
+	retryAfter := func(d time.Duration) {
+		w.Header().Set("Retry-After", strconv.Itoa(int((max(d, time.Second)+time.Second-1)/time.Second)))
+	}
 	switch {
 	case errors.Is(err, oauth.ErrInvalidGrant):
 		return &apiError{http.StatusUnauthorized, "bad_credentials", "the refresh token was refused: sign in again"}
@@ -68,27 +73,15 @@ func graphError(err error) *apiError {
 	case errors.Is(err, errGraphMailboxMismatch):
 		return &apiError{http.StatusForbidden, "mailbox_mismatch", "the token does not belong to this mailbox; register with the mailbox's own sign-in"}
 	case errors.As(err, &throttled):
+		retryAfter(throttled.RetryAfter)
 		return &apiError{http.StatusServiceUnavailable, "overloaded", "Graph is throttling this mailbox; retry later"}
 	case errors.As(err, &transient):
+		retryAfter(transient.RetryAfter)
 		return &apiError{http.StatusServiceUnavailable, "unavailable", "the token endpoint is unavailable; retry later"}
 	case errors.As(err, &api):
 		return &apiError{http.StatusBadGateway, "graph_error", fmt.Sprintf("Graph answered HTTP %d %s", api.Status, api.Code)}
 	}
 	return &apiError{http.StatusBadGateway, "graph_error", "Graph or its token endpoint could not be reached"}
-}
-
-// graphRetryAfter is how long Graph or its token endpoint asked to be left
-// alone (at least a second when they are away), or 0.
-func graphRetryAfter(err error) time.Duration {
-	var throttled *graph.ThrottledError
-	var transient *oauth.TransientError
-	switch {
-	case errors.As(err, &throttled):
-		return max(throttled.RetryAfter, time.Second)
-	case errors.As(err, &transient):
-		return max(transient.RetryAfter, time.Second)
-	}
-	return 0
 }
 
 // graphClient is the shared client for a Graph root.
@@ -203,26 +196,8 @@ func (s *Service) graphCallback(w http.ResponseWriter, r *http.Request) (*sealed
 			key = "" // one wrong key refuses the whole POST
 		}
 	}
-	o, err := s.openCallback(r.Context(), r.URL.Query().Get("id"), key)
-	if err == nil && o.sub.Source != store.SourceGraph {
-		err = errForgedCallback // an EWS subscription's key is no Graph clientState
-	}
-	if errors.Is(err, errForgedCallback) {
-		notifications.WithLabelValues("forged").Inc()
-		s.log.Debug("Graph callback refused: unknown subscription or wrong clientState")
-		http.Error(w, "forbidden", http.StatusForbidden)
-		return nil, nil
-	}
-	if err != nil {
-		notifications.WithLabelValues("retry").Inc()
-		s.log.Error("Graph callback: cannot load the subscription", slog.Any("error", err))
-		http.Error(w, "try again later", http.StatusServiceUnavailable)
-		return nil, nil
-	}
-	if !s.limits.callback.get(o.sub.ID).Allow() {
-		notifications.WithLabelValues("throttled").Inc()
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, "too many notifications for this subscription; try again later", http.StatusServiceUnavailable)
+	o := s.callback(w, r, store.SourceGraph, r.URL.Query().Get("id"), key)
+	if o == nil {
 		return nil, nil
 	}
 	// Notifications of a Graph subscription this one replaced (made anew
@@ -253,26 +228,6 @@ func (s *Service) graphRequest(w http.ResponseWriter, r *http.Request) (o *seale
 		return nil, nil, nil
 	}
 	return o, ns, release
-}
-
-// takeSlot takes one of the node's in-flight slots for a request from
-// Graph, or answers 503; release gives it back.
-func (s *Service) takeSlot(w http.ResponseWriter) (release func(), ok bool) {
-	select {
-	case s.inFlight <- struct{}{}:
-		notificationsInFlight.Inc()
-		return func() { <-s.inFlight; notificationsInFlight.Dec() }, true
-	default:
-		overloaded(w)
-		return nil, false
-	}
-}
-
-// overloaded answers 503: Graph retries later.
-func overloaded(w http.ResponseWriter) {
-	notifications.WithLabelValues("overloaded").Inc()
-	w.Header().Set("Retry-After", "1")
-	http.Error(w, "too many notifications in flight; try again later", http.StatusServiceUnavailable)
 }
 
 // graphNotify is the subscription's notification URL. A genuine
@@ -345,11 +300,7 @@ func graphItems(ns []graph.Notification) []string {
 		seen[id] = true
 		items = append(items, id)
 	}
-	if over := len(items) - maxItemsPerNotification; over > 0 {
-		itemsIgnored.WithLabelValues("over_cap").Add(float64(over))
-		items = items[over:]
-	}
-	return items
+	return newest(items)
 }
 
 // deliverGraph pushes items of o's mailbox to its devices.
@@ -473,18 +424,22 @@ func (s *Service) graphCall(ctx context.Context, mailbox []byte, call func() err
 	}
 }
 
-// endGraphSubscription deletes o's subscription at Graph, with a token
-// redeemed from its refresh token.
+// endGraphSubscription deletes o's subscription at Graph with its access
+// token, redeeming the refresh token only if that one is refused.
 func (s *Service) endGraphSubscription(ctx context.Context, o *sealed) error {
 	ep, err := s.store.RemovedEndpointByID(ctx, o.sub.EndpointID)
 	if err != nil {
 		return err
 	}
-	tokens, err := s.oauthEndpoint(ep.OAuth).Refresh(ctx, o.creds.RefreshToken)
-	if err != nil {
-		return err
+	gc := s.graphClient(ep.URL)
+	err = gc.DeleteSubscription(ctx, o.creds.AccessToken, o.sub.RemoteID)
+	if errors.Is(err, graph.ErrUnauthorized) {
+		var tokens oauth.Tokens
+		if tokens, err = s.oauthEndpoint(ep.OAuth).Refresh(ctx, o.creds.RefreshToken); err != nil {
+			return err
+		}
+		err = gc.DeleteSubscription(ctx, tokens.AccessToken, o.sub.RemoteID)
 	}
-	err = s.graphClient(ep.URL).DeleteSubscription(ctx, tokens.AccessToken, o.sub.RemoteID)
 	if errors.Is(err, graph.ErrNotFound) {
 		return nil
 	}

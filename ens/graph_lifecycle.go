@@ -162,10 +162,7 @@ func (s *Service) graphCatchUp(ctx context.Context, log *slog.Logger, o *sealed,
 			items = append(items, m.ID)
 		}
 	}
-	if over := len(items) - maxItemsPerNotification; over > 0 {
-		itemsIgnored.WithLabelValues("over_cap").Add(float64(over))
-		items = items[over:]
-	}
+	items = newest(items)
 	log.Info("catching up after Graph missed notifications", slog.Int("items", len(items)))
 	if len(items) > 0 {
 		if err := s.deliverGraph(ctx, log, o, items, time.Now()); err != nil {

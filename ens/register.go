@@ -7,8 +7,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"strconv"
-	"time"
 
 	"github.com/ensgate/ensgate/ens/push"
 	"github.com/ensgate/ensgate/ens/seal"
@@ -134,10 +132,7 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 		gs, err := s.subscribeGraph(ctx, row, creds, publicID, key)
 		if err != nil {
 			s.log.Info("registration refused by Graph", slog.String("tenant", t.Name), slog.String("device", req.DeviceID), slog.Any("error", err))
-			if after := graphRetryAfter(err); after > 0 {
-				w.Header().Set("Retry-After", strconv.Itoa(int((after+time.Second-1)/time.Second)))
-			}
-			return graphError(err)
+			return graphError(w, err)
 		}
 		remote.RemoteID, remote.ExpiresAt, remote.StatusFrequency = gs.ID, gs.Expiration, graphStatusMinutes
 	} else {
@@ -149,10 +144,7 @@ func (s *Service) registerDevice(w http.ResponseWriter, r *http.Request, t store
 			// Redeemed now, so a token that does not work is refused here,
 			// and the mailbox is checked with the access token it gives.
 			if err := s.redeem(ctx, row.OAuth, creds); err != nil {
-				if after := graphRetryAfter(err); after > 0 {
-					w.Header().Set("Retry-After", strconv.Itoa(int((after+time.Second-1)/time.Second)))
-				}
-				return graphError(err)
+				return graphError(w, err)
 			}
 		}
 		ewsSub, err := s.subscribe(ctx, ep, creds, publicID, key, s.attestation(t.ID, []string{req.DeviceID}))

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/ensgate/ensgate/ens/seal"
@@ -21,9 +20,6 @@ const refreshWindow = 5 * time.Minute
 // errNoRefreshToken: the subscription's credentials hold no refresh token,
 // or its endpoint names no OAuth client to redeem one with.
 var errNoRefreshToken = errors.New("no refresh token to redeem")
-
-// tokenRefreshes counts redemptions by this node, for tests and figures.
-var tokenRefreshes atomic.Int64
 
 // oauthEndpoint is where an endpoint's refresh tokens are redeemed.
 func (s *Service) oauthEndpoint(o store.OAuth) oauth.Endpoint {
@@ -41,7 +37,6 @@ func (s *Service) redeem(ctx context.Context, o store.OAuth, creds *credentials)
 	if err != nil {
 		return err
 	}
-	tokenRefreshes.Add(1)
 	creds.AccessToken, creds.RefreshToken, creds.AccessExpiry = tokens.AccessToken, tokens.RefreshToken, tokens.Expiry
 	return nil
 }

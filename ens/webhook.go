@@ -41,47 +41,75 @@ func (s *Service) openCallback(ctx context.Context, publicID, f string) (*sealed
 	return s.open(sub, key)
 }
 
+// takeSlot takes one of the node's in-flight slots for a callback (from
+// Exchange or Graph), or answers 503; release gives it back. Past the
+// bound the source retries: nothing is buffered.
+func (s *Service) takeSlot(w http.ResponseWriter) (release func(), ok bool) {
+	select {
+	case s.inFlight <- struct{}{}:
+		notificationsInFlight.Inc()
+		return func() { <-s.inFlight; notificationsInFlight.Dec() }, true
+	default:
+		overloaded(w)
+		return nil, false
+	}
+}
+
+// overloaded answers 503: the source retries later.
+func overloaded(w http.ResponseWriter) {
+	notifications.WithLabelValues("overloaded").Inc()
+	w.Header().Set("Retry-After", "1")
+	http.Error(w, "too many notifications in flight; try again later", http.StatusServiceUnavailable)
+}
+
+// callback authenticates a callback of source (openCallback: the key must
+// open a subscription of that source; another source's key is refused like
+// a wrong one) and applies the subscription's callback rate. It answers
+// the request itself when it returns nil.
+func (s *Service) callback(w http.ResponseWriter, r *http.Request, source, publicID, key string) *sealed {
+	o, err := s.openCallback(r.Context(), publicID, key)
+	if err == nil && o.sub.Source != source {
+		err = errForgedCallback
+	}
+	if errors.Is(err, errForgedCallback) {
+		notifications.WithLabelValues("forged").Inc()
+		s.log.Debug("callback refused: unknown subscription or wrong key", slog.String("source", source))
+		http.Error(w, "forbidden", http.StatusForbidden)
+		return nil
+	}
+	if err != nil {
+		notifications.WithLabelValues("retry").Inc()
+		s.log.Error("callback: cannot load the subscription", slog.String("source", source), slog.Any("error", err))
+		http.Error(w, "try again later", http.StatusServiceUnavailable)
+		return nil
+	}
+	if !s.limits.callback.get(o.sub.ID).Allow() {
+		notifications.WithLabelValues("throttled").Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many notifications for this subscription; try again later", http.StatusServiceUnavailable)
+		return nil
+	}
+	return o
+}
+
 // notify is Exchange's webhook: it answers SendNotificationResult OK once
 // the pushes are handed to APNs/FCM, Unsubscribe for a subscription that is
 // over, and an HTTP error when Exchange should retry later.
 func (s *Service) notify(w http.ResponseWriter, r *http.Request) {
-	select {
-	case s.inFlight <- struct{}{}:
-		notificationsInFlight.Inc()
-		defer func() { <-s.inFlight; notificationsInFlight.Dec() }()
-	default:
-		notifications.WithLabelValues("overloaded").Inc()
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, "too many notifications in flight; try again later", http.StatusServiceUnavailable)
+	release, ok := s.takeSlot(w)
+	if !ok {
 		return
 	}
+	defer release()
 	arrived := time.Now()
 	ctx := r.Context()
 	q := r.URL.Query()
-	o, err := s.openCallback(ctx, q.Get("id"), q.Get("f"))
-	if err == nil && o.sub.Source != store.SourceEWS {
-		err = errForgedCallback // a Graph subscription's key is no EWS callback's
-	}
-	if errors.Is(err, errForgedCallback) {
-		notifications.WithLabelValues("forged").Inc()
-		s.log.Debug("callback refused: unknown subscription or wrong key")
-		http.Error(w, "forbidden", http.StatusForbidden)
-		return
-	}
-	if err != nil {
-		notifications.WithLabelValues("retry").Inc()
-		s.log.Error("callback: cannot load the subscription", slog.Any("error", err))
-		http.Error(w, "try again later", http.StatusServiceUnavailable)
+	o := s.callback(w, r, store.SourceEWS, q.Get("id"), q.Get("f"))
+	if o == nil {
 		return
 	}
 	sub, creds := o.sub, o.creds
 	log := s.log.With(slog.String("subscription", sub.PublicID))
-	if !s.limits.callback.get(sub.ID).Allow() {
-		notifications.WithLabelValues("throttled").Inc()
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, "too many notifications for this subscription; try again later", http.StatusServiceUnavailable)
-		return
-	}
 	n, err := ews.ParseSendNotification(r.Body)
 	if err != nil {
 		status := http.StatusBadRequest
@@ -210,9 +238,15 @@ func newItems(n *ews.Notification, subscribed, now time.Time) []ews.ItemID {
 		}
 		items = append(items, ev.ItemID)
 	}
+	return newest(items)
+}
+
+// newest keeps the newest maxItemsPerNotification of items (the last),
+// counting the others as ignored: the badge still counts them.
+func newest[T any](items []T) []T {
 	if over := len(items) - maxItemsPerNotification; over > 0 {
 		itemsIgnored.WithLabelValues("over_cap").Add(float64(over))
-		items = items[over:]
+		return items[over:]
 	}
 	return items
 }

@@ -252,32 +252,22 @@ func endIfNoDevices(ctx context.Context, q execer, tenantID int64, mailboxHash [
 
 // SubscriptionByPublicID finds a subscription in any state.
 func (s *Store) SubscriptionByPublicID(ctx context.Context, publicID string) (Subscription, error) {
-	sub, err := scanSubscription(s.pool.QueryRow(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions WHERE public_id = $1`, publicID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Subscription{}, ErrNotFound
-	}
-	if err != nil {
-		return Subscription{}, s.queryError("find subscription", err)
-	}
-	return sub, nil
+	return s.subscription(ctx, `WHERE public_id = $1`, publicID)
 }
 
 // SubscriptionByID finds a subscription in any state by its row id.
 func (s *Store) SubscriptionByID(ctx context.Context, id int64) (Subscription, error) {
-	sub, err := scanSubscription(s.pool.QueryRow(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions WHERE id = $1`, id))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Subscription{}, ErrNotFound
-	}
-	if err != nil {
-		return Subscription{}, s.queryError("find subscription", err)
-	}
-	return sub, nil
+	return s.subscription(ctx, `WHERE id = $1`, id)
 }
 
 // LatestSubscription returns the mailbox's newest subscription in any state.
 func (s *Store) LatestSubscription(ctx context.Context, tenantID int64, mailboxHash []byte) (Subscription, error) {
-	sub, err := scanSubscription(s.pool.QueryRow(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions
-		WHERE tenant_id = $1 AND mailbox_hash = $2 ORDER BY id DESC LIMIT 1`, tenantID, mailboxHash))
+	return s.subscription(ctx, `WHERE tenant_id = $1 AND mailbox_hash = $2 ORDER BY id DESC LIMIT 1`, tenantID, mailboxHash)
+}
+
+// subscription finds the first subscription the query's tail selects.
+func (s *Store) subscription(ctx context.Context, tail string, args ...any) (Subscription, error) {
+	sub, err := scanSubscription(s.pool.QueryRow(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions `+tail, args...))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Subscription{}, ErrNotFound
 	}
