@@ -570,3 +570,26 @@ func TestGraphRegistrationNeedsTheDirectoryThatOwnsTheAddress(t *testing.T) {
 		t.Errorf("%d Graph subscriptions made, want only the verified address's", c.SubscriptionsCreated)
 	}
 }
+
+// A subscription ENS ended (its last device unregistered) is ended at
+// Graph at its next notification, with the access token it holds: Graph
+// stops calling, nothing is pushed, no refresh token is redeemed.
+func TestGraphSubscriptionEndedHereIsEndedAtGraph(t *testing.T) {
+	g := newGraphEnv(t, envOptions{}, graphsim.Config{})
+	g.register(g.graphDevice("phone", galice, 1))
+	if status, _ := g.call("POST", "/api/ens/unregister", g.unregisterBody("phone")); status != http.StatusOK {
+		t.Fatalf("unregister: %d", status)
+	}
+	before := g.graph.Counters()
+	if _, err := g.graph.Deliver(galice, graphMail); err != nil {
+		t.Fatal(err)
+	}
+	g.waitFor("the subscription ended at Graph", func() bool { return len(g.graph.Subscriptions()) == 0 })
+	g.settle()
+	if c := g.graph.Counters(); c.SubscriptionsDeleted != before.SubscriptionsDeleted+1 || c.TokenRequests != before.TokenRequests {
+		t.Errorf("deleted %d, token requests %d: want one deletion with the held token", c.SubscriptionsDeleted-before.SubscriptionsDeleted, c.TokenRequests-before.TokenRequests)
+	}
+	if n := len(g.pushes.pushes("")); n != 0 {
+		t.Errorf("%d pushes for an unregistered device", n)
+	}
+}
