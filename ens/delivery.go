@@ -101,10 +101,10 @@ func (d *delivery) run(ctx context.Context, items []string) (over bool, err erro
 			switch rerr := d.src.refresh(ctx); {
 			case rerr == nil:
 				ended, err = d.item(ctx, id)
-			case !errors.Is(rerr, oauth.ErrInvalidGrant) && !errors.Is(rerr, errNoRefreshToken):
+			case errors.Is(rerr, oauth.ErrInvalidGrant):
+				d.log.Info("the access token was refused and its refresh token too", slog.Any("error", rerr))
+			case !errors.Is(rerr, errNoRefreshToken):
 				return false, errors.Join(err, rerr) // the token endpoint is away: retry later
-			default:
-				d.log.Info("the access token was refused and cannot be renewed", slog.Any("error", rerr))
 			}
 		}
 		if d.src.refused(err) {

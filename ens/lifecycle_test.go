@@ -130,6 +130,8 @@ func TestExpiredCredentialsAskDevicesToRegisterAgainOnce(t *testing.T) {
 	}
 	e.deliver(alice, mailFromCarol)
 	e.waitFor("Unsubscribe", func() bool { return e.newestSimState(alice) == "unsubscribed" })
+	// The register-again pushes are a job, queued with the failure.
+	e.waitFor("the register-again pushes", func() bool { return len(e.pushes.pushes("")) >= 3 })
 	e.settle()
 
 	phone := e.pushes.pushes(tok("phone"))
